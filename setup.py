@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="zero",
+    version="0.1.0",
+    description="An infinite local disk: a FUSE filesystem over a bounded cache and pooled cloud storage",
+    python_requires=">=3.11",
+    packages=find_packages(include=["zero", "zero.*"]),
+    install_requires=[
+        "mfusepy>=3.1",
+        "SQLAlchemy>=2.0",
+        "PyYAML>=6.0",
+        "watchdog>=4.0",
+        "APScheduler>=3.10,<4",
+        "zstandard>=0.22",
+        "cryptography>=42",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "zero-fuse=zero.fuse.main:main",
+            "zero-worker=zero.worker.main:main",
+            "zero=zero.cli:main",
+        ],
+    },
+)

@@ -1,0 +1,97 @@
+"""The cache folder's layout, shared by zero-fuse, zero-worker and the CLI.
+
+    <cache>/chunks/<ino % 256 as 2 hex>/<ino>-<idx>   chunk contents
+    <cache>/tmp/                                      fault-ins in progress
+    <cache>/wake/                                     cross-process wake-ups
+    <cache>/fuse.lock, <cache>/worker.lock            one process of each kind
+    <cache>/state.sqlite3                             the state (unless sqliteFileLocation)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from zero.errors import MountError
+
+
+class CacheDir:
+    def __init__(self, root: Path | str):
+        self.root = Path(root).resolve()
+        self.chunks = self.root / "chunks"
+        self.tmp = self.root / "tmp"
+        self.wake = self.root / "wake"
+
+    def prepare(self) -> None:
+        """Create the folders; fail with a sentence if the cache is not writable."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for folder in (self.chunks, self.tmp, self.wake):
+                folder.mkdir(exist_ok=True)
+        except OSError as error:
+            raise MountError(f"cannot create the cache folder {self.root}: {error.strerror}; "
+                             "choose a folder you can write to") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise MountError(f"the cache folder {self.root} is not writable; fix its permissions "
+                             f"(chmod u+w {self.root}) or choose another folder")
+
+    def chunk_path(self, ino: int, idx: int) -> str:
+        return f"{self.chunks}/{ino % 256:02x}/{ino}-{idx}"
+
+    def chunk_dir(self, ino: int) -> str:
+        return f"{self.chunks}/{ino % 256:02x}"
+
+    def lock_path(self, role: str) -> Path:
+        return self.root / f"{role}.lock"
+
+    def iter_chunk_files(self):
+        """(ino, idx, path, stat) for every chunk file on disk."""
+        if not self.chunks.exists():
+            return
+        for bucket in os.scandir(self.chunks):
+            if not bucket.is_dir():
+                continue
+            for entry in os.scandir(bucket.path):
+                name = entry.name
+                ino_text, _, idx_text = name.partition("-")
+                if not (ino_text.isdigit() and idx_text.isdigit()):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                yield int(ino_text), int(idx_text), entry.path, st
+
+
+def disk_bytes(st: os.stat_result) -> int:
+    """Bytes a file really occupies (holes take none)."""
+    return st.st_blocks * 512
+
+
+def durable_write(path: str, data: bytes, tmp_dir: str | None = None) -> None:
+    """Write a file so that after return it exists whole or not at all:
+    temp file, fsync, rename, fsync the folder."""
+    folder = os.path.dirname(path)
+    tmp = os.path.join(tmp_dir or folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

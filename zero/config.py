@@ -1,0 +1,296 @@
+"""config.yml -> a validated Config. Every error names the key and the fix.
+
+Where the file is looked for, in order: ``--config PATH``, ``$ZERO_CONFIG``,
+``~/.config/zero/config.yml``. With none of them present zero runs on an
+embedded default: a local folder standing in for the cloud.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zero.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+MIB = 1024**2
+
+DEFAULT_CONFIG_PATH = Path("~/.config/zero/config.yml")
+DEFAULT_REMOTE_FOLDER = Path("~/.local/share/zero/remote")
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+    "p": 1000**5, "pb": 1000**5, "pib": 1024**5,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(key: str, value: Any, bare_number_unit: int = 1) -> int:
+    """A size in bytes from a number (times ``bare_number_unit``) or a string like "500MiB"."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size such as 20GB or 500MiB, got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ConfigError(f"{key}: a size cannot be negative (got {value}); give a positive size such as 20GB")
+        return int(value * bare_number_unit)
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if not match:
+            if value.strip().startswith("-"):
+                raise ConfigError(f"{key}: a size cannot be negative (got {value!r}); give a positive size such as 20GB")
+            raise ConfigError(f"{key}: {value!r} is not a size; write it like 20GB, 500MiB or 4194304")
+        number, unit = match.groups()
+        if unit.lower() not in _SIZE_UNITS:
+            raise ConfigError(
+                f"{key}: unknown unit {unit!r} in {value!r}; use B, KiB, MiB, GiB, TiB or KB, MB, GB, TB"
+            )
+        multiplier = _SIZE_UNITS[unit.lower()] if unit else bare_number_unit
+        return int(float(number) * multiplier)
+    raise ConfigError(f"{key}: expected a size such as 20GB or 500MiB, got {type(value).__name__} {value!r}")
+
+
+def _number(key: str, value: Any, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{key}: must be at least {minimum} (got {value})")
+    return float(value)
+
+
+def _integer(key: str, value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{key}: must be at least {minimum} (got {value})")
+    return value
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a non-empty text value, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    """One entry of ``remotes:``. ``options`` holds the kind's own keys."""
+
+    name: str
+    kind: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str  # the file it came from, or "embedded default"
+    target_disk_usage_bytes: int = 10 * GIB
+    chunk_size_bytes: int = 4 * MIB
+    sqlite_file_location: str | None = None
+    remotes: tuple[RemoteSpec, ...] = ()
+    replicas: int = 1
+    upload_delay_s: float = 5.0
+    fault_in_timeout_s: float = 60.0
+    fsync_waits_for_upload: bool = True
+    capacity_bytes: int = 1024**5  # what statfs reports as the disk's size: "infinite"
+    low_watermark: float = 0.9
+    prefetch_chunks: int = 4
+    gc_grace_period_s: float = 3600.0
+    min_free_disk_bytes: int = 256 * MIB
+    b2_account_id: str | None = None
+    b2_application_key: str | None = None
+    b2_bucket_id: str | None = None
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def database_path(self, cache_dir: Path) -> Path:
+        if self.sqlite_file_location:
+            return Path(self.sqlite_file_location).expanduser()
+        return Path(cache_dir) / "state.sqlite3"
+
+
+# key -> (Config field, parser). The original Zero's keys come first.
+def _parse_target(key: str, value: Any) -> int:
+    size = parse_size(key, value, bare_number_unit=GIB)
+    if size <= 0:
+        raise ConfigError(f"{key}: must be larger than zero (got {value!r}); for example targetDiskUsage: 20GB")
+    return size
+
+
+def _parse_chunk_size(key: str, value: Any) -> int:
+    size = parse_size(key, value)
+    if size < 64 * 1024 or size > 256 * MIB or size & (size - 1):
+        raise ConfigError(f"{key}: must be a power of two between 64KiB and 256MiB (got {value!r}); the default is 4MiB")
+    return size
+
+
+def _parse_watermark(key: str, value: Any) -> float:
+    number = _number(key, value)
+    if not 0.1 <= number <= 1.0:
+        raise ConfigError(f"{key}: must be a fraction between 0.1 and 1.0 (got {value!r}); the default is 0.9")
+    return number
+
+
+def _parse_log_level(key: str, value: Any) -> str:
+    level = _string(key, value).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"{key}: must be one of debug, info, warning, error (got {value!r})")
+    return level
+
+
+_KEYS: dict[str, tuple[str, Any]] = {
+    "accountId": ("b2_account_id", _string),
+    "applicationKey": ("b2_application_key", _string),
+    "bucketId": ("b2_bucket_id", _string),
+    "sqliteFileLocation": ("sqlite_file_location", _string),
+    "targetDiskUsage": ("target_disk_usage_bytes", _parse_target),
+    "chunkSize": ("chunk_size_bytes", _parse_chunk_size),
+    "remotes": ("remotes", None),  # parsed by _parse_remotes
+    "replicas": ("replicas", lambda k, v: _integer(k, v, minimum=1)),
+    "uploadDelay": ("upload_delay_s", _number),
+    "faultInTimeout": ("fault_in_timeout_s", lambda k, v: _number(k, v, minimum=0.1)),
+    "fsyncWaitsForUpload": ("fsync_waits_for_upload", _boolean),
+    "capacity": ("capacity_bytes", lambda k, v: parse_size(k, v, bare_number_unit=GIB)),
+    "lowWatermark": ("low_watermark", _parse_watermark),
+    "prefetchChunks": ("prefetch_chunks", _integer),
+    "gcGracePeriod": ("gc_grace_period_s", _number),
+    "minFreeDisk": ("min_free_disk_bytes", lambda k, v: parse_size(k, v, bare_number_unit=GIB)),
+    "logLevel": ("log_level", _parse_log_level),
+}
+
+REMOTE_KINDS = {
+    "local": {"path"},
+}
+
+
+def _parse_remotes(value: Any) -> tuple[RemoteSpec, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError("remotes: expected a list of remotes, for example\n"
+                          "remotes:\n  - name: home\n    type: local\n    path: /srv/zero-remote")
+    specs = []
+    seen = set()
+    for position, entry in enumerate(value):
+        where = f"remotes[{position}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a mapping with name, type and the type's keys, got {entry!r}")
+        kind = entry.get("type")
+        if kind not in REMOTE_KINDS:
+            known = ", ".join(sorted(REMOTE_KINDS))
+            raise ConfigError(f"{where}.type: unknown remote type {kind!r}; this version supports: {known}")
+        name = entry.get("name", f"{kind}{position}")
+        _string(f"{where}.name", name)
+        if name in seen:
+            raise ConfigError(f"{where}.name: the name {name!r} is used twice; give each remote its own name")
+        seen.add(name)
+        options = {k: v for k, v in entry.items() if k not in ("type", "name")}
+        allowed = REMOTE_KINDS[kind]
+        for key in options:
+            if key not in allowed:
+                raise ConfigError(f"{where}.{key}: unknown key for a {kind} remote{_suggestion(key, allowed)}")
+        for key in allowed:
+            if key not in options:
+                raise ConfigError(f"{where}.{key}: a {kind} remote needs this key")
+            _string(f"{where}.{key}", options[key])
+        specs.append(RemoteSpec(name=name, kind=kind, options=options))
+    return tuple(specs)
+
+
+def _suggestion(key: str, known: Any) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    if not close:
+        lowered = {k.lower(): k for k in known}
+        if key.lower() in lowered:
+            close = [lowered[key.lower()]]
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def default_remote(base: Path | None = None) -> RemoteSpec:
+    folder = (base or DEFAULT_REMOTE_FOLDER).expanduser()
+    return RemoteSpec(name="local-default", kind="local", options={"path": str(folder)})
+
+
+def parse(text: str, source: str) -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{source}: the YAML does not parse{where}: {problem}; fix that line") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys like 'targetDiskUsage: 20GB', got {type(raw).__name__}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _KEYS:
+            raise ConfigError(f"{source}: unknown key {key!r}{_suggestion(str(key), _KEYS)}")
+        field_name, parser = _KEYS[key]
+        if key == "remotes":
+            values[field_name] = _parse_remotes(value)
+        else:
+            if value is None:
+                raise ConfigError(f"{source}: {key} has no value; give it one or remove the line")
+            values[field_name] = parser(key, value)
+    if "remotes" not in values:
+        if raw.get("accountId") or raw.get("bucketId"):
+            raise ConfigError(
+                f"{source}: accountId/bucketId name a B2 bucket, but this version of zero reaches the "
+                "cloud only through a 'remotes:' list of local folders; add one (see config/config.example.yml)"
+            )
+        values["remotes"] = (default_remote(),)
+    config = Config(source=source, **values)
+    if config.replicas > len(config.remotes):
+        raise ConfigError(
+            f"replicas: asks for {config.replicas} copies but only {len(config.remotes)} remote(s) are configured; "
+            "lower replicas or add remotes"
+        )
+    return config
+
+
+def find_config_path(explicit: str | None = None) -> Path | None:
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--config {explicit}: no such file; check the path or leave --config out")
+        return path
+    env = os.environ.get("ZERO_CONFIG")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"ZERO_CONFIG={env}: no such file; fix the variable or unset it")
+        return path
+    path = DEFAULT_CONFIG_PATH.expanduser()
+    return path if path.exists() else None
+
+
+def load(explicit: str | None = None) -> Config:
+    path = find_config_path(explicit)
+    if path is None:
+        config = Config(source="embedded default", remotes=(default_remote(),))
+        log.info("No config file found (looked at --config, $ZERO_CONFIG and %s); using the embedded default: "
+                 "a local folder %s stands in for the cloud", DEFAULT_CONFIG_PATH, config.remotes[0].options["path"])
+        return config
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config file ({error.strerror}); check its permissions") from None
+    return parse(text, str(path))

@@ -1,0 +1,1 @@
+"""zero-fuse: the POSIX filesystem over the local cache."""

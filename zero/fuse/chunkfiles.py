@@ -1,0 +1,120 @@
+"""One open descriptor per chunk, shared by every handle of every file.
+
+A descriptor may outlive its path: the worker evicts a clean chunk by
+unlinking it. Reading through such a descriptor is still correct (same
+bytes as the remote copy); writing through it would lose the write. So the
+writer re-checks the link count when it takes a chunk's write lease and
+replaces the shared descriptor, and readers pick up the new one.
+
+Descriptors are reference-counted: a replaced or trimmed descriptor is
+closed only after its last reader finishes, so a number is never reused
+under a thread that is still reading it.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+
+from zero.cachedir import CacheDir
+
+
+class ChunkFile:
+    __slots__ = ("fd", "users", "retired")
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.users = 0
+        self.retired = False
+
+
+class ChunkFiles:
+    def __init__(self, cache: CacheDir, max_open: int = 1024):
+        self.cache = cache
+        self.max_open = max_open
+        self._lock = threading.Lock()
+        self._files: collections.OrderedDict[tuple[int, int], ChunkFile] = collections.OrderedDict()
+
+    def acquire(self, ino: int, idx: int) -> ChunkFile | None:
+        """The shared descriptor for a chunk, opening its file if needed;
+        None when the chunk has no cache file. Pair with release()."""
+        key = (ino, idx)
+        with self._lock:
+            chunk_file = self._files.get(key)
+            if chunk_file is not None:
+                self._files.move_to_end(key)
+                chunk_file.users += 1
+                return chunk_file
+        try:
+            fd = os.open(self.cache.chunk_path(ino, idx), os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        return self._install(key, fd)
+
+    def reopen(self, ino: int, idx: int) -> ChunkFile:
+        """Replace the shared descriptor with one on the file now at the path,
+        creating it if missing. Only the write-lease holder calls this."""
+        fd = os.open(self.cache.chunk_path(ino, idx), os.O_RDWR | os.O_CREAT, 0o600)
+        return self._install((ino, idx), fd, replace=True)
+
+    def _install(self, key: tuple[int, int], fd: int, replace: bool = False) -> ChunkFile:
+        to_close: list[int] = []
+        with self._lock:
+            existing = self._files.get(key)
+            if existing is not None and not replace:
+                # Another thread opened it first: use theirs, drop ours.
+                existing.users += 1
+                self._files.move_to_end(key)
+                to_close.append(fd)
+                chunk_file = existing
+            else:
+                if existing is not None:
+                    self._retire(existing, to_close)
+                chunk_file = ChunkFile(fd)
+                chunk_file.users = 1
+                self._files[key] = chunk_file
+                while len(self._files) > self.max_open:
+                    _, oldest = self._files.popitem(last=False)
+                    self._retire(oldest, to_close)
+        for stale in to_close:
+            os.close(stale)
+        return chunk_file
+
+    @staticmethod
+    def _retire(chunk_file: ChunkFile, to_close: list[int]) -> None:
+        chunk_file.retired = True
+        if chunk_file.users == 0:
+            to_close.append(chunk_file.fd)
+
+    def release(self, chunk_file: ChunkFile) -> None:
+        close = False
+        with self._lock:
+            chunk_file.users -= 1
+            close = chunk_file.retired and chunk_file.users == 0
+        if close:
+            os.close(chunk_file.fd)
+
+    def forget(self, ino: int, indexes) -> None:
+        """Drop descriptors of chunks whose files are being deleted."""
+        to_close: list[int] = []
+        with self._lock:
+            for idx in indexes:
+                chunk_file = self._files.pop((ino, idx), None)
+                if chunk_file is not None:
+                    self._retire(chunk_file, to_close)
+        for fd in to_close:
+            os.close(fd)
+
+    def cached_indexes(self, ino: int) -> list[int]:
+        with self._lock:
+            return [idx for (i, idx) in self._files if i == ino]
+
+    def close_all(self) -> None:
+        with self._lock:
+            files = list(self._files.values())
+            self._files.clear()
+        for chunk_file in files:
+            chunk_file.retired = True
+            if chunk_file.users == 0:
+                os.close(chunk_file.fd)

@@ -1,0 +1,99 @@
+"""zero-fuse's side of fault-in and upload-on-fsync: ask the worker through
+the database, wake it, and wait for its answer with a timeout.
+
+zero-fuse never talks to a remote. When no worker answers, the caller gets
+WorkerUnavailable and the log says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from zero import wakeup
+from zero.cachedir import CacheDir
+from zero.errors import WorkerUnavailable
+from zero.locking import holder_pid
+from zero.state import chunks, requests
+from zero.state.db import Database
+from zero.state.schema import ChunkState
+
+log = logging.getLogger(__name__)
+
+RECHECK_S = 1.0  # a lost wake-up costs at most this much latency
+
+
+class WorkerLink:
+    def __init__(self, database: Database, cache: CacheDir, listener: wakeup.WakeListener, timeout_s: float):
+        self.database = database
+        self.cache = cache
+        self.listener = listener
+        self.timeout_s = timeout_s
+        self._warned_missing = 0.0
+
+    def worker_pid(self) -> int | None:
+        return holder_pid(self.cache.lock_path("worker"))
+
+    def wake_worker(self) -> None:
+        wakeup.notify(self.cache.wake, wakeup.WORKER)
+
+    def request_fetch(self, ino: int, idx: int, priority: int) -> None:
+        with self.database.write() as connection:
+            row = chunks.get(connection, ino, idx)
+            if row is None or row.state not in (ChunkState.REMOTE.value, ChunkState.FETCHING.value):
+                return
+            requests.request_fetch(connection, ino, idx, priority)
+        self.wake_worker()
+
+    def wait_local(self, ino: int, idx: int) -> None:
+        """Return once chunk (ino, idx) is in the cache (or gone: truncated);
+        raise WorkerUnavailable if the worker does not bring it in time."""
+        deadline = time.monotonic() + self.timeout_s
+        asked = False
+        while True:
+            generation = self.listener.generation
+            with self.database.read() as connection:
+                row = chunks.get(connection, ino, idx)
+                error = requests.fetch_error(connection, ino, idx) if row is not None else None
+            if row is None or row.state not in (ChunkState.REMOTE.value, ChunkState.FETCHING.value):
+                return
+            if error:
+                with self.database.write() as connection:
+                    requests.done_fetch(connection, ino, idx)
+                raise WorkerUnavailable(f"zero-worker could not fetch chunk {idx} of inode {ino}: {error}")
+            if not asked:
+                self.request_fetch(ino, idx, requests.READER)
+                asked = True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WorkerUnavailable(self._why_no_answer(f"fetch chunk {idx} of inode {ino}"))
+            self.listener.wait(generation, min(remaining, RECHECK_S))
+
+    def wait_uploaded(self, ino: int, versions: dict[int, int]) -> None:
+        """Return once each chunk in ``versions`` is uploaded at that version or
+        later changed (a newer write is beyond this fsync's promise)."""
+        with self.database.write() as connection:
+            requests.request_upload(connection, ino)
+        self.wake_worker()
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            generation = self.listener.generation
+            with self.database.read() as connection:
+                pending = []
+                for idx, version in versions.items():
+                    row = chunks.get(connection, ino, idx)
+                    if row is not None and row.version == version and row.state in (
+                            ChunkState.DIRTY.value, ChunkState.UPLOADING.value):
+                        pending.append(idx)
+            if not pending:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WorkerUnavailable(self._why_no_answer(f"upload {len(pending)} chunk(s) of inode {ino}"))
+            self.listener.wait(generation, min(remaining, RECHECK_S))
+
+    def _why_no_answer(self, what: str) -> str:
+        if self.worker_pid() is None:
+            return (f"zero-worker is not running, so nobody could {what}; "
+                    f"start it with: zero-worker {self.cache.root}")
+        return f"zero-worker (pid {self.worker_pid()}) did not {what} within {self.timeout_s:g}s"

@@ -1,0 +1,71 @@
+"""zero-fuse's in-memory view of inodes and open handles.
+
+zero-fuse is the only writer of the namespace, so its memory is the truth
+and the database is written through. Size and times change on every write;
+they are kept here and flushed in batches (and on close and fsync), and the
+mount-time reconciler recovers sizes from chunk files after a crash.
+"""
+
+from __future__ import annotations
+
+import stat
+import threading
+from dataclasses import dataclass, field
+
+ATTR_FIELDS = ("mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "ctime_ns", "rdev")
+
+
+class Inode:
+    __slots__ = ("ino", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "ctime_ns", "rdev",
+                 "target", "lock", "open_handles", "write_handles", "leases", "attrs_unflushed",
+                 "last_read_end", "pinned")
+
+    def __init__(self, row):
+        self.ino = row.ino
+        for name in ATTR_FIELDS:
+            setattr(self, name, getattr(row, name))
+        self.target = row.target
+        self.lock = threading.RLock()   # serialises data changes (write, truncate, lease moves)
+        self.open_handles = 0
+        self.write_handles = 0
+        self.leases: dict[int, float] = {}  # chunk idx -> monotonic time of the last write under the lease
+        self.attrs_unflushed = False
+        self.last_read_end = -1
+        self.pinned = False
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    def attrs(self) -> dict:
+        return {name: getattr(self, name) for name in ATTR_FIELDS}
+
+    def stat(self, block_size: int) -> dict:
+        return {
+            "st_ino": self.ino,
+            "st_mode": self.mode,
+            "st_uid": self.uid,
+            "st_gid": self.gid,
+            "st_nlink": self.nlink,
+            "st_size": self.size,
+            "st_atime": self.atime_ns,
+            "st_mtime": self.mtime_ns,
+            "st_ctime": self.ctime_ns,
+            "st_rdev": self.rdev,
+            "st_blksize": block_size,
+            "st_blocks": (self.size + 511) // 512,
+        }
+
+
+@dataclass
+class Handle:
+    inode: Inode
+    flags: int
+    writable: bool
+    append: bool
+    is_dir: bool = False
+    chunks_written: set = field(default_factory=set)

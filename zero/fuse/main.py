@@ -1,0 +1,94 @@
+"""zero-fuse <mount> <cache>: serve the filesystem from the local cache."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from zero import config as config_module
+from zero import logsetup, wakeup
+from zero.cachedir import CacheDir
+from zero.errors import ZeroError
+from zero.locking import PidLock
+
+log = logging.getLogger("zero.fuse")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="zero-fuse", description="Mount a zero filesystem.")
+    parser.add_argument("mountpoint", help="an existing empty directory to mount on")
+    parser.add_argument("cache", help="the cache folder (created if missing)")
+    parser.add_argument("--config", help="config.yml (default: $ZERO_CONFIG or ~/.config/zero/config.yml)")
+    parser.add_argument("--allow-non-empty", action="store_true", help="mount over a non-empty directory")
+    parser.add_argument("--debug", action="store_true", help="log every FUSE request")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logsetup.configure("zero-fuse")
+    try:
+        return run(args)
+    except ZeroError as error:
+        log.error("%s", error)
+        print(f"zero-fuse: {error}", file=sys.stderr)
+        return 1
+
+
+def run(args) -> int:
+    # Imported here so that a missing libfuse 3 is reported as a ZeroError above.
+    from zero.fuse import binding, mountpoint, recovery
+    from zero.fuse.faultin import WorkerLink
+    from zero.fuse.operations import ZeroOperations
+    from zero.state import db as state_db
+
+    config = config_module.load(args.config)
+    logging.getLogger().setLevel("DEBUG" if args.debug else config.log_level)
+    mount = Path(args.mountpoint).expanduser().absolute()
+    mountpoint.check_fuse_available()
+    mountpoint.check_mountpoint(mount, args.allow_non_empty)
+    cache = CacheDir(args.cache)
+    cache.prepare()
+    for bucket in range(256):
+        os.makedirs(f"{cache.chunks}/{bucket:02x}", exist_ok=True)
+    lock = PidLock(cache.lock_path("fuse"), "zero-fuse")
+    lock.acquire()
+    database = state_db.open_database(config.database_path(cache.root), config.chunk_size_bytes,
+                                      root_uid=os.getuid(), root_gid=os.getgid())
+    settings = state_db.format_settings(database)
+    chunk_size = int(settings["chunk_size"])
+    if chunk_size != config.chunk_size_bytes:
+        log.info("This cache was formatted with %d KiB chunks; chunkSize in the config applies to new caches only",
+                 chunk_size // 1024)
+    recovery.reconcile(database, cache, chunk_size)
+    listener = wakeup.WakeListener(cache.wake, wakeup.FUSE)
+    listener.start()
+    worker = WorkerLink(database, cache, listener, config.fault_in_timeout_s)
+    operations = ZeroOperations(database, cache, config, worker, chunk_size)
+    if worker.worker_pid() is None:
+        log.warning("zero-worker is not running for %s: nothing is uploaded and evicted chunks cannot be read "
+                    "until it runs (zero-worker %s)", cache.root, cache.root)
+    log.info("Mounting %s (cache %s, libfuse %d.%d from %s)", mount, cache.root, *binding.LIBRARY_VERSION,
+             binding.LIBRARY_PATH)
+    options = dict(foreground=True, nothreads=False, fsname=f"zero:{cache.root}", subtype="zero",
+                   default_permissions=True, debug=args.debug)
+    if os.getuid() == 0:
+        options["allow_other"] = True
+    try:
+        binding.ZeroFUSE(operations, str(mount), **options)
+    except RuntimeError as error:
+        raise ZeroError(f"libfuse could not mount {mount} ({error}); see the messages above") from None
+    finally:
+        operations.shutdown()
+        listener.stop()
+        database.dispose()
+        lock.release()
+    log.info("Unmounted %s cleanly", mount)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

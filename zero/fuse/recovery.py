@@ -1,0 +1,58 @@
+"""The mount-time reconciler: after a crash of zero-fuse, make the state
+match the chunk files again, and say what it repaired.
+
+- No handle survives a restart, so no write lease does: all are released.
+- Inodes with no name left (unlinked while open, then the crash) are purged.
+- A chunk file with no chunk row is left over from a purge or truncate that
+  did not finish unlinking: it is deleted.
+- A write extends a file in memory first; the size is flushed in batches. So
+  a dirty chunk file may reach past the recorded size: the size grows to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from zero.cachedir import CacheDir
+from zero.state import chunks, namespace
+from zero.state.db import Database
+from zero.state.schema import ChunkState
+
+log = logging.getLogger(__name__)
+
+
+def reconcile(database: Database, cache: CacheDir, chunk_size: int) -> dict[str, int]:
+    repaired = {"leases": 0, "orphan_inodes": 0, "orphan_files": 0, "sizes": 0}
+    with database.write() as connection:
+        repaired["leases"] = chunks.release_all_leases(connection)
+        purged_files = []
+        for ino in namespace.unlinked_inodes(connection):
+            purged_files.extend((ino, idx) for idx in namespace.delete_inode(connection, ino))
+            repaired["orphan_inodes"] += 1
+        rows = {(row.ino, row.idx): row for row in chunks.all_rows(connection)}
+        grown: dict[int, int] = {}
+        for ino, idx, path, st in cache.iter_chunk_files():
+            row = rows.get((ino, idx))
+            if row is None:
+                os.unlink(path)
+                repaired["orphan_files"] += 1
+                continue
+            if row.state in (ChunkState.DIRTY.value, ChunkState.UPLOADING.value):
+                end = idx * chunk_size + st.st_size
+                grown[ino] = max(grown.get(ino, 0), end)
+        for ino, end in grown.items():
+            inode = namespace.get_inode(connection, ino)
+            if inode is not None and inode.size < end:
+                namespace.update_inode(connection, ino, size=end)
+                repaired["sizes"] += 1
+    for ino, idx in purged_files:
+        try:
+            os.unlink(cache.chunk_path(ino, idx))
+        except FileNotFoundError:
+            pass
+    if repaired["leases"] or repaired["orphan_inodes"] or repaired["orphan_files"] or repaired["sizes"]:
+        log.info("Recovered from an unclean stop: released %(leases)d write lease(s), purged %(orphan_inodes)d "
+                 "unlinked file(s), deleted %(orphan_files)d leftover chunk file(s), restored the size of "
+                 "%(sizes)d file(s) written just before the stop", repaired)
+    return repaired

@@ -1,0 +1,57 @@
+"""One process of each role per cache: an fcntl lock on a pid file.
+
+The kernel drops the lock when the holder dies, even by kill -9, so a stale
+lock never blocks a restart.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from zero.errors import CacheLocked
+
+
+class PidLock:
+    def __init__(self, path: Path, role: str):
+        self.path = Path(path)
+        self.role = role
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CacheLocked(
+                f"the cache {self.path.parent} is already used by another {self.role} (pid {holder}); "
+                f"stop that process first (kill {holder}) or use another cache folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def holder_pid(path: Path) -> int | None:
+    """The pid holding the lock, or None when nobody does."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""The schema and the only code that speaks SQL."""

@@ -1,0 +1,134 @@
+"""The SQLite database shared by zero-fuse, zero-worker and the CLI.
+
+WAL mode lets readers run beside the one writer; a write transaction starts
+with BEGIN IMMEDIATE so two processes never deadlock upgrading a read lock.
+The transaction is the lock between the processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Connection, create_engine, event, insert, select, update
+from sqlalchemy.pool import QueuePool
+
+from zero.errors import CacheFormatError
+from zero.state import schema
+
+BUSY_TIMEOUT_S = 60.0
+
+
+class Database:
+    """One engine per process; `write()` and `read()` hand out transactions."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.engine = create_engine(
+            f"sqlite:///{self.path}",
+            poolclass=QueuePool,
+            pool_size=8,
+            max_overflow=32,
+            connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+        )
+        event.listen(self.engine, "connect", self._on_connect)
+        event.listen(self.engine, "begin", self._on_begin)
+        self._local = threading.local()
+
+    @staticmethod
+    def _on_connect(dbapi_connection, _record) -> None:
+        # Take transaction control from pysqlite so BEGIN IMMEDIATE is ours to send.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL survives a crash of either process; fsync paths call durable_checkpoint().
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=OFF")
+        cursor.close()
+
+    @staticmethod
+    def _on_begin(connection: Connection) -> None:
+        mode = "IMMEDIATE" if connection.get_execution_options().get("zero_write") else "DEFERRED"
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction: commits on success, rolls back on an exception."""
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(zero_write=True)
+            with connection.begin():
+                yield connection
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            with connection.begin():
+                yield connection
+
+    def durable_checkpoint(self) -> None:
+        """Make every committed transaction survive a power loss (for fsync):
+        a checkpoint fsyncs the WAL before copying it into the database."""
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def get_meta(connection: Connection, key: str) -> str | None:
+    return connection.execute(select(schema.meta.c.value).where(schema.meta.c.key == key)).scalar()
+
+
+def set_meta(connection: Connection, key: str, value: str) -> None:
+    updated = connection.execute(update(schema.meta).where(schema.meta.c.key == key).values(value=value))
+    if updated.rowcount == 0:
+        connection.execute(insert(schema.meta).values(key=key, value=value))
+
+
+def open_database(path: Path, chunk_size_bytes: int | None = None, root_uid: int = 0,
+                  root_gid: int = 0) -> Database:
+    """Open the database, creating the filesystem if it is new.
+
+    ``chunk_size_bytes`` is used only when formatting; an existing database keeps its own.
+    """
+    database = Database(path)
+    with database.write() as connection:
+        existing = connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").scalar()
+        if existing:
+            version = int(get_meta(connection, "schema_version") or 0)
+            if version > schema.SCHEMA_VERSION:
+                database.dispose()
+                raise CacheFormatError(
+                    f"{path} was made by a newer zero (format {version}; this one reads up to "
+                    f"{schema.SCHEMA_VERSION}); upgrade zero (pip install -U zero) to open it")
+            if version < schema.SCHEMA_VERSION:
+                database.dispose()
+                raise CacheFormatError(f"{path} has unknown format {version}; it was not made by zero")
+            return database
+        schema.metadata.create_all(connection)
+        now = time.time_ns()
+        for key, value in {
+            "schema_version": str(schema.SCHEMA_VERSION),
+            "chunk_size": str(chunk_size_bytes or 4 * 1024 * 1024),
+            "fs_id": uuid.uuid4().hex,
+            # Keys for the codec: one names objects (keyed hash), one seals them.
+            "hash_key": secrets.token_hex(32),
+            "encryption_key": secrets.token_hex(32),
+            "created_ns": str(now),
+        }.items():
+            connection.execute(insert(schema.meta).values(key=key, value=value))
+        connection.execute(insert(schema.inodes).values(
+            ino=1, mode=0o040755, uid=root_uid, gid=root_gid, nlink=2, size=0,
+            atime_ns=now, mtime_ns=now, ctime_ns=now, rdev=0, target=None))
+    return database
+
+
+def format_settings(database: Database) -> dict[str, str]:
+    with database.read() as connection:
+        return {row.key: row.value for row in connection.execute(select(schema.meta))}

@@ -1,0 +1,141 @@
+"""Inodes, directory entries, xattrs: the namespace zero-fuse owns.
+
+Functions take an open connection so a caller can put several of them in
+one transaction (a rename is one atomic commit). POSIX checks belong to the
+caller; these only read and write rows.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, Row, delete, func, insert, select, update
+
+from zero.state import schema
+
+ROOT_INO = 1
+
+_i = schema.inodes
+_d = schema.dentries
+_x = schema.xattrs
+
+
+def get_inode(connection: Connection, ino: int) -> Row | None:
+    return connection.execute(select(_i).where(_i.c.ino == ino)).first()
+
+
+def lookup(connection: Connection, parent: int, name: bytes) -> int | None:
+    return connection.execute(select(_d.c.ino).where(_d.c.parent == parent, _d.c.name == name)).scalar()
+
+
+def list_entries(connection: Connection, parent: int) -> list[tuple[bytes, int, int]]:
+    """(name, ino, mode) of every entry of a directory, in name order."""
+    query = (select(_d.c.name, _d.c.ino, _i.c.mode).join(_i, _i.c.ino == _d.c.ino)
+             .where(_d.c.parent == parent).order_by(_d.c.name))
+    return [(row.name, row.ino, row.mode) for row in connection.execute(query)]
+
+
+def has_entries(connection: Connection, parent: int) -> bool:
+    return connection.execute(select(_d.c.ino).where(_d.c.parent == parent).limit(1)).first() is not None
+
+
+def parent_of(connection: Connection, ino: int) -> int | None:
+    return connection.execute(select(_d.c.parent).where(_d.c.ino == ino).limit(1)).scalar()
+
+
+def insert_inode(connection: Connection, **values) -> int:
+    return connection.execute(insert(_i).values(**values)).inserted_primary_key[0]
+
+
+def update_inode(connection: Connection, ino: int, **values) -> None:
+    connection.execute(update(_i).where(_i.c.ino == ino).values(**values))
+
+
+def insert_dentry(connection: Connection, parent: int, name: bytes, ino: int) -> None:
+    connection.execute(insert(_d).values(parent=parent, name=name, ino=ino))
+
+
+def delete_dentry(connection: Connection, parent: int, name: bytes) -> None:
+    connection.execute(delete(_d).where(_d.c.parent == parent, _d.c.name == name))
+
+
+def repoint_dentry(connection: Connection, parent: int, name: bytes, ino: int) -> None:
+    connection.execute(update(_d).where(_d.c.parent == parent, _d.c.name == name).values(ino=ino))
+
+
+def delete_inode(connection: Connection, ino: int) -> list[int]:
+    """Remove an inode and everything hanging off it; returns its chunk numbers
+    so the caller can unlink their cache files after the commit."""
+    indexes = [row.idx for row in connection.execute(
+        select(schema.chunks.c.idx).where(schema.chunks.c.ino == ino))]
+    connection.execute(delete(schema.chunks).where(schema.chunks.c.ino == ino))
+    connection.execute(delete(schema.fetch_requests).where(schema.fetch_requests.c.ino == ino))
+    connection.execute(delete(schema.upload_requests).where(schema.upload_requests.c.ino == ino))
+    connection.execute(delete(schema.pins).where(schema.pins.c.ino == ino))
+    connection.execute(delete(_x).where(_x.c.ino == ino))
+    connection.execute(delete(_i).where(_i.c.ino == ino))
+    return indexes
+
+
+def unlinked_inodes(connection: Connection) -> list[int]:
+    """Inodes no directory names any more: kept alive only by open handles."""
+    return [row.ino for row in connection.execute(select(_i.c.ino).where(_i.c.nlink <= 0))]
+
+
+def get_xattr(connection: Connection, ino: int, name: bytes) -> bytes | None:
+    return connection.execute(select(_x.c.value).where(_x.c.ino == ino, _x.c.name == name)).scalar()
+
+
+def set_xattr(connection: Connection, ino: int, name: bytes, value: bytes) -> None:
+    updated = connection.execute(update(_x).where(_x.c.ino == ino, _x.c.name == name).values(value=value))
+    if updated.rowcount == 0:
+        connection.execute(insert(_x).values(ino=ino, name=name, value=value))
+
+
+def remove_xattr(connection: Connection, ino: int, name: bytes) -> bool:
+    return connection.execute(delete(_x).where(_x.c.ino == ino, _x.c.name == name)).rowcount > 0
+
+
+def list_xattrs(connection: Connection, ino: int) -> list[bytes]:
+    return [row.name for row in connection.execute(select(_x.c.name).where(_x.c.ino == ino).order_by(_x.c.name))]
+
+
+def totals(connection: Connection) -> dict[str, int]:
+    files = connection.execute(select(func.count()).select_from(_i).where(
+        (_i.c.mode.op("&")(0o170000)) == 0o100000)).scalar()
+    inodes = connection.execute(select(func.count()).select_from(_i)).scalar()
+    logical = connection.execute(select(func.coalesce(func.sum(_i.c.size), 0)).where(
+        (_i.c.mode.op("&")(0o170000)) == 0o100000)).scalar()
+    return {"files": files, "inodes": inodes, "logical_bytes": logical}
+
+
+def path_of(connection: Connection, ino: int) -> bytes | None:
+    """One path naming the inode (for messages and pins), or None if unlinked."""
+    parts: list[bytes] = []
+    current = ino
+    while current != ROOT_INO:
+        row = connection.execute(select(_d.c.parent, _d.c.name).where(_d.c.ino == current).limit(1)).first()
+        if row is None:
+            return None
+        parts.append(row.name)
+        current = row.parent
+    return b"/" + b"/".join(reversed(parts))
+
+
+def paths_of(connection: Connection, ino: int) -> list[bytes]:
+    """Every path naming the inode (its hard links)."""
+    found = []
+    for row in connection.execute(select(_d.c.parent, _d.c.name).where(_d.c.ino == ino)).all():
+        parent_path = b"" if row.parent == ROOT_INO else path_of(connection, row.parent)
+        if parent_path is not None:
+            found.append(parent_path + b"/" + row.name)
+    return found
+
+
+def descendants(connection: Connection, ino: int) -> list[int]:
+    """The inode and every inode below it (for pinning a tree)."""
+    found = [ino]
+    frontier = [ino]
+    while frontier:
+        rows = connection.execute(select(_d.c.ino).where(_d.c.parent.in_(frontier))).all()
+        frontier = [row.ino for row in rows]
+        found.extend(frontier)
+    return found

@@ -1,0 +1,74 @@
+"""Remote objects, where their copies are, and what nobody references.
+
+Written only by zero-worker. The reference count of an object is the number
+of chunks rows naming it, computed through an index, so it cannot drift.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import Connection, Row, delete, exists, func, insert, select, update
+
+from zero.state import schema
+
+_o = schema.objects
+_p = schema.placements
+_c = schema.chunks
+
+
+def get(connection: Connection, key: str) -> Row | None:
+    return connection.execute(select(_o).where(_o.c.key == key)).first()
+
+
+def remotes_holding(connection: Connection, key: str) -> list[str]:
+    return [row.remote for row in connection.execute(select(_p.c.remote).where(_p.c.key == key))]
+
+
+def record_intent(connection: Connection, key: str, plain_bytes: int) -> None:
+    """Before an upload: the row makes a crash leave a known, collectable object."""
+    if get(connection, key) is None:
+        connection.execute(insert(_o).values(key=key, plain_bytes=plain_bytes, stored_bytes=0,
+                                             created=time.time(), unreferenced_since=None))
+
+
+def record_copy(connection: Connection, key: str, remote: str, stored_bytes: int) -> None:
+    connection.execute(update(_o).where(_o.c.key == key).values(stored_bytes=stored_bytes,
+                                                                 unreferenced_since=None))
+    if connection.execute(select(_p.c.key).where(_p.c.key == key, _p.c.remote == remote)).first() is None:
+        connection.execute(insert(_p).values(key=key, remote=remote))
+
+
+def mark_unreferenced(connection: Connection, now: float) -> int:
+    """Stamp objects that just lost their last reference; clear the stamp of revived ones."""
+    referenced = exists().where(_c.c.object_key == _o.c.key)
+    stamped = connection.execute(update(_o).where(_o.c.unreferenced_since.is_(None), ~referenced)
+                                 .values(unreferenced_since=now)).rowcount
+    connection.execute(update(_o).where(_o.c.unreferenced_since.is_not(None), referenced)
+                       .values(unreferenced_since=None))
+    return stamped
+
+
+def claim_garbage(connection: Connection, older_than: float, limit: int = 500) -> list[tuple[str, list[str]]]:
+    """Delete the rows of objects unreferenced since before ``older_than`` and
+    return (key, remotes) so the caller deletes the copies after the commit.
+    Rows go first: an uploader that meets a missing row uploads again."""
+    referenced = exists().where(_c.c.object_key == _o.c.key)
+    keys = [row.key for row in connection.execute(
+        select(_o.c.key).where(_o.c.unreferenced_since.is_not(None), _o.c.unreferenced_since < older_than,
+                               ~referenced).limit(limit))]
+    claimed = []
+    for key in keys:
+        claimed.append((key, remotes_holding(connection, key)))
+        connection.execute(delete(_p).where(_p.c.key == key))
+        connection.execute(delete(_o).where(_o.c.key == key))
+    return claimed
+
+
+def known_keys(connection: Connection) -> set[str]:
+    return {row.key for row in connection.execute(select(_o.c.key))}
+
+
+def totals(connection: Connection) -> dict[str, int]:
+    row = connection.execute(select(func.count(), func.coalesce(func.sum(_o.c.stored_bytes), 0))).first()
+    return {"objects": row[0], "stored_bytes": row[1]}

@@ -1,0 +1,56 @@
+"""The queues zero-fuse fills and zero-worker drains: fault-ins and uploads."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import Connection, Row, delete, insert, select, update
+
+from zero.state import schema
+
+_f = schema.fetch_requests
+_u = schema.upload_requests
+
+READER = 0     # a read is waiting on it
+PREFETCH = 1   # sequential read ahead
+PIN = 2        # zero pin wants it local
+PRIME = 3      # the cache has room: bring back what was used recently
+
+
+def request_fetch(connection: Connection, ino: int, idx: int, priority: int) -> None:
+    row = connection.execute(select(_f).where(_f.c.ino == ino, _f.c.idx == idx)).first()
+    if row is None:
+        connection.execute(insert(_f).values(ino=ino, idx=idx, priority=priority, requested_at=time.time()))
+    elif row.priority > priority or row.error is not None:
+        connection.execute(update(_f).where(_f.c.ino == ino, _f.c.idx == idx)
+                           .values(priority=min(priority, row.priority), error=None, requested_at=time.time()))
+
+
+def fetch_error(connection: Connection, ino: int, idx: int) -> str | None:
+    return connection.execute(select(_f.c.error).where(_f.c.ino == ino, _f.c.idx == idx)).scalar()
+
+
+def pending_fetches(connection: Connection, limit: int) -> list[Row]:
+    return connection.execute(select(_f).where(_f.c.error.is_(None))
+                              .order_by(_f.c.priority, _f.c.requested_at).limit(limit)).all()
+
+
+def fail_fetch(connection: Connection, ino: int, idx: int, error: str) -> None:
+    connection.execute(update(_f).where(_f.c.ino == ino, _f.c.idx == idx).values(error=error))
+
+
+def done_fetch(connection: Connection, ino: int, idx: int) -> None:
+    connection.execute(delete(_f).where(_f.c.ino == ino, _f.c.idx == idx))
+
+
+def request_upload(connection: Connection, ino: int) -> None:
+    if connection.execute(select(_u.c.ino).where(_u.c.ino == ino)).first() is None:
+        connection.execute(insert(_u).values(ino=ino, requested_at=time.time()))
+
+
+def pending_uploads(connection: Connection) -> list[int]:
+    return [row.ino for row in connection.execute(select(_u.c.ino).order_by(_u.c.requested_at))]
+
+
+def done_upload(connection: Connection, ino: int) -> None:
+    connection.execute(delete(_u).where(_u.c.ino == ino))

@@ -1,0 +1,144 @@
+"""The schema: every table and column says what it means, who writes it and
+which invariant it keeps. "fuse" is zero-fuse, "worker" is zero-worker."""
+
+from __future__ import annotations
+
+import enum
+
+from sqlalchemy import (
+    Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, PrimaryKeyConstraint, String, Table,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+
+class ChunkState(str, enum.Enum):
+    """Where a chunk's bytes are. Changed only by state.chunks.transition()."""
+
+    DIRTY = "dirty"          # fuse: only in the cache, changed since its last upload
+    UPLOADING = "uploading"  # worker: being uploaded; a write sends it back to dirty
+    CLEAN = "clean"          # worker: in the cache and stored remotely with the same content
+    REMOTE = "remote"        # worker: only stored remotely (evicted)
+    FETCHING = "fetching"    # worker: being faulted back in
+
+
+meta = Table(
+    "meta", metadata,
+    Column("key", String, primary_key=True, comment="setting name: schema_version, chunk_size, fs_id, ..."),
+    Column("value", String, nullable=False),
+    comment="Format-time settings and process heartbeats. Written by whoever owns the key.",
+)
+
+inodes = Table(
+    "inodes", metadata,
+    Column("ino", Integer, primary_key=True, comment="inode number; never reused (AUTOINCREMENT)"),
+    Column("mode", Integer, nullable=False, comment="st_mode: type and permission bits"),
+    Column("uid", Integer, nullable=False),
+    Column("gid", Integer, nullable=False),
+    Column("nlink", Integer, nullable=False, comment="directory entries naming it (+ '.'/'..' for directories)"),
+    Column("size", Integer, nullable=False, comment="logical size in bytes; chunks past it do not exist"),
+    Column("atime_ns", Integer, nullable=False),
+    Column("mtime_ns", Integer, nullable=False),
+    Column("ctime_ns", Integer, nullable=False),
+    Column("rdev", Integer, nullable=False, default=0),
+    Column("target", LargeBinary, comment="symlink target bytes; NULL for other types"),
+    sqlite_autoincrement=True,
+    comment="Written only by fuse. An inode with nlink 0 lives until its last handle closes; "
+            "the mount-time reconciler purges the ones a crash left behind.",
+)
+
+dentries = Table(
+    "dentries", metadata,
+    Column("parent", Integer, nullable=False, comment="inode of the directory"),
+    Column("name", LargeBinary, nullable=False, comment="file name as raw bytes (not only UTF-8), at most 255"),
+    Column("ino", Integer, nullable=False),
+    PrimaryKeyConstraint("parent", "name"),
+    Index("dentries_by_ino", "ino"),
+    comment="Directory entries. Written only by fuse; hard links are several rows with one ino.",
+)
+
+xattrs = Table(
+    "xattrs", metadata,
+    Column("ino", Integer, nullable=False),
+    Column("name", LargeBinary, nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("ino", "name"),
+    comment="Extended attributes. Written only by fuse.",
+)
+
+chunks = Table(
+    "chunks", metadata,
+    Column("ino", Integer, nullable=False),
+    Column("idx", Integer, nullable=False, comment="chunk number: bytes [idx*chunk_size, (idx+1)*chunk_size)"),
+    Column("state", String, nullable=False, comment="a ChunkState; changed only by compare-and-set"),
+    Column("version", Integer, nullable=False, default=0,
+           comment="fuse bumps it whenever it takes the write lease; the worker marks a chunk clean only "
+                   "if the version it uploaded is still current (no stale upload wins)"),
+    Column("leased", Boolean, nullable=False, default=False,
+           comment="fuse holds the write lease: writes may land at any moment, so the worker neither "
+                   "uploads nor evicts. Released on close, fsync, and after uploadDelay of quiet."),
+    Column("object_key", String, comment="the remote object holding the content of the last upload"),
+    Column("stored_bytes", Integer, nullable=False, default=0,
+           comment="bytes the cache file occupies on disk while local (worker keeps it for usage accounting)"),
+    Column("last_access", Float, nullable=False, default=0.0, comment="unix time, batched by fuse; LRU order"),
+    Column("pinned", Boolean, nullable=False, default=False, comment="never evict (zero pin); fetched eagerly"),
+    PrimaryKeyConstraint("ino", "idx"),
+    Index("chunks_by_state", "state", "last_access"),
+    Index("chunks_by_object", "object_key"),
+    comment="One row per chunk that is not a hole. A missing row reads as zeros.",
+)
+
+objects = Table(
+    "objects", metadata,
+    Column("key", String, primary_key=True, comment="keyed hash of the plaintext: identical chunks share it"),
+    Column("plain_bytes", Integer, nullable=False),
+    Column("stored_bytes", Integer, nullable=False, comment="size after compression and encryption"),
+    Column("created", Float, nullable=False, comment="unix time the upload began (the row is the upload's intent)"),
+    Column("unreferenced_since", Float,
+           comment="unix time the collector first saw no chunk referencing it; deleted after a grace period"),
+    comment="Remote objects the state knows about. Written only by the worker. Its reference count is "
+            "the number of chunks rows naming it (indexed, computed, so it cannot drift). Write-once: a key "
+            "never gets new content, so a crash between upload and commit leaves garbage, never a wrong object.",
+)
+
+placements = Table(
+    "placements", metadata,
+    Column("key", String, nullable=False),
+    Column("remote", String, nullable=False, comment="the remote's configured name"),
+    PrimaryKeyConstraint("key", "remote"),
+    comment="Which remote holds a durable copy of which object. Placement is data, not a hash.",
+)
+
+fetch_requests = Table(
+    "fetch_requests", metadata,
+    Column("ino", Integer, nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("priority", Integer, nullable=False, comment="0 = a reader waits, 1 = prefetch, 2 = pin, 3 = prime"),
+    Column("requested_at", Float, nullable=False),
+    Column("error", String, comment="set by the worker when the fetch failed; the reader reports it"),
+    PrimaryKeyConstraint("ino", "idx"),
+    comment="Fault-in queue: fuse inserts, the worker serves and deletes.",
+)
+
+upload_requests = Table(
+    "upload_requests", metadata,
+    Column("ino", Integer, primary_key=True),
+    Column("requested_at", Float, nullable=False),
+    comment="fsync/zero sync: fuse asks the worker to upload this inode's dirty chunks now.",
+)
+
+pins = Table(
+    "pins", metadata,
+    Column("ino", Integer, primary_key=True, comment="a pinned file or directory (directories pin their tree)"),
+    Column("pinned_at", Float, nullable=False),
+    comment="Written by `zero pin`/`zero unpin`; the worker applies it to chunks.pinned.",
+)
+
+counters = Table(
+    "counters", metadata,
+    Column("name", String, primary_key=True, comment="uploads, uploaded_bytes, evictions, fault_ins, ..."),
+    Column("value", Integer, nullable=False),
+    comment="Running totals for zero status. Written by the worker.",
+)

@@ -1,0 +1,83 @@
+"""Cross-process wake-ups: one process touches a file, the other hears it
+through watchdog (inotify) and re-checks the database.
+
+The database is the truth; a wake-up only says "look now". Waiters still
+pass a timeout, so a lost event costs latency, never correctness.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+WORKER = "worker"  # fuse -> worker: new dirty data, fault-in or upload requests
+FUSE = "fuse"      # worker -> fuse: a fetch or an upload finished
+
+
+def notify(wake_dir: Path, target: str) -> None:
+    path = os.path.join(wake_dir, target)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, b".")
+        if os.fstat(fd).st_size > 4096:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, listener: "WakeListener"):
+        self.listener = listener
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if os.path.basename(os.fsdecode(event.src_path)) == self.listener.target:
+            self.listener.poke()
+
+
+class WakeListener:
+    """Counts wake-ups for one target; wait() returns when a new one arrives."""
+
+    def __init__(self, wake_dir: Path, target: str):
+        self.wake_dir = Path(wake_dir)
+        self.target = target
+        self._condition = threading.Condition()
+        self._generation = 0
+        self._observer: Observer | None = None
+
+    def start(self) -> None:
+        self.wake_dir.mkdir(parents=True, exist_ok=True)
+        self._observer = Observer()
+        self._observer.schedule(_Handler(self), str(self.wake_dir), recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    def poke(self) -> None:
+        with self._condition:
+            self._generation += 1
+            self._condition.notify_all()
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def wait(self, since_generation: int, timeout: float) -> int:
+        """Wait until a wake-up newer than ``since_generation`` or the timeout."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while self._generation == since_generation:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+            return self._generation
