@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+import threading
 from pathlib import Path
 
 from zero.errors import MountError
@@ -72,7 +74,9 @@ def durable_write(path: str, data: bytes, tmp_dir: str | None = None) -> None:
     """Write a file so that after return it exists whole or not at all:
     temp file, fsync, rename, fsync the folder."""
     folder = os.path.dirname(path)
-    tmp = os.path.join(tmp_dir or folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    # pid, thread and a random part: two writers of one path never share a temp file
+    tmp = os.path.join(tmp_dir or folder,
+                       f".tmp-{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}-{os.path.basename(path)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(data)

@@ -7,6 +7,7 @@ embedded default: a local folder standing in for the cloud.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
@@ -204,7 +205,8 @@ def _parse_remotes(value: Any) -> tuple[RemoteSpec, ...]:
         allowed = REMOTE_KINDS[kind]
         for key in options:
             if key not in allowed:
-                raise ConfigError(f"{where}.{key}: unknown key for a {kind} remote{_suggestion(key, allowed)}")
+                suggestion = _suggestion(str(key), allowed | {"name", "type"})
+                raise ConfigError(f"{where}.{key}: unknown key for a {kind} remote{suggestion}")
         for key in allowed:
             if key not in options:
                 raise ConfigError(f"{where}.{key}: a {kind} remote needs this key")
@@ -266,6 +268,10 @@ def parse(text: str, source: str) -> Config:
     return config
 
 
+def replace_grace(config: Config, grace_s: float) -> Config:
+    return dataclasses.replace(config, gc_grace_period_s=_number("--grace", grace_s))
+
+
 def find_config_path(explicit: str | None = None) -> Path | None:
     if explicit:
         path = Path(explicit).expanduser()
@@ -290,7 +296,10 @@ def load(explicit: str | None = None) -> Config:
                  "a local folder %s stands in for the cloud", DEFAULT_CONFIG_PATH, config.remotes[0].options["path"])
         return config
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the config file ({error.strerror}); check its permissions") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: the config file is not UTF-8 text (byte {error.start}); "
+                          "save it as UTF-8") from None
     return parse(text, str(path))

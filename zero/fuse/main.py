@@ -80,7 +80,9 @@ def run(args) -> int:
     try:
         binding.ZeroFUSE(operations, str(mount), **options)
     except RuntimeError as error:
-        raise ZeroError(f"libfuse could not mount {mount} ({error}); see the messages above") from None
+        if not operations.started:
+            raise ZeroError(f"libfuse could not mount {mount} ({error}); see the messages above") from None
+        log.info("Stopped by a signal; unmounting")  # libfuse reports a signal stop as an error code
     finally:
         operations.shutdown()
         listener.stop()

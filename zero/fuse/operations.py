@@ -137,6 +137,10 @@ class ZeroOperations(Operations):
         self.kernel_cache.start()
         self.start()
 
+    @property
+    def started(self) -> bool:
+        return self._flusher is not None
+
     def start(self) -> None:
         self._refresh_totals()
         self._flusher = threading.Thread(target=self._flush_loop, name="zero-flusher", daemon=True)

@@ -143,11 +143,18 @@ def counts_by_state(connection: Connection) -> dict[str, tuple[int, int]]:
 
 # --- zero-worker's moves -----------------------------------------------------------
 
-def uploadable(connection: Connection, quiet_before: float, limit: int) -> list[Row]:
+def uploadable(connection: Connection, limit: int) -> list[Row]:
     """Dirty chunks fuse has let go of, oldest first."""
     return connection.execute(
         select(_c).where(_c.c.state == D.value, _c.c.leased.is_(False))
         .order_by(_c.c.last_access).limit(limit)).all()
+
+
+def dirty_totals(connection: Connection) -> tuple[int, int]:
+    """(dirty or uploading chunks, of which leased)."""
+    row = connection.execute(select(func.count(), func.coalesce(func.sum(_c.c.leased), 0)).where(
+        _c.c.state.in_([D.value, U.value]))).first()
+    return row[0], row[1]
 
 
 def start_upload(connection: Connection, ino: int, idx: int, version: int) -> None:

@@ -1,0 +1,78 @@
+"""The one small protocol every remote speaks.
+
+Every kind of remote (a local folder, S3, B2, ...) implements these few
+methods and nothing more, so one contract suite can check them all and the
+pool and the worker never care which kind they hold. Implementations
+translate their own failures into zero's errors at this border.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+from zero.errors import RemoteUnavailable
+
+
+class Remote(ABC):
+    """A flat store of write-once objects under "/"-separated keys.
+
+    Keys look like ``<fs_id>/objects/ab/abcdef...``. A key never gets new
+    content: objects are content-addressed, so a second put of a key stores
+    the same plaintext again (the ciphertext may differ by its nonce).
+    """
+
+    name: str  # the configured name; placement rows refer to a remote by it
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` durably: after return it survives a crash of the remote's host.
+
+        Raises RemoteUnavailable when the remote cannot store it now.
+        """
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The object's bytes. Raises ObjectMissing or RemoteUnavailable."""
+
+    @abstractmethod
+    def head(self, key: str) -> int | None:
+        """The object's size in bytes, or None when the remote does not hold it."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object. Deleting a missing one is fine, so a collector can retry."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int, float]]:
+        """(key, size in bytes, mtime in unix seconds) of every object whose key
+        starts with ``prefix``, in no particular order. The collector uses the
+        mtime to leave fresh uploads alone."""
+
+    def is_transient(self, error: Exception) -> bool:
+        """Whether trying the same call again later may succeed.
+
+        The default covers remotes that already translated their failures; a
+        remote whose SDK raises its own errors refines this.
+        """
+        return isinstance(error, RemoteUnavailable)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def check_key(key: str) -> None:
+    """Reject keys that could escape a folder or hide among temporary files.
+
+    A wrong key is a bug in zero, not a remote's failure, hence ValueError.
+    Components starting with "." are reserved so that remotes can keep
+    their own temporary files beside the objects.
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"a remote key must be a non-empty string, got {key!r}")
+    if "\0" in key or "\\" in key:
+        raise ValueError(f"a remote key cannot contain NUL or backslash: {key!r}")
+    for part in key.split("/"):
+        if not part or part.startswith("."):
+            raise ValueError(f"bad remote key {key!r}: no empty components, no leading '/', "
+                             "and no component may start with '.'")

@@ -1,0 +1,101 @@
+"""What an object looks like on a remote: named by a keyed hash, compressed, then sealed.
+
+    blob = MAGIC (4) | flags (1) | nonce (12) | AES-256-GCM(payload) with its 16-byte tag
+
+The header (magic, flags, nonce) is authenticated as associated data, so
+changing any byte of a blob, or cutting it short, fails ``open`` instead of
+yielding garbage. The payload is the zstd-compressed plaintext, or the
+plaintext itself when compression does not make it smaller (flag bit 0 says
+which). Golden vectors in tests/unit/test_codec.py pin this format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from zero.errors import ObjectCorrupt
+
+MAGIC = b"ZRO1"
+FLAG_ZSTD = 0x01
+KNOWN_FLAGS = FLAG_ZSTD
+NONCE_BYTES = 12
+TAG_BYTES = 16
+HEADER_BYTES = len(MAGIC) + 1 + NONCE_BYTES
+KEY_BYTES = 32
+OBJECT_KEY_DIGEST_BYTES = 32
+ZSTD_LEVEL = 3
+
+
+class Codec:
+    """Turns chunk plaintext into sealed blobs and back. Holds no per-call
+    state, so threads may share one."""
+
+    def __init__(self, hash_key: bytes, encryption_key: bytes):
+        if len(hash_key) != KEY_BYTES or len(encryption_key) != KEY_BYTES:
+            raise ValueError(f"Codec needs a {KEY_BYTES}-byte hash key and a {KEY_BYTES}-byte encryption key")
+        self._hash_key = bytes(hash_key)
+        self._aead = AESGCM(bytes(encryption_key))
+
+    def object_key(self, plaintext: bytes) -> str:
+        """The content address. Keyed, so a remote's owner cannot test whether
+        it holds a known file by hashing that file."""
+        return hashlib.blake2b(plaintext, key=self._hash_key, digest_size=OBJECT_KEY_DIGEST_BYTES).hexdigest()
+
+    def seal(self, plaintext: bytes, nonce: bytes | None = None) -> bytes:
+        """The blob to upload. ``nonce`` is for golden-vector tests only: reusing a
+        nonce under one key breaks GCM, so production code leaves it random."""
+        if nonce is None:
+            nonce = os.urandom(NONCE_BYTES)
+        elif len(nonce) != NONCE_BYTES:
+            raise ValueError(f"a nonce is {NONCE_BYTES} bytes, got {len(nonce)}")
+        compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(plaintext)
+        if len(compressed) < len(plaintext):
+            flags, payload = FLAG_ZSTD, compressed
+        else:
+            flags, payload = 0, plaintext
+        header = MAGIC + bytes([flags]) + nonce
+        return header + self._aead.encrypt(nonce, payload, header)
+
+    def open(self, blob: bytes, expected_key: str | None = None) -> bytes:
+        """The plaintext of a sealed blob; ObjectCorrupt if it is not exactly what
+        ``seal`` produced with this key, or (with ``expected_key``) if it is
+        another object than the one asked for."""
+        if len(blob) < len(MAGIC) or blob[:len(MAGIC)] != MAGIC:
+            raise ObjectCorrupt(f"object{_naming(expected_key)} does not start with {MAGIC!r}: "
+                                "not a zero object, or damaged at its start")
+        if len(blob) < HEADER_BYTES + TAG_BYTES:
+            raise ObjectCorrupt(f"object{_naming(expected_key)} is truncated: {len(blob)} bytes, "
+                                f"a sealed object has at least {HEADER_BYTES + TAG_BYTES}")
+        header = bytes(blob[:HEADER_BYTES])
+        flags = header[len(MAGIC)]
+        nonce = header[len(MAGIC) + 1:]
+        try:
+            payload = self._aead.decrypt(nonce, bytes(blob[HEADER_BYTES:]), header)
+        except InvalidTag:
+            raise ObjectCorrupt(f"object{_naming(expected_key)} failed authentication: it was changed or "
+                                "truncated after upload, or sealed with another key") from None
+        # Authenticated flags with unknown bits come from a newer zero, not from damage.
+        if flags & ~KNOWN_FLAGS:
+            raise ObjectCorrupt(f"object{_naming(expected_key)} uses format flags {flags:#04x} that this "
+                                "version of zero does not know; upgrade zero")
+        if flags & FLAG_ZSTD:
+            try:
+                plaintext = zstandard.ZstdDecompressor().decompress(payload)
+            except zstandard.ZstdError as error:
+                raise ObjectCorrupt(f"object{_naming(expected_key)} authenticated but does not "
+                                    f"decompress ({error}); it was sealed by a faulty writer") from None
+        else:
+            plaintext = payload
+        if expected_key is not None and self.object_key(plaintext) != expected_key:
+            raise ObjectCorrupt(f"object {expected_key} holds the content of another object; "
+                                "it was stored under the wrong key")
+        return plaintext
+
+
+def _naming(key: str | None) -> str:
+    return f" {key}" if key else ""

@@ -1,0 +1,1 @@
+"""zero-worker: upload, evict, fault-in, collect."""

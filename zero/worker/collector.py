@@ -1,0 +1,71 @@
+"""Delete remote objects nobody references any more.
+
+An object is garbage once no chunk names it for gcGracePeriod. Its rows go
+first, in a transaction that re-checks "still unreferenced"; its copies go
+after the commit. An uploader that finds the row gone uploads again. A
+remote object with no row at all (a crash between a collector's commit and
+its deletes) is swept once it is older than the grace period, which also
+covers an upload whose row is still being written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from zero.errors import RemoteUnavailable
+from zero.state import counters, objects
+from zero.worker import crashpoints
+from zero.worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+class Collector:
+    def __init__(self, context: WorkerContext):
+        self.context = context
+
+    def collect(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        grace = self.context.config.gc_grace_period_s
+        with self.context.database.write() as connection:
+            objects.mark_unreferenced(connection, now)
+            claimed = objects.claim_garbage(connection, older_than=now - grace)
+            if claimed:
+                counters.bump(connection, "objects_collected", len(claimed))
+        crashpoints.crash("gc.claimed")
+        deleted = 0
+        for key, holders in claimed:
+            try:
+                self.context.pool.delete(self.context.remote_key(key), holders)
+                deleted += 1
+            except RemoteUnavailable as error:
+                log.warning("Could not delete unused object %s yet (%s); the orphan sweep will retry", key, error)
+        deleted += self.sweep_orphans(now)
+        if deleted:
+            log.info("Collected %d unused object(s) from the remotes", deleted)
+        return deleted
+
+    def sweep_orphans(self, now: float) -> int:
+        """Delete remote objects the state does not know, once older than the grace period."""
+        grace = self.context.config.gc_grace_period_s
+        prefix = self.context.object_prefix
+        deleted = 0
+        for remote in self.context.pool.remotes:
+            try:
+                listing = list(remote.list(prefix))
+            except RemoteUnavailable as error:
+                log.warning("Could not list %s for unused objects: %s", remote.name, error)
+                continue
+            with self.context.database.read() as connection:
+                known = objects.known_keys(connection)
+            for remote_key, _size, mtime in listing:
+                key = remote_key.rsplit("/", 1)[-1]
+                if key in known or mtime > now - grace:
+                    continue
+                try:
+                    remote.delete(remote_key)
+                    deleted += 1
+                except RemoteUnavailable as error:
+                    log.warning("Could not delete orphan %s on %s: %s", remote_key, remote.name, error)
+        return deleted

@@ -1,0 +1,35 @@
+"""What every worker step needs: the state, the cache, the remotes, the codec."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zero import wakeup
+from zero.cachedir import CacheDir
+from zero.config import Config
+from zero.remote.codec import Codec
+from zero.remote.pool import RemotePool
+from zero.state.db import Database
+
+
+@dataclass
+class WorkerContext:
+    database: Database
+    cache: CacheDir
+    config: Config
+    pool: RemotePool
+    codec: Codec
+    fs_id: str
+    chunk_size: int
+
+    def remote_key(self, object_key: str) -> str:
+        """Objects live under the filesystem's id, so several caches can share a
+        bucket and the collector only ever sweeps its own."""
+        return f"{self.fs_id}/objects/{object_key[:2]}/{object_key}"
+
+    @property
+    def object_prefix(self) -> str:
+        return f"{self.fs_id}/objects/"
+
+    def wake_fuse(self) -> None:
+        wakeup.notify(self.cache.wake, wakeup.FUSE)

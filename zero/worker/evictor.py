@@ -1,0 +1,85 @@
+"""Keep the cache under targetDiskUsage: evict clean chunks, least recently
+used first, down to the low watermark. Dirty, uploading, leased and pinned
+chunks are never evicted; one transaction checks "still clean, not leased",
+unlinks the file and marks the chunk remote.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from zero.errors import StateConflict
+from zero.state import chunks, counters
+from zero.worker import crashpoints
+from zero.worker.context import WorkerContext
+from zero.worker.usage import measure
+
+log = logging.getLogger(__name__)
+
+BATCH = 256
+
+
+class Evictor:
+    def __init__(self, context: WorkerContext):
+        self.context = context
+        self.last_usage = 0
+
+    @property
+    def target(self) -> int:
+        return self.context.config.target_disk_usage_bytes
+
+    @property
+    def low_watermark(self) -> int:
+        return int(self.target * self.context.config.low_watermark)
+
+    def over_target(self) -> bool:
+        self.last_usage = measure(self.context.cache).total_bytes
+        return self.last_usage > self.target
+
+    def make_room(self, incoming_bytes: int) -> None:
+        """Before a fault-in: evict so that ``incoming_bytes`` more still fit under the target."""
+        usage = measure(self.context.cache).total_bytes
+        self.last_usage = usage
+        if usage + incoming_bytes > self.target:
+            self.evict(max(0, min(self.low_watermark, self.target - incoming_bytes)))
+
+    def evict(self, goal_bytes: int | None = None) -> int:
+        """Evict until usage is at or under ``goal_bytes`` (the low watermark);
+        returns how many chunks went."""
+        goal = self.low_watermark if goal_bytes is None else goal_bytes
+        usage = measure(self.context.cache).total_bytes
+        evicted = 0
+        while usage > goal:
+            with self.context.database.read() as connection:
+                candidates = chunks.eviction_candidates(connection, BATCH)
+            if not candidates:
+                break
+            for row in candidates:
+                if usage <= goal:
+                    break
+                freed = self._evict_one(row.ino, row.idx)
+                if freed is not None:
+                    usage -= freed
+                    evicted += 1
+        self.last_usage = usage
+        if evicted:
+            log.debug("Evicted %d chunk(s); cache now uses %d MiB of %d MiB", evicted, usage >> 20,
+                      self.target >> 20)
+        return evicted
+
+    def _evict_one(self, ino: int, idx: int) -> int | None:
+        path = self.context.cache.chunk_path(ino, idx)
+        try:
+            with self.context.database.write() as connection:
+                chunks.mark_evicted(connection, ino, idx)
+                try:
+                    freed = os.stat(path).st_blocks * 512
+                    os.unlink(path)
+                except FileNotFoundError:
+                    freed = 0
+                crashpoints.crash("evict.unlinked")
+                counters.bump(connection, "evictions")
+        except StateConflict:
+            return None  # written, leased or pinned since we looked
+        return freed

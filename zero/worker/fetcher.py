@@ -1,0 +1,103 @@
+"""Fault evicted chunks back in when zero-fuse asks (and for prefetch, pins
+and priming): download, verify, write a temporary file durably, then rename
+it into place inside the transaction that marks the chunk clean, so a chunk
+deleted meanwhile never gets a stray file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from zero.cachedir import disk_bytes, fsync_dir
+from zero.errors import ObjectCorrupt, ObjectMissing, RemoteUnavailable, StateConflict
+from zero.state import chunks, counters, objects, requests
+from zero.state.schema import ChunkState
+from zero.worker import crashpoints
+from zero.worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+class Fetcher:
+    def __init__(self, context: WorkerContext):
+        self.context = context
+        self.fetched_bytes = 0
+
+    def pending(self, limit: int = 32) -> list:
+        with self.context.database.read() as connection:
+            return requests.pending_fetches(connection, limit)
+
+    def fetch(self, ino: int, idx: int) -> None:
+        """Serve one request; failures that retrying cannot fix are written
+        back for the waiting reader, which then gets EIO."""
+        context = self.context
+        try:
+            with context.database.write() as connection:
+                row = chunks.get(connection, ino, idx)
+                if row is None or row.state != ChunkState.REMOTE.value:
+                    requests.done_fetch(connection, ino, idx)  # deleted, or local already
+                    return
+                chunks.start_fetch(connection, ino, idx)
+                holders = objects.remotes_holding(connection, row.object_key)
+        except StateConflict:
+            return
+        crashpoints.crash("fetch.started")
+        key = row.object_key
+        tmp = os.path.join(context.cache.tmp, f"{ino}-{idx}.fetch")
+        try:
+            data = context.pool.get(context.remote_key(key), holders,
+                                    decode=lambda blob: context.codec.open(blob, expected_key=key))
+            self._write_tmp(tmp, data)
+            crashpoints.crash("fetch.downloaded")
+            path = context.cache.chunk_path(ino, idx)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with context.database.write() as connection:
+                chunks.finish_fetch(connection, ino, idx, disk_bytes(os.stat(tmp)))
+                os.rename(tmp, path)
+                crashpoints.crash("fetch.renamed")
+                requests.done_fetch(connection, ino, idx)
+                counters.bump(connection, "fault_ins")
+            fsync_dir(os.path.dirname(path))
+            self.fetched_bytes += len(data)
+        except (ObjectMissing, ObjectCorrupt) as error:
+            log.error("Chunk %d of inode %d cannot be read back: %s", idx, ino, error)
+            self._give_back(ino, idx, tmp, error=str(error))
+        except RemoteUnavailable as error:
+            log.warning("Fault-in of chunk %d of inode %d postponed: %s", idx, ino, error)
+            self._give_back(ino, idx, tmp, error=None)
+            raise
+        except StateConflict:
+            _remove(tmp)  # truncated or deleted while we downloaded
+        except BaseException:
+            self._give_back(ino, idx, tmp, error=None)
+            raise
+        finally:
+            context.wake_fuse()
+
+    def _write_tmp(self, tmp: str, data: bytes) -> None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _give_back(self, ino: int, idx: int, tmp: str, error: str | None) -> None:
+        _remove(tmp)
+        with self.context.database.write() as connection:
+            try:
+                chunks.abort_fetch(connection, ino, idx)
+            except StateConflict:
+                pass
+            if error is not None:
+                requests.fail_fetch(connection, ino, idx, error)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

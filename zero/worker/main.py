@@ -1,0 +1,90 @@
+"""zero-worker <cache>: upload, evict, fault in and collect for one cache."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from zero import config as config_module
+from zero import logsetup, wakeup
+from zero.cachedir import CacheDir
+from zero.errors import ZeroError
+from zero.locking import PidLock
+
+log = logging.getLogger("zero.worker")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="zero-worker", description="Move a zero cache's data to and from the remotes.")
+    parser.add_argument("cache", help="the cache folder zero-fuse uses")
+    parser.add_argument("--config", help="config.yml (default: $ZERO_CONFIG or ~/.config/zero/config.yml)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logsetup.configure("zero-worker")
+    try:
+        return run(args)
+    except ZeroError as error:
+        log.error("%s", error)
+        print(f"zero-worker: {error}", file=sys.stderr)
+        return 1
+
+
+def build_context(config, cache: CacheDir):
+    from zero.remote.codec import Codec
+    from zero.remote.pool import build_pool
+    from zero.state import db as state_db
+    from zero.worker.context import WorkerContext
+
+    database = state_db.open_database(config.database_path(cache.root), config.chunk_size_bytes,
+                                      root_uid=os.getuid(), root_gid=os.getgid())
+    settings = state_db.format_settings(database)
+    codec = Codec(bytes.fromhex(settings["hash_key"]), bytes.fromhex(settings["encryption_key"]))
+    return WorkerContext(database=database, cache=cache, config=config, pool=build_pool(config), codec=codec,
+                         fs_id=settings["fs_id"], chunk_size=int(settings["chunk_size"]))
+
+
+def run(args) -> int:
+    from zero.worker.recovery import recover
+    from zero.worker.service import Worker
+
+    config = config_module.load(args.config)
+    logging.getLogger().setLevel(config.log_level)
+    cache = CacheDir(args.cache)
+    cache.prepare()
+    for bucket in range(256):
+        os.makedirs(f"{cache.chunks}/{bucket:02x}", exist_ok=True)
+    lock = PidLock(cache.lock_path("worker"), "zero-worker")
+    lock.acquire()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    context = build_context(config, cache)
+    listener = wakeup.WakeListener(cache.wake, wakeup.WORKER)
+    try:
+        recover(context)
+        listener.start()
+        names = ", ".join(f"{remote.name} ({remote!r})" for remote in context.pool.remotes)
+        log.info("Worker started for %s: remotes %s; keeping the cache under %d MiB", cache.root, names,
+                 config.target_disk_usage_bytes >> 20)
+        worker = Worker(context, listener)
+        worker.start()
+        stop.wait()
+        log.info("Stopping: finishing the uploads and fault-ins under way")
+        worker.stop()
+    finally:
+        listener.stop()
+        context.database.dispose()
+        lock.release()
+    log.info("Worker stopped cleanly")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

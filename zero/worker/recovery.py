@@ -1,0 +1,37 @@
+"""Worker start-up: put back what a killed worker left half-done, and say so.
+
+- ``uploading`` goes back to ``dirty`` (the object, if sent, is an orphan
+  or a dedup hit next time); ``fetching`` goes back to ``remote``.
+- Temporary fault-in files are removed.
+- A ``clean`` chunk whose file is gone was evicted by a worker killed before
+  its commit: it is ``remote`` (its object is durable, that is what clean means).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from zero.state import chunks
+from zero.state.schema import ChunkState
+from zero.worker.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+def recover(context: WorkerContext) -> dict[str, int]:
+    repaired = {"uploading": 0, "fetching": 0, "temp_files": 0, "evictions": 0}
+    for entry in os.scandir(context.cache.tmp):
+        os.unlink(entry.path)
+        repaired["temp_files"] += 1
+    with context.database.write() as connection:
+        repaired.update(chunks.recover_interrupted(connection))
+        for row in chunks.all_rows(connection):
+            if row.state == ChunkState.CLEAN.value and not os.path.exists(context.cache.chunk_path(row.ino, row.idx)):
+                chunks.mark_evicted(connection, row.ino, row.idx)
+                repaired["evictions"] += 1
+    if any(repaired.values()):
+        log.info("Recovered from an unclean stop: %(uploading)d upload(s) and %(fetching)d fault-in(s) will be "
+                 "redone, %(temp_files)d temporary file(s) removed, %(evictions)d interrupted eviction(s) "
+                 "completed", repaired)
+    return repaired

@@ -1,0 +1,187 @@
+"""The worker's loops. Three threads, each woken by zero-fuse through
+watchdog or by its own deadline, never by a fixed polling tick:
+
+- fetcher: fault-ins first (a reader is waiting), then prefetch, pins, priming;
+- uploader: dirty chunks once quiet or asked for, in a small thread pool;
+- keeper: eviction under targetDiskUsage, pins, priming.
+
+APScheduler runs the periodic jobs: garbage collection and the heartbeat
+that `zero status` reads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+import threading
+import time
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from zero import wakeup
+from zero.errors import RemoteUnavailable
+from zero.state import chunks, db as state_db
+from zero.worker.collector import Collector
+from zero.worker.context import WorkerContext
+from zero.worker.evictor import Evictor
+from zero.worker.fetcher import Fetcher
+from zero.worker.pins import apply_pins, prime
+from zero.worker.uploader import Uploader
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_REMOTE_ERROR_S = 5.0
+IDLE_RECHECK_S = 30.0      # a lost wake-up costs at most this much delay
+KEEPER_INTERVAL_S = 2.0    # eviction re-measures the cache at least this often while writes go on
+HEARTBEAT_INTERVAL_S = 2.0
+GC_INTERVAL_S = 600.0
+UPLOAD_THREADS = 4
+FETCH_THREADS = 4
+
+
+class Worker:
+    def __init__(self, context: WorkerContext, listener: wakeup.WakeListener):
+        self.context = context
+        self.listener = listener
+        self.uploader = Uploader(context)
+        self.evictor = Evictor(context)
+        self.fetcher = Fetcher(context)
+        self.collector = Collector(context)
+        self.stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._scheduler = BackgroundScheduler(daemon=True)
+        self._rate_window: list[tuple[float, int]] = []
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        for name, target in (("fetcher", self._fetch_loop), ("uploader", self._upload_loop),
+                             ("keeper", self._keep_loop)):
+            thread = threading.Thread(target=self._guarded(name, target), name=f"zero-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._scheduler.add_job(self.heartbeat, "interval", seconds=HEARTBEAT_INTERVAL_S, id="heartbeat")
+        self._scheduler.add_job(self._collect_safely, "interval", seconds=GC_INTERVAL_S, id="gc")
+        self._scheduler.start()
+        self.heartbeat()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.listener.poke()
+        for thread in self._threads:
+            thread.join(timeout=120)
+        self._scheduler.shutdown(wait=False)
+        self.heartbeat(stopped=True)
+
+    def _guarded(self, name, loop):
+        def run():
+            while not self.stopping.is_set():
+                try:
+                    loop()
+                    return
+                except Exception:
+                    log.exception("The %s loop failed; restarting it in %.0fs", name, RETRY_AFTER_REMOTE_ERROR_S)
+                    self.stopping.wait(RETRY_AFTER_REMOTE_ERROR_S)
+        return run
+
+    def _wait(self, generation: int, timeout: float) -> int:
+        if self.stopping.is_set():
+            return generation
+        return self.listener.wait(generation, timeout)
+
+    # --- loops -------------------------------------------------------------------------
+
+    def _fetch_loop(self) -> None:
+        with concurrent.futures.ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="zero-fetch") as pool:
+            while not self.stopping.is_set():
+                generation = self.listener.generation
+                pending = self.fetcher.pending(limit=FETCH_THREADS * 2)
+                if not pending:
+                    self._wait(generation, IDLE_RECHECK_S)
+                    continue
+                # Make room first: fault-ins must not push the cache over its target.
+                self.evictor.make_room(len(pending) * self.context.chunk_size)
+                futures = [pool.submit(self.fetcher.fetch, row.ino, row.idx) for row in pending]
+                failed = False
+                for future in futures:
+                    try:
+                        future.result()
+                    except RemoteUnavailable:
+                        failed = True
+                if failed:
+                    self._wait(self.listener.generation, RETRY_AFTER_REMOTE_ERROR_S)
+
+    def _upload_loop(self) -> None:
+        with concurrent.futures.ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="zero-upload") as pool:
+            while not self.stopping.is_set():
+                generation = self.listener.generation
+                hurry = self.evictor.last_usage > self.context.config.target_disk_usage_bytes
+                due = self.uploader.due(hurry=hurry)
+                if due:
+                    failed = False
+                    for future in [pool.submit(self.uploader.upload, row) for row in due]:
+                        try:
+                            future.result()
+                        except RemoteUnavailable:
+                            failed = True
+                    self.uploader.finish_requests()
+                    self.context.wake_fuse()
+                    self.listener.poke()  # clean chunks may now be evictable
+                    if failed:
+                        self._wait(self.listener.generation, RETRY_AFTER_REMOTE_ERROR_S)
+                    continue
+                self.uploader.finish_requests()
+                next_due = self.uploader.next_due_in()
+                self._wait(generation, IDLE_RECHECK_S if next_due is None else min(next_due + 0.05, IDLE_RECHECK_S))
+
+    def _keep_loop(self) -> None:
+        pins_applied_at = 0.0
+        while not self.stopping.is_set():
+            generation = self.listener.generation
+            if self.evictor.over_target():
+                self.evictor.evict()
+            if time.monotonic() - pins_applied_at > 10 or self._pins_changed():
+                if apply_pins(self.context):
+                    self.listener.poke()
+                pins_applied_at = time.monotonic()
+            if prime(self.context, self.evictor.last_usage):
+                self.listener.poke()
+            self._wait(generation, KEEPER_INTERVAL_S)
+
+    def _pins_changed(self) -> bool:
+        path = os.path.join(self.context.cache.wake, "pins")
+        try:
+            stamp = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            return False
+        changed = stamp != getattr(self, "_pins_stamp", None)
+        self._pins_stamp = stamp
+        return changed
+
+    # --- periodic jobs -------------------------------------------------------------------
+
+    def _collect_safely(self) -> None:
+        try:
+            self.collector.collect()
+        except Exception:
+            log.exception("Garbage collection failed; it runs again in %.0f minutes", GC_INTERVAL_S / 60)
+
+    def heartbeat(self, stopped: bool = False) -> None:
+        """Publish what `zero status` shows about the worker."""
+        now = time.time()
+        uploaded = self.uploader.uploaded_bytes
+        self._rate_window = [(at, total) for at, total in self._rate_window if at > now - 60] + [(now, uploaded)]
+        first_at, first_total = self._rate_window[0]
+        rate = (uploaded - first_total) / (now - first_at) if now > first_at else 0.0
+        with self.context.database.read() as connection:
+            dirty, leased = chunks.dirty_totals(connection)
+        status = {
+            "pid": os.getpid(), "at": now, "stopped": stopped,
+            "cache_usage_bytes": self.evictor.last_usage,
+            "target_bytes": self.context.config.target_disk_usage_bytes,
+            "upload_rate_bytes_per_s": rate, "dirty_chunks": dirty, "leased_chunks": leased,
+        }
+        with self.context.database.write() as connection:
+            state_db.set_meta(connection, "worker_status", json.dumps(status))
