@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""zero's benchmark: the same workloads on a plain folder and on a zero mount.
+
+Starts ``zero-worker`` and ``zero-fuse`` on a fresh cache in a temporary
+folder (config via $ZERO_CONFIG: one local remote beside it, uploadDelay 1,
+a large targetDiskUsage), runs each workload on a plain folder on the same
+disk and then on the mount, and prints a table of both rates and their ratio.
+The processes are stopped and the mount removed however the run ends.
+
+    python bench/run.py [--files 2000] [--size-mib 256] [--json out.json]
+
+Not a test: it asserts nothing. docs/benchmarks.md says what the numbers mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+MIB = 1024 * 1024
+SMALL_FILE_BYTES = 4096
+WRITE_BLOCK_BYTES = MIB
+RANDOM_POOL_MAX_MIB = 256  # distinct random blocks kept in memory for the big file
+MOUNT_POLL_S = 0.05
+UNMOUNT_WAIT_S = 10.0
+STOP_WAIT_S = 30.0
+LOG_TAIL_LINES = 40
+
+
+@dataclass
+class Result:
+    workload: str
+    unit: str
+    plain: float
+    zero: float | None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.zero is None or not self.plain:
+            return None
+        return self.zero / self.plain
+
+
+# --- workloads: each takes the folder to work in and returns a rate ---------
+
+def create_small_files(root: Path, count: int) -> float:
+    folder = root / "small"
+    folder.mkdir()
+    data = os.urandom(SMALL_FILE_BYTES)
+    start = time.perf_counter()
+    for i in range(count):
+        with open(folder / f"f{i:06d}", "wb") as f:
+            f.write(data)
+    return count / (time.perf_counter() - start)
+
+
+def stat_small_files(root: Path, count: int) -> float:
+    paths = [root / "small" / f"f{i:06d}" for i in range(count)]
+    start = time.perf_counter()
+    for path in paths:
+        os.stat(path)
+    return count / (time.perf_counter() - start)
+
+
+def write_big_file(root: Path, blocks: list[bytes], size_mib: int) -> float:
+    """Sequential 1 MiB writes, then close. No fsync: on zero it waits for upload."""
+    start = time.perf_counter()
+    with open(root / "big.bin", "wb", buffering=0) as f:
+        for i in range(size_mib):
+            f.write(blocks[i % len(blocks)])
+    return size_mib / (time.perf_counter() - start)
+
+
+def read_big_file(root: Path, size_mib: int) -> float:
+    """A fresh open and sequential 1 MiB reads of the file just written (cached)."""
+    total = 0
+    start = time.perf_counter()
+    with open(root / "big.bin", "rb", buffering=0) as f:
+        while chunk := f.read(WRITE_BLOCK_BYTES):
+            total += len(chunk)
+    elapsed = time.perf_counter() - start
+    if total != size_mib * MIB:
+        raise RuntimeError(f"read {total} bytes of big.bin, expected {size_mib * MIB}")
+    return total / MIB / elapsed
+
+
+def remove_small_files(root: Path, count: int) -> float:
+    start = time.perf_counter()
+    shutil.rmtree(root / "small")
+    return count / (time.perf_counter() - start)
+
+
+# --- the zero processes ------------------------------------------------------
+
+def find_program(name: str) -> str:
+    """The console script next to this Python (the venv's), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        sys.exit(f"bench: {name} not found beside {sys.executable} or on PATH; run 'make setup' first")
+    return found
+
+
+def write_config(path: Path, remote: Path) -> None:
+    path.write_text(
+        "targetDiskUsage: 1000GB\n"
+        "remotes:\n"
+        "  - name: bench\n"
+        "    type: local\n"
+        f"    path: {json.dumps(str(remote))}\n"
+        "replicas: 1\n"
+        "uploadDelay: 1\n"
+    )
+
+
+def log_tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+class ZeroMount:
+    """zero-worker and zero-fuse on a cache; stop() undoes whatever start() did."""
+
+    def __init__(self, work: Path, mount_timeout_s: float):
+        self.work = work
+        self.mnt = work / "mnt"
+        self.cache = work / "cache"
+        self.mount_timeout_s = mount_timeout_s
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> None:
+        remote = self.work / "remote"
+        config = self.work / "config.yml"
+        for folder in (self.mnt, self.cache, remote):
+            folder.mkdir()
+        write_config(config, remote)
+        env = dict(os.environ, ZERO_CONFIG=str(config))
+        commands = {
+            "zero-worker": [find_program("zero-worker"), str(self.cache)],
+            "zero-fuse": [find_program("zero-fuse"), str(self.mnt), str(self.cache)],
+        }
+        for name, command in commands.items():
+            log = open(self.work / f"{name}.log", "wb")
+            # A session of their own: Ctrl-C reaches only this harness, which stops them in order.
+            self.processes[name] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            log.close()
+        self._wait_for_mount()
+
+    def _wait_for_mount(self) -> None:
+        deadline = time.monotonic() + self.mount_timeout_s
+        while not os.path.ismount(self.mnt):
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with status {process.returncode} before the mount came up:\n"
+                                       + log_tail(self.work / f"{name}.log"))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.mnt} not mounted after {self.mount_timeout_s:.0f}s; zero-fuse log:\n"
+                                   + log_tail(self.work / "zero-fuse.log"))
+            time.sleep(MOUNT_POLL_S)
+
+    def is_mounted(self) -> bool:
+        # /proc/self/mounts also lists a dead FUSE mount, which ismount() cannot stat.
+        try:
+            with open("/proc/self/mounts") as mounts:
+                return any(line.split()[1] == str(self.mnt).replace(" ", "\\040") for line in mounts)
+        except OSError:
+            return os.path.ismount(self.mnt)
+
+    def stop(self) -> None:
+        if self.is_mounted():
+            unmount = subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True, text=True)
+            if unmount.returncode != 0 and self.is_mounted():
+                print(f"bench: fusermount3 -u failed ({unmount.stderr.strip()}); unmounting lazily", file=sys.stderr)
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)])
+        # zero-fuse ends by itself once unmounted; it goes first because it may
+        # still need the worker while it shuts down.
+        fuse = self.processes.get("zero-fuse")
+        if fuse is not None:
+            try:
+                fuse.wait(UNMOUNT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                pass
+        for name in ("zero-fuse", "zero-worker"):
+            process = self.processes.get(name)
+            if process is None or process.poll() is not None:
+                continue
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                print(f"bench: {name} did not stop within {STOP_WAIT_S:.0f}s of SIGTERM; killing it", file=sys.stderr)
+                process.kill()
+                process.wait()
+
+
+# --- the run -----------------------------------------------------------------
+
+def random_blocks(size_mib: int) -> list[bytes]:
+    """Distinct random 1 MiB blocks, so chunks neither dedup nor compress."""
+    return [os.urandom(WRITE_BLOCK_BYTES) for _ in range(min(size_mib, RANDOM_POOL_MAX_MIB))]
+
+
+def run_workloads(root: Path, files: int, size_mib: int, blocks: list[bytes]) -> dict[str, float]:
+    steps: list[tuple[str, Callable[[], float]]] = [
+        ("create", lambda: create_small_files(root, files)),
+        ("stat", lambda: stat_small_files(root, files)),
+        ("write", lambda: write_big_file(root, blocks, size_mib)),
+        ("read", lambda: read_big_file(root, size_mib)),
+        ("rm", lambda: remove_small_files(root, files)),
+    ]
+    rates = {}
+    for key, step in steps:
+        rates[key] = step()
+    return rates
+
+
+def describe(files: int, size_mib: int) -> list[tuple[str, str, str]]:
+    return [
+        ("create", f"create {files} x 4 KiB files", "files/s"),
+        ("stat", f"stat {files} files", "ops/s"),
+        ("write", f"write {size_mib} MiB, 1 MiB writes", "MiB/s"),
+        ("read", f"read {size_mib} MiB, fresh open", "MiB/s"),
+        ("rm", f"rm -r {files} files", "files/s"),
+    ]
+
+
+def print_table(results: list[Result]) -> None:
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.0f}"
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
+    rows = [("workload", "unit", "plain", "zero", "zero/plain")]
+    rows += [(r.workload, r.unit, number(r.plain), number(r.zero), ratio(r.ratio)) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for n, row in enumerate(rows):
+        print("  ".join(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def check_free_space(base: Path, size_mib: int) -> None:
+    # The big file exists in the plain folder, the cache and the remote at once.
+    needed = 3 * size_mib * MIB + 512 * MIB
+    free = shutil.disk_usage(base).free
+    if free < needed:
+        sys.exit(f"bench: {base} has {free // MIB} MiB free, the run needs about {needed // MIB} MiB; "
+                 "use --base-dir or a smaller --size-mib")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=2000, help="number of small files (default 2000)")
+    parser.add_argument("--size-mib", type=int, default=256, help="size of the big file in MiB (default 256)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
+    parser.add_argument("--base-dir", metavar="DIR", help="where the temporary folder goes (default: system temp)")
+    parser.add_argument("--mount-timeout", type=float, default=30.0, help="seconds to wait for the mount (default 30)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, cache, remote)")
+    parser.add_argument("--plain-only", action="store_true", help="skip zero; checks the harness itself")
+    args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the finally below still unmounts and stops zero.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.files < 1 or args.size_mib < 1:
+        parser.error("--files and --size-mib must be at least 1")
+
+    base = Path(args.base_dir or tempfile.gettempdir()).resolve()
+    check_free_space(base, args.size_mib)
+    work = Path(tempfile.mkdtemp(prefix="zero-bench-", dir=base))
+    plain = work / "plain"
+    plain.mkdir()
+    zero = ZeroMount(work, args.mount_timeout)
+    print(f"bench: working in {work}", file=sys.stderr)
+
+    blocks = random_blocks(args.size_mib)
+    zero_rates: dict[str, float] = {}
+    try:
+        plain_rates = run_workloads(plain, args.files, args.size_mib, blocks)
+        if not args.plain_only:
+            zero.start()
+            zero_rates = run_workloads(zero.mnt, args.files, args.size_mib, blocks)
+    except RuntimeError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; stopping zero", file=sys.stderr)
+        return 130
+    finally:
+        zero.stop()
+        if zero.is_mounted():
+            print(f"bench: {zero.mnt} is still mounted; leaving {work} in place", file=sys.stderr)
+        elif args.keep:
+            print(f"bench: kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    results = [Result(label, unit, plain_rates[key], zero_rates.get(key))
+               for key, label, unit in describe(args.files, args.size_mib)]
+    print_table(results)
+    if args.json:
+        payload = {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                        "cpus": os.cpu_count()},
+            "args": {"files": args.files, "size_mib": args.size_mib, "base_dir": str(base)},
+            "results": [dict(asdict(r), ratio=r.ratio) for r in results],
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"bench: wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,459 @@
+"""One contract every remote keeps, then the local folder's own border, then the pool.
+
+To check another kind of remote, add a factory to REMOTE_FACTORIES: it gets
+a fresh tmp_path and returns a ready, empty remote (folder or bucket made).
+"""
+
+import errno
+import os
+import random
+import threading
+import time
+
+import pytest
+
+from zero.config import RemoteSpec, parse
+from zero.errors import ConfigError, ObjectCorrupt, ObjectMissing, RemoteUnavailable
+from zero.remote.base import Remote
+from zero.remote.codec import Codec
+from zero.remote.local import LocalRemote
+from zero.remote.pool import RemotePool, build_pool, build_remote
+
+MIB = 1024 * 1024
+KEY = "fs1/objects/ab/ab0123456789"
+
+
+def local_folder(tmp_path):
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    return LocalRemote("local", folder)
+
+
+REMOTE_FACTORIES = [
+    pytest.param(local_folder, id="local"),
+]
+
+
+@pytest.fixture(params=REMOTE_FACTORIES)
+def remote(request, tmp_path) -> Remote:
+    return request.param(tmp_path)
+
+
+def data_of(size, seed=0):
+    return random.Random(seed).randbytes(size)
+
+
+def listed(remote, prefix=""):
+    return sorted(key for key, _, _ in remote.list(prefix))
+
+
+# -- the contract -----------------------------------------------------------
+
+def test_put_get_head(remote):
+    remote.put(KEY, b"hello")
+    assert remote.get(KEY) == b"hello"
+    assert remote.head(KEY) == 5
+
+
+def test_empty_object(remote):
+    remote.put(KEY, b"")
+    assert remote.get(KEY) == b""
+    assert remote.head(KEY) == 0
+
+
+def test_missing_object(remote):
+    remote.put("fs1/objects/ab/other", b"x")
+    with pytest.raises(ObjectMissing):
+        remote.get(KEY)
+    assert remote.head(KEY) is None
+
+
+def test_a_folder_of_keys_is_not_an_object(remote):
+    remote.put("fs1/objects/ab/ab01", b"x")
+    with pytest.raises(ObjectMissing):
+        remote.get("fs1/objects/ab")
+    assert remote.head("fs1/objects/ab") is None
+    with pytest.raises(ObjectMissing):
+        remote.get("fs1/objects/ab/ab01/below")
+
+
+def test_delete(remote):
+    remote.put(KEY, b"hello")
+    remote.put(KEY + "-kept", b"kept")
+    remote.delete(KEY)
+    with pytest.raises(ObjectMissing):
+        remote.get(KEY)
+    assert remote.head(KEY) is None
+    assert listed(remote) == [KEY + "-kept"]
+
+
+def test_delete_of_missing_is_fine(remote):
+    remote.delete(KEY)
+    remote.put(KEY, b"x")
+    remote.delete(KEY)
+    remote.delete(KEY)
+    assert remote.head(KEY) is None
+
+
+def test_put_twice(remote):
+    remote.put(KEY, b"same")
+    remote.put(KEY, b"same")
+    assert remote.get(KEY) == b"same"
+    assert listed(remote) == [KEY]
+
+
+def test_put_again_with_a_new_seal_leaves_one_whole_copy(remote):
+    # The same plaintext sealed twice differs by its nonce.
+    first, second = data_of(1000, seed=1), data_of(1000, seed=2)
+    remote.put(KEY, first)
+    remote.put(KEY, second)
+    assert remote.get(KEY) in (first, second)
+
+
+def test_keys_with_slashes_do_not_collide(remote):
+    keys = {"a/b": b"1", "a/b2": b"2", "a/bc/d": b"3", "a/b3/c/d/e/f": b"4", "ab": b"5"}
+    for key, data in keys.items():
+        remote.put(key, data)
+    for key, data in keys.items():
+        assert remote.get(key) == data
+    assert listed(remote) == sorted(keys)
+
+
+def test_list_with_prefixes(remote):
+    keys = ["fs1/objects/ab/ab01", "fs1/objects/ab/ab02", "fs1/objects/cd/cd01",
+            "fs1/meta/backup-1", "fs10/objects/ab/ab01", "fs2/objects/ab/ab01"]
+    for key in keys:
+        remote.put(key, key.encode())
+    assert listed(remote) == sorted(keys)
+    assert listed(remote, "fs1/") == sorted(keys[:4])
+    assert listed(remote, "fs1") == sorted(keys[:5])
+    assert listed(remote, "fs1/objects/") == sorted(keys[:3])
+    assert listed(remote, "fs1/objects/ab/") == keys[:2]
+    assert listed(remote, "fs1/objects/a") == keys[:2]
+    assert listed(remote, "fs1/objects/ab/ab02") == ["fs1/objects/ab/ab02"]
+    assert listed(remote, "fs1/objects/ab/ab0") == keys[:2]
+    assert listed(remote, "fs3/") == []
+    assert listed(remote, "fs1/objects/ab/ab03") == []
+
+
+def test_list_gives_size_and_mtime(remote):
+    before = time.time()
+    remote.put("fs1/objects/ab/small", b"12345")
+    remote.put("fs1/objects/cd/large", data_of(70000))
+    after = time.time()
+    entries = {key: (size, mtime) for key, size, mtime in remote.list("fs1/")}
+    assert {key: size for key, (size, _) in entries.items()} == {
+        "fs1/objects/ab/small": 5, "fs1/objects/cd/large": 70000}
+    for _, mtime in entries.values():
+        assert isinstance(mtime, float)
+        # A file system may round timestamps down to its own resolution.
+        assert before - 2 <= mtime <= after + 2
+
+
+def test_list_of_empty_remote(remote):
+    assert listed(remote) == []
+
+
+def test_large_object(remote):
+    data = data_of(5 * MIB, seed=5)
+    remote.put(KEY, data)
+    assert remote.head(KEY) == 5 * MIB
+    assert remote.get(KEY) == data
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a//b", "a/", "../escape", "a/../../b", "a/./b", ".tmp/x", "a\\b"])
+def test_bad_keys_are_refused(remote, key):
+    for call in (lambda: remote.put(key, b"x"), lambda: remote.get(key),
+                 lambda: remote.head(key), lambda: remote.delete(key)):
+        with pytest.raises(ValueError):
+            call()
+
+
+def test_transient_errors(remote):
+    assert remote.is_transient(RemoteUnavailable("offline"))
+    assert not remote.is_transient(ObjectMissing("gone"))
+    assert not remote.is_transient(ObjectCorrupt("bad"))
+
+
+# -- the local folder at its border -------------------------------------------
+
+def broken_local(tmp_path, name="broken"):
+    """A remote whose folder cannot exist: part of its path is a regular file.
+    (chmod would not stop root, who may run these tests.)"""
+    blocker = tmp_path / f"{name}-file"
+    blocker.write_bytes(b"not a folder")
+    return LocalRemote(name, blocker / "sub")
+
+
+def test_local_unusable_folder_is_unavailable_and_named(tmp_path):
+    remote = broken_local(tmp_path)
+    with pytest.raises(RemoteUnavailable) as caught:
+        remote.put(KEY, b"x")
+    message = str(caught.value)
+    assert str(tmp_path / "broken-file" / "sub") in message
+    assert "is a file, not a folder" in message
+    # Reads must not say "missing": that could make a collector forget copies.
+    for call in (lambda: remote.get(KEY), lambda: remote.head(KEY),
+                 lambda: remote.delete(KEY), lambda: listed(remote)):
+        with pytest.raises(RemoteUnavailable, match=str(tmp_path / "broken-file")):
+            call()
+
+
+def test_local_folder_is_created_on_first_put(tmp_path):
+    folder = tmp_path / "not" / "yet"
+    remote = LocalRemote("fresh", folder)
+    with pytest.raises(RemoteUnavailable, match="not mounted"):
+        remote.get(KEY)
+    remote.put(KEY, b"x")
+    assert (folder / "fs1" / "objects" / "ab" / "ab0123456789").read_bytes() == b"x"
+    assert remote.get(KEY) == b"x"
+
+
+def test_local_new_folders_are_made_durable(tmp_path, monkeypatch):
+    # A power cut must not lose a new folder's entry, and the object with it.
+    import zero.remote.local
+    synced = []
+    real_fsync_dir = zero.remote.local.fsync_dir
+    monkeypatch.setattr(zero.remote.local, "fsync_dir", lambda folder: synced.append(folder) or real_fsync_dir(folder))
+    remote = local_folder(tmp_path)
+    remote.put(KEY, b"x")
+    root = str(tmp_path / "remote")
+    assert sorted(synced) == [root, root, f"{root}/fs1", f"{root}/fs1/objects"]  # .tmp and fs1, objects, ab
+
+
+def test_local_path_expands_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    remote = LocalRemote("home", "~/zero-remote")
+    remote.put(KEY, b"x")
+    assert (tmp_path / "zero-remote" / KEY).read_bytes() == b"x"
+
+
+def test_local_failed_put_leaves_nothing(tmp_path, monkeypatch):
+    remote = local_folder(tmp_path)
+
+    def failing_fsync(fd):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(RemoteUnavailable, match="I/O error"):
+        remote.put(KEY, b"x" * 1000)
+    monkeypatch.undo()
+    with pytest.raises(ObjectMissing):
+        remote.get(KEY)
+    assert listed(remote) == []
+    leftovers = [name for _, _, names in os.walk(tmp_path / "remote") for name in names]
+    assert leftovers == []
+
+
+def test_local_full_disk_is_unavailable_with_a_hint(tmp_path, monkeypatch):
+    remote = local_folder(tmp_path)
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(RemoteUnavailable, match="disk is full") as caught:
+        remote.put(KEY, b"x")
+    assert str(tmp_path / "remote") in str(caught.value)
+
+
+def test_local_temporary_files_are_not_listed(tmp_path):
+    remote = local_folder(tmp_path)
+    remote.put(KEY, b"x")
+    (tmp_path / "remote" / ".tmp" / ".tmp-1-crashed").write_bytes(b"half")
+    assert listed(remote) == [KEY]
+
+
+def test_local_concurrent_puts_of_one_key_leave_one_whole_copy(tmp_path):
+    remote = local_folder(tmp_path)
+    copies = [data_of(256 * 1024, seed=seed) for seed in range(8)]
+    start = threading.Barrier(len(copies))
+    errors = []
+
+    def put(data):
+        start.wait(timeout=10)
+        try:
+            remote.put(KEY, data)
+        except Exception as error:  # reported below; a thread cannot raise into the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=put, args=(data,)) for data in copies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert remote.get(KEY) in copies
+    assert listed(remote) == [KEY]
+
+
+def test_build_remote_from_spec(tmp_path):
+    remote = build_remote(RemoteSpec(name="home", kind="local", options={"path": str(tmp_path / "r")}))
+    assert isinstance(remote, LocalRemote)
+    assert remote.name == "home"
+    remote.put(KEY, b"x")
+    assert (tmp_path / "r" / KEY).read_bytes() == b"x"
+
+
+def test_build_remote_unknown_kind():
+    with pytest.raises(ConfigError, match="unknown remote type 'ftp'"):
+        build_remote(RemoteSpec(name="old", kind="ftp", options={}))
+
+
+# -- the pool ------------------------------------------------------------------
+
+@pytest.fixture
+def two(tmp_path):
+    return LocalRemote("a", tmp_path / "a"), LocalRemote("b", tmp_path / "b")
+
+
+def test_pool_puts_replicas_copies(two):
+    a, b = two
+    pool = RemotePool([a, b], replicas=2)
+    assert pool.put(KEY, b"data") == ["a", "b"]
+    assert a.get(KEY) == b"data"
+    assert b.get(KEY) == b"data"
+
+
+def test_pool_puts_on_the_first_remotes_only(two):
+    a, b = two
+    pool = RemotePool([a, b], replicas=1)
+    assert pool.put(KEY, b"data") == ["a"]
+    assert a.head(KEY) == 4
+    with pytest.raises(RemoteUnavailable):  # b's folder was never made
+        b.head(KEY)
+
+
+def test_pool_put_skips_a_broken_remote(tmp_path, caplog):
+    broken, good = broken_local(tmp_path), LocalRemote("good", tmp_path / "good")
+    pool = RemotePool([broken, good], replicas=1)
+    assert pool.put(KEY, b"data") == ["good"]
+    assert good.get(KEY) == b"data"
+    assert [record.levelname for record in caplog.records] == ["WARNING"]
+    assert "'broken'" in caplog.records[0].getMessage()
+
+
+def test_pool_put_without_enough_remotes(tmp_path, caplog):
+    good, broken = LocalRemote("good", tmp_path / "good"), broken_local(tmp_path)
+    pool = RemotePool([good, broken], replicas=2)
+    with pytest.raises(RemoteUnavailable) as caught:
+        pool.put(KEY, b"data")
+    message = str(caught.value)
+    assert "1 of the 2" in message
+    assert "stored on: good" in message
+    assert "broken" in message and str(tmp_path / "broken-file") in message
+    assert "'broken'" in caplog.records[0].getMessage()
+
+
+def test_pool_get_falls_back_when_a_holder_lost_it(two, caplog):
+    a, b = two
+    pool = RemotePool([a, b], replicas=2)
+    pool.put(KEY, b"data")
+    a.delete(KEY)
+    assert pool.get(KEY, ["a", "b"]) == b"data"
+    assert "'a'" in caplog.records[0].getMessage()
+
+
+def test_pool_get_falls_back_when_a_holder_is_unavailable(tmp_path):
+    broken, good = broken_local(tmp_path), LocalRemote("good", tmp_path / "good")
+    good.put(KEY, b"data")
+    pool = RemotePool([broken, good], replicas=1)
+    assert pool.get(KEY, ["broken", "good"]) == b"data"
+    assert pool.get(KEY, ["gone-from-config", "good"]) == b"data"
+
+
+def test_pool_get_follows_the_holders_order(two):
+    a, b = two
+    a.put(KEY, b"from a")
+    b.put(KEY, b"from b")
+    pool = RemotePool([a, b], replicas=2)
+    assert pool.get(KEY, ["b", "a"]) == b"from b"
+
+
+def test_pool_get_when_no_holder_has_it(two):
+    pool = RemotePool(list(two), replicas=2)
+    two[0].put("fs1/other", b"x")
+    two[1].put("fs1/other", b"x")
+    with pytest.raises(ObjectMissing):
+        pool.get(KEY, ["a", "b"])
+    with pytest.raises(ObjectMissing):
+        pool.get(KEY, [])
+
+
+def test_pool_get_prefers_unavailable_over_missing(tmp_path):
+    # An unreachable copy may come back; "missing" would tell the caller it is lost.
+    broken, good = broken_local(tmp_path), LocalRemote("good", tmp_path / "good")
+    good.put("fs1/other", b"x")
+    pool = RemotePool([broken, good], replicas=1)
+    with pytest.raises(RemoteUnavailable):
+        pool.get(KEY, ["broken", "good"])
+
+
+def test_pool_get_decodes_and_skips_a_corrupt_copy(two, caplog):
+    a, b = two
+    codec = Codec(bytes(32), bytes(range(32)))
+    key = "fs1/objects/" + codec.object_key(b"plaintext")
+    pool = RemotePool([a, b], replicas=2)
+    pool.put(key, codec.seal(b"plaintext"))
+    with open(a.path_of(key), "r+b") as file:
+        file.seek(30)
+        file.write(b"\xff")
+    with pytest.raises(ObjectCorrupt):
+        codec.open(a.get(key))
+
+    def decode(blob):
+        return codec.open(blob, expected_key=codec.object_key(b"plaintext"))
+
+    assert pool.get(key, ["a", "b"], decode=decode) == b"plaintext"
+    assert "'a'" in caplog.records[0].getMessage()
+
+
+def test_pool_delete(two):
+    a, b = two
+    pool = RemotePool([a, b], replicas=2)
+    pool.put(KEY, b"data")
+    pool.delete(KEY, ["a", "b"])
+    assert a.head(KEY) is None and b.head(KEY) is None
+    pool.delete(KEY, ["a", "b"])  # again: fine
+
+
+def test_pool_delete_tries_every_holder(tmp_path):
+    good, broken = LocalRemote("good", tmp_path / "good"), broken_local(tmp_path)
+    good.put(KEY, b"data")
+    pool = RemotePool([good, broken], replicas=1)
+    with pytest.raises(RemoteUnavailable, match="broken"):
+        pool.delete(KEY, ["broken", "good"])
+    assert good.head(KEY) is None
+
+
+def test_pool_by_name(two):
+    pool = RemotePool(list(two), replicas=1)
+    assert pool.by_name("b") is two[1]
+    with pytest.raises(RemoteUnavailable, match="no remote named 'c'"):
+        pool.by_name("c")
+
+
+def test_pool_refuses_impossible_settings(two):
+    with pytest.raises(ConfigError, match="replicas"):
+        RemotePool(list(two), replicas=3)
+    with pytest.raises(ConfigError, match="replicas"):
+        RemotePool(list(two), replicas=0)
+    with pytest.raises(ConfigError, match="own name"):
+        RemotePool([two[0], LocalRemote("a", "/elsewhere")], replicas=1)
+
+
+def test_build_pool_from_config(tmp_path):
+    config = parse(f"""
+remotes:
+  - name: first
+    type: local
+    path: {tmp_path / 'first'}
+  - name: second
+    type: local
+    path: {tmp_path / 'second'}
+replicas: 2
+""", "test")
+    pool = build_pool(config)
+    assert [remote.name for remote in pool.remotes] == ["first", "second"]
+    assert pool.put(KEY, b"data") == ["first", "second"]
+    assert (tmp_path / "second" / KEY).read_bytes() == b"data"
