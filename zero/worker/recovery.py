@@ -5,6 +5,9 @@
 - Temporary fault-in files are removed.
 - A ``clean`` chunk whose file is gone was evicted by a worker killed before
   its commit: it is ``remote`` (its object is durable, that is what clean means).
+- A ``remote`` chunk whose file is present was fetched by a worker killed
+  before its commit: the file is deleted (the next fault-in brings it again),
+  so no file outside the state's accounting lingers in the cache.
 """
 
 from __future__ import annotations
@@ -20,18 +23,22 @@ log = logging.getLogger(__name__)
 
 
 def recover(context: WorkerContext) -> dict[str, int]:
-    repaired = {"uploading": 0, "fetching": 0, "temp_files": 0, "evictions": 0}
+    repaired = {"uploading": 0, "fetching": 0, "temp_files": 0, "evictions": 0, "stray_files": 0}
     for entry in os.scandir(context.cache.tmp):
         os.unlink(entry.path)
         repaired["temp_files"] += 1
     with context.database.write() as connection:
         repaired.update(chunks.recover_interrupted(connection))
         for row in chunks.all_rows(connection):
-            if row.state == ChunkState.CLEAN.value and not os.path.exists(context.cache.chunk_path(row.ino, row.idx)):
+            path = context.cache.chunk_path(row.ino, row.idx)
+            if row.state == ChunkState.CLEAN.value and not os.path.exists(path):
                 chunks.mark_evicted(connection, row.ino, row.idx)
                 repaired["evictions"] += 1
+            elif row.state == ChunkState.REMOTE.value and os.path.exists(path):
+                os.unlink(path)
+                repaired["stray_files"] += 1
     if any(repaired.values()):
         log.info("Recovered from an unclean stop: %(uploading)d upload(s) and %(fetching)d fault-in(s) will be "
                  "redone, %(temp_files)d temporary file(s) removed, %(evictions)d interrupted eviction(s) "
-                 "completed", repaired)
+                 "completed, %(stray_files)d unfinished fault-in file(s) removed", repaired)
     return repaired
