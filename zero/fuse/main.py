@@ -33,22 +33,26 @@ def main(argv=None) -> int:
     try:
         return run(args)
     except ZeroError as error:
-        log.error("%s", error)
+        # The log goes to stderr too: say it once, as a plain sentence.
         print(f"zero-fuse: {error}", file=sys.stderr)
         return 1
 
 
 def run(args) -> int:
-    # Imported here so that a missing libfuse 3 is reported as a ZeroError above.
-    from zero.fuse import binding, mountpoint, recovery
-    from zero.fuse.faultin import WorkerLink
-    from zero.fuse.operations import ZeroOperations
-    from zero.state import db as state_db
+    from zero.fuse import mountpoint
 
     config = config_module.load(args.config)
     logging.getLogger().setLevel("DEBUG" if args.debug else config.log_level)
     mount = Path(args.mountpoint).expanduser().absolute()
+    # Before loading libfuse: finding the library needs a working /dev, and
+    # "no /dev/fuse" is the cause a person can act on.
     mountpoint.check_fuse_available()
+    # Imported here so that a missing libfuse 3 is reported as a ZeroError above.
+    from zero.fuse import binding, recovery
+    from zero.fuse.faultin import WorkerLink
+    from zero.fuse.operations import ZeroOperations
+    from zero.state import db as state_db
+
     mountpoint.check_mountpoint(mount, args.allow_non_empty)
     cache = CacheDir(args.cache)
     cache.prepare()
@@ -73,7 +77,7 @@ def run(args) -> int:
                     "until it runs (zero-worker %s)", cache.root, cache.root)
     log.info("Mounting %s (cache %s, libfuse %d.%d from %s)", mount, cache.root, *binding.LIBRARY_VERSION,
              binding.LIBRARY_PATH)
-    options = dict(foreground=True, nothreads=False, fsname=f"zero:{cache.root}", subtype="zero",
+    options = dict(foreground=True, nothreads=False, fsname=f"zero:{cache.root}", subtype="zero", max_threads=16, max_idle_threads=8,
                    default_permissions=True, debug=args.debug)
     if os.getuid() == 0:
         options["allow_other"] = True

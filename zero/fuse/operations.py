@@ -38,6 +38,8 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 STAT_BLOCK_SIZE = 128 * 1024
 FLUSH_INTERVAL_S = 1.0
 DISK_CHECK_INTERVAL_S = 0.5
+THROTTLE_WAIT_S = 0.05        # how long one write waits for the worker while dirty data is over target
+THROTTLE_QUIET_S = 0.25       # while throttled, chunks quiet this long go to the worker at once
 ATTR_TIMEOUT_S = 1.0
 HIDDEN_PREFIX = ".fuse_hidden"
 ACL_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
@@ -113,6 +115,7 @@ class ZeroOperations(Operations):
         self._disk_checked_at = 0.0
         self._disk_full = False
         self._dirty_over_target = False
+        self.dirty_bytes = 0
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self.kernel_cache = KernelCache()
@@ -256,7 +259,19 @@ class ZeroOperations(Operations):
 
     @translated
     def getattr(self, path, fh=None):
-        return self._target(path, fh).stat(STAT_BLOCK_SIZE)
+        attrs = self._target(path, fh).stat(STAT_BLOCK_SIZE)
+        if (fh is None or fh not in self.handles) and path is not None and self._is_hidden_name(path):
+            attrs["st_nlink"] += 1  # libfuse takes one off for its hidden name, which _hide already did
+        return attrs
+
+    def _is_hidden_name(self, path: str) -> bool:
+        parent_path, name = _split(path)
+        if not name.startswith(HIDDEN_PREFIX):
+            return False
+        with self.ns_lock:
+            parent = self._resolve(parent_path)
+            raw = _name_bytes(name)
+            return raw in self.hidden.get(parent.ino, {}) and raw not in self._entries(parent.ino)
 
     @translated
     def chmod(self, path, mode, fh=None):
@@ -598,6 +613,8 @@ class ZeroOperations(Operations):
                 self._touch_dir(connection, parent, now)
             del entries[name]
             self.hidden.setdefault(parent.ino, {})[hidden_name] = ino
+        if inode.nlink > 0:
+            self._invalidate_names(inode)  # as unlink: the other names' cached st_nlink is now wrong
 
     def _is_within(self, ino: int, ancestor: int) -> bool:
         """Is directory ``ino`` the directory ``ancestor`` or below it?"""
@@ -762,6 +779,9 @@ class ZeroOperations(Operations):
         handle = self.handles.get(fh)
         inode = handle.inode if handle is not None else self._resolve(path)
         self._check_disk_space()
+        if self._dirty_over_target:
+            # Backpressure: the worker's next upload wakes us; the timeout keeps writers moving.
+            self.worker.listener.wait(self.worker.listener.generation, THROTTLE_WAIT_S)
         with inode.lock:
             if handle is not None and handle.append:
                 offset = inode.size
@@ -958,7 +978,8 @@ class ZeroOperations(Operations):
     def _release_quiet_leases(self) -> None:
         """Chunks nobody wrote for uploadDelay go to the worker even while
         their file stays open (logs, databases, VM images)."""
-        quiet_before = time.monotonic() - self.config.upload_delay_s
+        quiet_s = THROTTLE_QUIET_S if self._dirty_over_target else self.config.upload_delay_s
+        quiet_before = time.monotonic() - quiet_s
         released = False
         with self.ns_lock:
             inodes = [inode for inode in self.inodes.values() if inode.leases]
@@ -972,6 +993,26 @@ class ZeroOperations(Operations):
         if released:
             self.worker.wake_worker()
 
+    def _measure_dirty(self) -> None:
+        """Dirty data alone over the target: slow writers down until the worker catches up."""
+        with self.database.read() as connection:
+            rows = chunks.unuploaded(connection)
+        total = 0
+        for ino, idx in rows:
+            try:
+                total += os.stat(self.cache.chunk_path(ino, idx)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+        self.dirty_bytes = total
+        over = total > self.config.target_disk_usage_bytes
+        if over != self._dirty_over_target:
+            if over:
+                log.info("Unuploaded data (%d MiB) exceeds targetDiskUsage (%d MiB): slowing writers until "
+                         "zero-worker catches up", total >> 20, self.config.target_disk_usage_bytes >> 20)
+            else:
+                log.info("Unuploaded data is back under targetDiskUsage: writing at full speed")
+        self._dirty_over_target = over
+
     def _refresh_totals(self) -> None:
         with self.database.read() as connection:
             totals = namespace.totals(connection)
@@ -983,6 +1024,7 @@ class ZeroOperations(Operations):
         while not self._stop.wait(FLUSH_INTERVAL_S):
             try:
                 self.flush_everything()
+                self._measure_dirty()
                 self._release_quiet_leases()
                 ticks += 1
                 if ticks % 10 == 0:

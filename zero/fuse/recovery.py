@@ -31,9 +31,12 @@ def reconcile(database: Database, cache: CacheDir, chunk_size: int) -> dict[str,
             purged_files.extend((ino, idx) for idx in namespace.delete_inode(connection, ino))
             repaired["orphan_inodes"] += 1
         rows = {(row.ino, row.idx): row for row in chunks.all_rows(connection)}
+        purged = set(purged_files)  # unlinked after the commit, below; not leftovers
         grown: dict[int, int] = {}
         for ino, idx, path, st in cache.iter_chunk_files():
             row = rows.get((ino, idx))
+            if row is None and (ino, idx) in purged:
+                continue
             if row is None:
                 os.unlink(path)
                 repaired["orphan_files"] += 1

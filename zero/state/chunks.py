@@ -134,6 +134,12 @@ def dirty_chunks_of(connection: Connection, ino: int) -> list[int]:
         select(_c.c.idx).where(_c.c.ino == ino, _c.c.state.in_([D.value, U.value])))]
 
 
+def unuploaded(connection: Connection) -> list[tuple[int, int]]:
+    """(ino, idx) of every chunk whose content is only in the cache."""
+    return [(row.ino, row.idx) for row in connection.execute(
+        select(_c.c.ino, _c.c.idx).where(_c.c.state.in_([D.value, U.value])))]
+
+
 def counts_by_state(connection: Connection) -> dict[str, tuple[int, int]]:
     """state -> (chunks, bytes in the cache)."""
     rows = connection.execute(
