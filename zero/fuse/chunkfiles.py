@@ -106,6 +106,24 @@ class ChunkFiles:
         for fd in to_close:
             os.close(fd)
 
+    def drop_unlinked(self) -> int:
+        """Close descriptors whose files the worker evicted: an open descriptor
+        keeps the disk space of an unlinked file, so eviction frees nothing
+        until zero-fuse lets go. Returns how many were dropped."""
+        to_close: list[int] = []
+        with self._lock:
+            for key, chunk_file in list(self._files.items()):
+                try:
+                    linked = os.fstat(chunk_file.fd).st_nlink > 0
+                except OSError:
+                    linked = False
+                if not linked:
+                    del self._files[key]
+                    self._retire(chunk_file, to_close)
+        for fd in to_close:
+            os.close(fd)
+        return len(to_close)
+
     def cached_indexes(self, ino: int) -> list[int]:
         with self._lock:
             return [idx for (i, idx) in self._files if i == ino]

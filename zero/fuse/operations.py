@@ -1024,6 +1024,7 @@ class ZeroOperations(Operations):
         while not self._stop.wait(FLUSH_INTERVAL_S):
             try:
                 self.flush_everything()
+                self.files.drop_unlinked()  # let evicted chunks' disk space go
                 self._measure_dirty()
                 self._release_quiet_leases()
                 ticks += 1

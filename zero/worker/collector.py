@@ -11,6 +11,7 @@ covers an upload whose row is still being written.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from zero.errors import RemoteUnavailable
@@ -30,7 +31,9 @@ class Collector:
         grace = self.context.config.gc_grace_period_s
         with self.context.database.write() as connection:
             objects.mark_unreferenced(connection, now)
-            claimed = objects.claim_garbage(connection, older_than=now - grace)
+            # Unused for at least the grace period: a stamp exactly ``grace`` old counts,
+            # so with grace 0 (`zero gc --grace 0`) what just lost its last reference goes now.
+            claimed = objects.claim_garbage(connection, older_than=math.nextafter(now - grace, math.inf))
             if claimed:
                 counters.bump(connection, "objects_collected", len(claimed))
         crashpoints.crash("gc.claimed")

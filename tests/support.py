@@ -1,0 +1,158 @@
+"""Start the real zero-fuse and zero-worker commands for a test, and always
+stop them: every mount is unmounted and every process ended, even when the
+test fails. Waiting for a mount to appear polls (the kernel gives no event
+for it), with a deadline."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+BIN = Path(sys.executable).parent
+MOUNT_TIMEOUT_S = 20.0
+
+
+def command(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: install the package (pip install -e .) into this virtualenv")
+    return str(path)
+
+
+class ZeroMount:
+    """One filesystem: a mountpoint, a cache, a local-folder remote and a config."""
+
+    def __init__(self, root: Path, **config):
+        self.root = Path(root)
+        self.mnt = self.root / "mnt"
+        self.cache = self.root / "cache"
+        self.remote = self.root / "remote"
+        self.config_path = self.root / "config.yml"
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        settings = {
+            "remotes": [{"name": "local", "type": "local", "path": str(self.remote)}],
+            "targetDiskUsage": "1GiB",
+            "uploadDelay": 0.5,
+            "faultInTimeout": 15,
+            "minFreeDisk": "1MiB",
+            "logLevel": "info",
+        }
+        settings.update(config)
+        self.config_path.write_text(yaml.safe_dump(settings))
+        self.fuse: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None
+        self._fuse_log = self.root / "fuse.log"
+        self._worker_log = self.root / "worker.log"
+        self.env = dict(os.environ, ZERO_CONFIG=str(self.config_path), HOME=str(self.root))
+
+    # --- processes ---------------------------------------------------------
+
+    def start_fuse(self, *extra: str, wait: bool = True) -> subprocess.Popen:
+        log = open(self._fuse_log, "ab")
+        self.fuse = subprocess.Popen([command("zero-fuse"), str(self.mnt), str(self.cache), *extra],
+                                     stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        log.close()
+        if wait:
+            self.wait_mounted()
+        return self.fuse
+
+    def wait_mounted(self) -> None:
+        deadline = time.monotonic() + MOUNT_TIMEOUT_S
+        while not os.path.ismount(self.mnt):
+            if self.fuse.poll() is not None:
+                raise AssertionError(f"zero-fuse exited with {self.fuse.returncode}:\n{self.fuse_log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"zero-fuse did not mount within {MOUNT_TIMEOUT_S}s:\n{self.fuse_log()}")
+            time.sleep(0.05)
+
+    def start_worker(self, *extra: str, env: dict | None = None) -> subprocess.Popen:
+        log = open(self._worker_log, "ab")
+        self.worker = subprocess.Popen([command("zero-worker"), str(self.cache), *extra],
+                                       stdout=log, stderr=subprocess.STDOUT, env={**self.env, **(env or {})})
+        log.close()
+        return self.worker
+
+    def unmount(self) -> None:
+        """A clean unmount, as a user would do it; waits for zero-fuse to exit."""
+        if os.path.ismount(self.mnt):
+            subprocess.run(["fusermount3", "-u", str(self.mnt)], check=False, capture_output=True)
+        if self.fuse is not None:
+            try:
+                self.fuse.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.fuse.kill()
+                self.fuse.wait()
+            self.fuse = None
+
+    def kill_fuse(self) -> None:
+        """kill -9 zero-fuse, then clear the dead mount it leaves."""
+        if self.fuse is not None:
+            self.fuse.send_signal(signal.SIGKILL)
+            self.fuse.wait()
+            self.fuse = None
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False, capture_output=True)
+
+    def stop_worker(self) -> int | None:
+        if self.worker is None:
+            return None
+        self.worker.send_signal(signal.SIGTERM)
+        try:
+            code = self.worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.worker.kill()
+            code = self.worker.wait()
+        self.worker = None
+        return code
+
+    def kill_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.send_signal(signal.SIGKILL)
+            self.worker.wait()
+            self.worker = None
+
+    def close(self) -> None:
+        try:
+            self.unmount()
+        finally:
+            self.kill_fuse() if self.fuse is not None else None
+            self.stop_worker()
+            if os.path.ismount(self.mnt):
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
+
+    # --- looking at what happened ---------------------------------------------
+
+    def fuse_log(self) -> str:
+        return self._fuse_log.read_text(errors="replace") if self._fuse_log.exists() else ""
+
+    def worker_log(self) -> str:
+        return self._worker_log.read_text(errors="replace") if self._worker_log.exists() else ""
+
+    def zero(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run the `zero` admin command."""
+        result = subprocess.run([command("zero"), *args], capture_output=True, text=True, env=self.env,
+                                timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"zero {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def unexpected_log_lines(self, allowed: tuple[str, ...] = ()) -> list[str]:
+        """Tracebacks, errors and warnings nobody expected (a test fails on them)."""
+        bad = []
+        for line in (self.fuse_log() + self.worker_log()).splitlines():
+            if ("Traceback" in line or " ERROR " in line or " WARNING " in line or " CRITICAL " in line) \
+                    and not any(text in line for text in allowed):
+                bad.append(line)
+        return bad
+
+
+# Warnings that are the system telling the truth about a setup a test made on purpose.
+EXPECTED_WARNINGS = (
+    "zero-worker is not running",
+    "Ignoring invalid max threads value",
+)

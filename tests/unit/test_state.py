@@ -1,0 +1,659 @@
+"""The state on a real SQLite file: formatting, the namespace, chunk
+transitions, objects and the request queues."""
+
+import sqlite3
+import stat
+import types
+
+import pytest
+from sqlalchemy import insert, select
+
+from zero.errors import CacheFormatError, StateConflict
+from zero.state import chunks, db, namespace, objects, requests, schema
+from zero.state.schema import ChunkState
+
+D, U, C, R, F = (ChunkState.DIRTY, ChunkState.UPLOADING, ChunkState.CLEAN, ChunkState.REMOTE,
+                 ChunkState.FETCHING)
+CHUNK = 64 * 1024
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "state.sqlite3"
+
+
+@pytest.fixture
+def database(path):
+    opened = db.open_database(path, CHUNK, root_uid=1000, root_gid=1001)
+    yield opened
+    opened.dispose()
+
+
+def make_inode(connection, mode=stat.S_IFREG | 0o644, nlink=1, size=0, target=None) -> int:
+    return namespace.insert_inode(connection, mode=mode, uid=0, gid=0, nlink=nlink, size=size, atime_ns=0,
+                                  mtime_ns=0, ctime_ns=0, rdev=0, target=target)
+
+
+def make_file(connection, parent, name: bytes, **values) -> int:
+    ino = make_inode(connection, **values)
+    namespace.insert_dentry(connection, parent, name, ino)
+    return ino
+
+
+def make_dir(connection, parent, name: bytes) -> int:
+    return make_file(connection, parent, name, mode=stat.S_IFDIR | 0o755, nlink=2)
+
+
+def set_schema_version(path, version: str) -> None:
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
+
+
+# --- formatting ------------------------------------------------------------------------
+
+
+def test_open_formats_a_new_file(database, path):
+    settings = db.format_settings(database)
+    assert settings["schema_version"] == str(schema.SCHEMA_VERSION)
+    assert settings["chunk_size"] == str(CHUNK)
+    assert len(settings["fs_id"]) == 32
+    assert len(bytes.fromhex(settings["hash_key"])) == 32
+    assert len(bytes.fromhex(settings["encryption_key"])) == 32
+    assert settings["hash_key"] != settings["encryption_key"]
+    assert int(settings["created_ns"]) > 0
+    with database.read() as connection:
+        root = namespace.get_inode(connection, namespace.ROOT_INO)
+        assert stat.S_ISDIR(root.mode)
+        assert (root.uid, root.gid, root.nlink, root.size) == (1000, 1001, 2, 0)
+        assert namespace.list_entries(connection, namespace.ROOT_INO) == []
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    # WAL is a property of the file: another program opening it sees it too.
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_reopening_keeps_the_filesystem(database, path):
+    before = db.format_settings(database)
+    with database.write() as connection:
+        make_file(connection, namespace.ROOT_INO, b"kept")
+    database.dispose()
+    reopened = db.open_database(path, 8 * CHUNK)
+    try:
+        after = db.format_settings(reopened)
+        assert after == before  # same fs_id, keys, and the chunk size it was formatted with
+        with reopened.read() as connection:
+            assert namespace.lookup(connection, namespace.ROOT_INO, b"kept") is not None
+    finally:
+        reopened.dispose()
+
+
+def test_a_newer_format_says_to_upgrade(database, path):
+    database.dispose()
+    set_schema_version(path, "99")
+    with pytest.raises(CacheFormatError) as caught:
+        db.open_database(path)
+    message = str(caught.value)
+    assert "newer zero" in message and "format 99" in message and "upgrade" in message
+    # The refusal left no lock behind: once fixed, the file opens.
+    set_schema_version(path, str(schema.SCHEMA_VERSION))
+    db.open_database(path).dispose()
+
+
+def test_an_unknown_older_format_is_refused(database, path):
+    database.dispose()
+    set_schema_version(path, "0")
+    with pytest.raises(CacheFormatError, match="unknown format 0"):
+        db.open_database(path)
+
+
+def test_meta_set_and_get(database):
+    with database.write() as connection:
+        db.set_meta(connection, "heartbeat", "1")
+        db.set_meta(connection, "heartbeat", "2")
+    with database.read() as connection:
+        assert db.get_meta(connection, "heartbeat") == "2"
+        assert db.get_meta(connection, "absent") is None
+
+
+def test_a_failed_write_rolls_back(database):
+    with pytest.raises(RuntimeError):
+        with database.write() as connection:
+            make_file(connection, namespace.ROOT_INO, b"lost")
+            raise RuntimeError("boom")
+    with database.read() as connection:
+        assert namespace.lookup(connection, namespace.ROOT_INO, b"lost") is None
+
+
+# --- the namespace -------------------------------------------------------------------------
+
+
+def test_insert_and_lookup(database):
+    with database.write() as connection:
+        ino = make_file(connection, namespace.ROOT_INO, b"a.txt", size=5)
+        link = make_file(connection, namespace.ROOT_INO, b"link", mode=stat.S_IFLNK | 0o777, target=b"a.txt")
+    with database.read() as connection:
+        assert ino > namespace.ROOT_INO
+        assert namespace.lookup(connection, namespace.ROOT_INO, b"a.txt") == ino
+        assert namespace.lookup(connection, namespace.ROOT_INO, b"b.txt") is None
+        assert namespace.get_inode(connection, ino).size == 5
+        assert namespace.get_inode(connection, link).target == b"a.txt"
+        assert namespace.parent_of(connection, ino) == namespace.ROOT_INO
+        assert namespace.has_entries(connection, namespace.ROOT_INO)
+        assert namespace.get_inode(connection, 12345) is None
+
+
+def test_inode_numbers_are_never_reused(database):
+    with database.write() as connection:
+        first = make_file(connection, namespace.ROOT_INO, b"a")
+        namespace.delete_dentry(connection, namespace.ROOT_INO, b"a")
+        namespace.delete_inode(connection, first)
+        second = make_file(connection, namespace.ROOT_INO, b"a")
+    assert second > first
+
+
+def test_list_entries_in_name_order_with_modes(database):
+    with database.write() as connection:
+        made = {name: make_file(connection, namespace.ROOT_INO, name) for name in (b"b", b"a", b"C", b"\xff raw")}
+        sub = make_dir(connection, namespace.ROOT_INO, b"dir")
+        make_file(connection, sub, b"inside")
+    with database.read() as connection:
+        entries = namespace.list_entries(connection, namespace.ROOT_INO)
+    assert [name for name, _, _ in entries] == [b"C", b"a", b"b", b"dir", b"\xff raw"]  # byte order
+    assert entries[1] == (b"a", made[b"a"], stat.S_IFREG | 0o644)
+    assert entries[3] == (b"dir", sub, stat.S_IFDIR | 0o755)
+
+
+def test_repoint_dentry(database):
+    with database.write() as connection:
+        old = make_file(connection, namespace.ROOT_INO, b"target")
+        new = make_inode(connection)
+        namespace.repoint_dentry(connection, namespace.ROOT_INO, b"target", new)
+    with database.read() as connection:
+        assert namespace.lookup(connection, namespace.ROOT_INO, b"target") == new
+        assert namespace.paths_of(connection, old) == []
+
+
+def test_delete_inode_removes_everything_hanging_off_it(database):
+    with database.write() as connection:
+        ino = make_file(connection, namespace.ROOT_INO, b"f")
+        other = make_file(connection, namespace.ROOT_INO, b"g")
+        for idx in (0, 2, 5):
+            chunks.take_lease(connection, ino, idx)
+        chunks.take_lease(connection, other, 0)
+        namespace.set_xattr(connection, ino, b"user.a", b"1")
+        namespace.set_xattr(connection, other, b"user.a", b"2")
+        requests.request_fetch(connection, ino, 2, requests.READER)
+        requests.request_upload(connection, ino)
+        connection.execute(insert(schema.pins).values(ino=ino, pinned_at=0.0))
+        namespace.delete_dentry(connection, namespace.ROOT_INO, b"f")
+        assert sorted(namespace.delete_inode(connection, ino)) == [0, 2, 5]
+    with database.read() as connection:
+        assert namespace.get_inode(connection, ino) is None
+        assert chunks.all_rows_of(connection, ino) == []
+        assert namespace.list_xattrs(connection, ino) == []
+        assert requests.pending_fetches(connection, 10) == []
+        assert requests.pending_uploads(connection) == []
+        assert connection.execute(select(schema.pins)).all() == []
+        # the neighbour is untouched
+        assert [row.idx for row in chunks.all_rows_of(connection, other)] == [0]
+        assert namespace.get_xattr(connection, other, b"user.a") == b"2"
+
+
+def test_unlinked_inodes(database):
+    with database.write() as connection:
+        make_file(connection, namespace.ROOT_INO, b"named")
+        orphan = make_inode(connection, nlink=0)
+    with database.read() as connection:
+        assert namespace.unlinked_inodes(connection) == [orphan]
+
+
+def test_xattrs(database):
+    with database.write() as connection:
+        ino = make_file(connection, namespace.ROOT_INO, b"f")
+        namespace.set_xattr(connection, ino, b"user.b", b"1")
+        namespace.set_xattr(connection, ino, b"user.a", b"\x00bin")
+        namespace.set_xattr(connection, ino, b"user.b", b"2")
+    with database.write() as connection:
+        assert namespace.list_xattrs(connection, ino) == [b"user.a", b"user.b"]
+        assert namespace.get_xattr(connection, ino, b"user.b") == b"2"
+        assert namespace.get_xattr(connection, ino, b"user.a") == b"\x00bin"
+        assert namespace.remove_xattr(connection, ino, b"user.a") is True
+        assert namespace.remove_xattr(connection, ino, b"user.a") is False
+        assert namespace.get_xattr(connection, ino, b"user.a") is None
+
+
+def test_paths_of_hard_links(database):
+    with database.write() as connection:
+        a = make_dir(connection, namespace.ROOT_INO, b"a")
+        b = make_dir(connection, a, b"b")
+        ino = make_file(connection, namespace.ROOT_INO, b"top", nlink=3)
+        namespace.insert_dentry(connection, a, b"mid", ino)
+        namespace.insert_dentry(connection, b, b"deep", ino)
+    with database.read() as connection:
+        assert sorted(namespace.paths_of(connection, ino)) == [b"/a/b/deep", b"/a/mid", b"/top"]
+        assert namespace.path_of(connection, b) == b"/a/b"
+        assert namespace.path_of(connection, namespace.ROOT_INO) == b"/"
+
+
+def test_descendants(database):
+    with database.write() as connection:
+        a = make_dir(connection, namespace.ROOT_INO, b"a")
+        b = make_dir(connection, a, b"b")
+        f1 = make_file(connection, a, b"f1")
+        f2 = make_file(connection, b, b"f2")
+        outside = make_file(connection, namespace.ROOT_INO, b"outside")
+    with database.read() as connection:
+        found = namespace.descendants(connection, a)
+        assert found[0] == a
+        assert sorted(found) == sorted([a, b, f1, f2])
+        assert outside not in found
+        assert namespace.descendants(connection, f1) == [f1]
+
+
+def test_totals(database):
+    with database.write() as connection:
+        make_file(connection, namespace.ROOT_INO, b"f", size=100)
+        make_file(connection, namespace.ROOT_INO, b"g", size=23)
+        make_dir(connection, namespace.ROOT_INO, b"d")
+    with database.read() as connection:
+        assert namespace.totals(connection) == {"files": 2, "inodes": 4, "logical_bytes": 123}
+
+
+# --- chunk transitions ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ino(database):
+    with database.write() as connection:
+        return make_file(connection, namespace.ROOT_INO, b"data")
+
+
+def row(database, ino, idx=0):
+    with database.read() as connection:
+        return chunks.get(connection, ino, idx)
+
+
+def lease(database, ino, idx=0):
+    with database.write() as connection:
+        return chunks.take_lease(connection, ino, idx)
+
+
+def release(database, ino, idx=0):
+    with database.write() as connection:
+        chunks.release_leases(connection, ino, [idx])
+
+
+def to_clean(database, ino, idx=0, key="k1"):
+    lease(database, ino, idx)
+    release(database, ino, idx)
+    version = row(database, ino, idx).version
+    with database.write() as connection:
+        chunks.start_upload(connection, ino, idx, version)
+        chunks.finish_upload(connection, ino, idx, version, key, 1000)
+
+
+def to_remote(database, ino, idx=0, key="k1"):
+    to_clean(database, ino, idx, key)
+    with database.write() as connection:
+        chunks.mark_evicted(connection, ino, idx)
+
+
+def test_take_lease_on_a_new_chunk(database, ino):
+    assert lease(database, ino) is None
+    chunk = row(database, ino)
+    assert (chunk.state, chunk.version, chunk.leased) == ("dirty", 1, True)
+    assert chunk.last_access > 0
+
+
+def test_take_lease_again_bumps_the_version(database, ino):
+    lease(database, ino)
+    release(database, ino)
+    assert row(database, ino).leased is False
+    assert lease(database, ino) is None
+    chunk = row(database, ino)
+    assert (chunk.state, chunk.version, chunk.leased) == ("dirty", 2, True)
+
+
+def test_take_lease_on_clean_makes_it_dirty(database, ino):
+    to_clean(database, ino)
+    assert row(database, ino).state == "clean"
+    assert lease(database, ino) is None
+    chunk = row(database, ino)
+    assert (chunk.state, chunk.version, chunk.leased) == ("dirty", 2, True)
+
+
+@pytest.mark.parametrize("fetching", [False, True])
+def test_take_lease_on_remote_asks_for_a_fault_in(database, ino, fetching):
+    to_remote(database, ino)
+    if fetching:
+        with database.write() as connection:
+            chunks.start_fetch(connection, ino, 0)
+    before = row(database, ino)
+    assert lease(database, ino) == (F if fetching else R)
+    assert row(database, ino) == before  # nothing changed
+
+
+def test_start_upload_refused_while_leased(database, ino):
+    lease(database, ino)
+    with database.write() as connection:
+        with pytest.raises(StateConflict, match="chunk .*-0: expected dirty, found dirty"):
+            chunks.start_upload(connection, ino, 0, 1)
+    assert row(database, ino).state == "dirty"
+
+
+def test_start_upload_refused_when_the_version_moved_on(database, ino):
+    lease(database, ino)
+    release(database, ino)
+    lease(database, ino)
+    release(database, ino)
+    with database.write() as connection:
+        with pytest.raises(StateConflict):
+            chunks.start_upload(connection, ino, 0, 1)
+    with database.write() as connection:
+        chunks.start_upload(connection, ino, 0, 2)
+    assert row(database, ino).state == "uploading"
+
+
+def test_full_cycle(database, ino):
+    lease(database, ino)
+    release(database, ino)
+    with database.read() as connection:
+        assert [r.idx for r in chunks.uploadable(connection, 10)] == [0]
+    with database.write() as connection:
+        chunks.start_upload(connection, ino, 0, 1)
+    assert row(database, ino).state == "uploading"
+    with database.write() as connection:
+        chunks.finish_upload(connection, ino, 0, 1, "key-a", 900)
+    chunk = row(database, ino)
+    assert (chunk.state, chunk.object_key, chunk.stored_bytes) == ("clean", "key-a", 900)
+    with database.read() as connection:
+        assert [r.idx for r in chunks.eviction_candidates(connection, 10)] == [0]
+    with database.write() as connection:
+        chunks.mark_evicted(connection, ino, 0)
+    chunk = row(database, ino)
+    assert (chunk.state, chunk.stored_bytes, chunk.object_key) == ("remote", 0, "key-a")
+    with database.write() as connection:
+        fetched = chunks.start_fetch(connection, ino, 0)
+    assert fetched.state == "fetching" and fetched.object_key == "key-a"
+    with database.write() as connection:
+        chunks.finish_fetch(connection, ino, 0, 900)
+    chunk = row(database, ino)
+    assert (chunk.state, chunk.stored_bytes, chunk.version) == ("clean", 900, 1)
+
+
+def test_uploadable_skips_leased_and_clean(database, ino):
+    lease(database, ino, 0)               # leased: not yet
+    lease(database, ino, 1)
+    release(database, ino, 1)             # ready
+    to_clean(database, ino, 2)            # already uploaded
+    with database.read() as connection:
+        assert [r.idx for r in chunks.uploadable(connection, 10)] == [1]
+
+
+def test_a_write_during_upload_wins_over_the_stale_upload(database, ino):
+    lease(database, ino)
+    release(database, ino)
+    with database.write() as connection:
+        chunks.start_upload(connection, ino, 0, 1)
+    assert lease(database, ino) is None   # a writer comes back: uploading -> dirty, version 2
+    assert (row(database, ino).state, row(database, ino).version) == ("dirty", 2)
+    with database.write() as connection:
+        with pytest.raises(StateConflict):
+            chunks.finish_upload(connection, ino, 0, 1, "stale", 10)
+    chunk = row(database, ino)
+    assert (chunk.state, chunk.version, chunk.object_key) == ("dirty", 2, None)
+    release(database, ino)
+    assert lease(database, ino) is None   # still dirty-able
+    assert row(database, ino).version == 3
+
+
+def test_finish_upload_with_a_stale_version_leaves_it_uploading_then_abortable(database, ino):
+    lease(database, ino)
+    release(database, ino)
+    with database.write() as connection:
+        chunks.start_upload(connection, ino, 0, 1)
+    with database.write() as connection:
+        with pytest.raises(StateConflict):
+            chunks.finish_upload(connection, ino, 0, 7, "stale", 10)
+    assert row(database, ino).state == "uploading"
+    with database.write() as connection:
+        chunks.abort_upload(connection, ino, 0)
+    assert row(database, ino).state == "dirty"
+    assert lease(database, ino) is None
+
+
+def test_eviction_refused_for_dirty_pinned_or_leased(database, ino):
+    lease(database, ino)
+    with database.write() as connection:
+        with pytest.raises(StateConflict):
+            chunks.mark_evicted(connection, ino, 0)
+    to_clean(database, ino, 1)
+    with database.write() as connection:
+        chunks.set_pinned(connection, [ino], True)
+    with database.write() as connection:
+        with pytest.raises(StateConflict):
+            chunks.mark_evicted(connection, ino, 1)
+    with database.read() as connection:
+        assert chunks.eviction_candidates(connection, 10) == []
+    assert row(database, ino, 1).state == "clean"
+
+
+@pytest.mark.parametrize("owner, start, end", [
+    (chunks.FUSE, D, R),      # undefined
+    (chunks.WORKER, D, C),    # undefined: a clean chunk was always uploaded
+    (chunks.FUSE, R, D),      # undefined: fuse never writes a chunk that is not local
+    (chunks.WORKER, C, F),
+])
+def test_transition_refuses_an_undefined_move(database, ino, owner, start, end):
+    lease(database, ino)
+    with database.write() as connection:
+        with pytest.raises(ValueError, match="no chunk transition"):
+            chunks.transition(connection, owner, ino, 0, [start], end)
+    assert row(database, ino).state == "dirty"
+
+
+@pytest.mark.parametrize("owner, start, end", [
+    (chunks.FUSE, C, R),      # eviction is the worker's
+    (chunks.FUSE, D, U),
+    (chunks.WORKER, C, D),    # a write is fuse's
+    (chunks.WORKER, D, D),
+])
+def test_transition_refuses_the_wrong_owner(database, ino, owner, start, end):
+    to_clean(database, ino)
+    with database.write() as connection:
+        with pytest.raises(ValueError, match=f"{owner} may not move"):
+            chunks.transition(connection, owner, ino, 0, [start], end)
+    assert row(database, ino).state == "clean"
+
+
+def test_transition_from_the_wrong_state_conflicts(database, ino):
+    to_clean(database, ino)
+    with database.write() as connection:
+        with pytest.raises(StateConflict, match="expected remote, found clean"):
+            chunks.transition(connection, chunks.WORKER, ino, 0, [R], F)
+        with pytest.raises(StateConflict, match="found no chunk"):
+            chunks.transition(connection, chunks.WORKER, ino, 9, [R], F)
+
+
+def test_recover_interrupted(database, ino):
+    lease(database, ino, 0)
+    release(database, ino, 0)
+    with database.write() as connection:
+        chunks.start_upload(connection, ino, 0, 1)
+    to_remote(database, ino, 1)
+    with database.write() as connection:
+        chunks.start_fetch(connection, ino, 1)
+    to_clean(database, ino, 2)
+    with database.write() as connection:
+        assert chunks.recover_interrupted(connection) == {"uploading": 1, "fetching": 1}
+    assert [row(database, ino, i).state for i in range(3)] == ["dirty", "remote", "clean"]
+    with database.write() as connection:
+        assert chunks.recover_interrupted(connection) == {"uploading": 0, "fetching": 0}
+
+
+def test_release_all_leases(database, ino):
+    for idx in range(3):
+        lease(database, ino, idx)
+    release(database, ino, 1)
+    with database.write() as connection:
+        assert chunks.release_all_leases(connection) == 2
+    assert [row(database, ino, i).leased for i in range(3)] == [False, False, False]
+
+
+def test_drop_from(database, ino):
+    for idx in range(4):
+        lease(database, ino, idx)
+    with database.write() as connection:
+        requests.request_fetch(connection, ino, 3, requests.READER)
+        assert sorted(chunks.drop_from(connection, ino, 2)) == [2, 3]
+        assert chunks.drop_from(connection, ino, 2) == []
+    with database.read() as connection:
+        assert sorted(chunks.local_states(connection, ino)) == [0, 1]
+        assert requests.pending_fetches(connection, 10) == []
+
+
+# --- objects ------------------------------------------------------------------------------------
+
+
+def test_record_intent_and_copies(database):
+    with database.write() as connection:
+        objects.record_intent(connection, "obj", 4096)
+        objects.record_intent(connection, "obj", 4096)  # a retry keeps one row
+        assert objects.get(connection, "obj").stored_bytes == 0
+        objects.record_copy(connection, "obj", "home", 1234)
+        objects.record_copy(connection, "obj", "home", 1234)
+        objects.record_copy(connection, "obj", "office", 1234)
+    with database.read() as connection:
+        stored = objects.get(connection, "obj")
+        assert (stored.plain_bytes, stored.stored_bytes, stored.unreferenced_since) == (4096, 1234, None)
+        assert sorted(objects.remotes_holding(connection, "obj")) == ["home", "office"]
+        assert objects.known_keys(connection) == {"obj"}
+        assert objects.totals(connection) == {"objects": 1, "stored_bytes": 1234}
+
+
+def test_garbage_collection_grace_period(database, ino):
+    to_clean(database, ino, 0, key="used")
+    with database.write() as connection:
+        for key in ("used", "unused"):
+            objects.record_intent(connection, key, 100)
+            objects.record_copy(connection, key, "home", 50)
+        assert chunks.referencing(connection, "used") == 1
+        assert objects.mark_unreferenced(connection, now=1000.0) == 1
+        assert objects.mark_unreferenced(connection, now=2000.0) == 0  # the first stamp stays
+        assert objects.get(connection, "unused").unreferenced_since == 1000.0
+        assert objects.get(connection, "used").unreferenced_since is None
+        # Not yet past the grace period: nothing is claimed.
+        assert objects.claim_garbage(connection, older_than=1000.0) == []
+        # Past it: only the unreferenced one, with where its copies are.
+        assert objects.claim_garbage(connection, older_than=1000.5) == [("unused", ["home"])]
+        assert objects.get(connection, "unused") is None
+        assert objects.remotes_holding(connection, "unused") == []
+        assert objects.claim_garbage(connection, older_than=10**12) == []
+        assert objects.get(connection, "used") is not None
+
+
+def test_a_referenced_object_is_never_claimed_even_with_a_stale_stamp(database, ino):
+    with database.write() as connection:
+        objects.record_intent(connection, "revived", 100)
+        objects.record_copy(connection, "revived", "home", 50)
+        objects.mark_unreferenced(connection, now=1000.0)
+    # An upload of identical content references it again before the collector runs.
+    to_clean(database, ino, 0, key="revived")
+    with database.write() as connection:
+        assert objects.claim_garbage(connection, older_than=10**12) == []
+        objects.mark_unreferenced(connection, now=3000.0)
+        assert objects.get(connection, "revived").unreferenced_since is None  # stamp cleared
+
+
+def test_record_copy_clears_a_stamp(database):
+    with database.write() as connection:
+        objects.record_intent(connection, "again", 100)
+        objects.mark_unreferenced(connection, now=1000.0)
+        objects.record_copy(connection, "again", "home", 50)
+        assert objects.get(connection, "again").unreferenced_since is None
+        assert objects.claim_garbage(connection, older_than=10**12) == []
+
+
+def test_a_deleted_file_makes_its_objects_garbage(database, ino):
+    to_clean(database, ino, 0, key="gone")
+    with database.write() as connection:
+        objects.record_intent(connection, "gone", 100)
+        objects.record_copy(connection, "gone", "home", 50)
+        assert objects.mark_unreferenced(connection, now=1000.0) == 0
+        namespace.delete_inode(connection, ino)
+        assert objects.mark_unreferenced(connection, now=2000.0) == 1
+        assert objects.claim_garbage(connection, older_than=2001.0) == [("gone", ["home"])]
+
+
+def test_claim_garbage_limit(database):
+    with database.write() as connection:
+        for n in range(5):
+            objects.record_intent(connection, f"g{n}", 1)
+        objects.mark_unreferenced(connection, now=1.0)
+        assert len(objects.claim_garbage(connection, older_than=2.0, limit=3)) == 3
+        assert len(objects.claim_garbage(connection, older_than=2.0, limit=3)) == 2
+
+
+# --- request queues ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """requests' clock, stepped by hand so that ordering by time is deterministic."""
+    now = [100.0]
+
+    def tick():
+        now[0] += 1.0
+        return now[0]
+
+    monkeypatch.setattr(requests, "time", types.SimpleNamespace(time=tick))
+    return now
+
+
+def pending(database):
+    with database.read() as connection:
+        return [(r.ino, r.idx, r.priority) for r in requests.pending_fetches(connection, 10)]
+
+
+def test_fetch_queue_orders_by_priority_then_age(database, clock):
+    with database.write() as connection:
+        requests.request_fetch(connection, 5, 0, requests.PRIME)
+        requests.request_fetch(connection, 5, 1, requests.PREFETCH)
+        requests.request_fetch(connection, 6, 0, requests.READER)
+        requests.request_fetch(connection, 5, 2, requests.PREFETCH)
+        requests.request_fetch(connection, 7, 0, requests.PIN)
+    assert pending(database) == [(6, 0, 0), (5, 1, 1), (5, 2, 1), (7, 0, 2), (5, 0, 3)]
+
+
+def test_a_reader_raises_the_priority_and_a_prefetch_does_not_lower_it(database, clock):
+    with database.write() as connection:
+        requests.request_fetch(connection, 5, 0, requests.PREFETCH)
+        requests.request_fetch(connection, 5, 1, requests.PREFETCH)
+        requests.request_fetch(connection, 5, 1, requests.READER)
+        requests.request_fetch(connection, 5, 1, requests.PRIME)
+    assert pending(database) == [(5, 1, 0), (5, 0, 1)]
+
+
+def test_a_failed_fetch_leaves_the_queue_until_asked_again(database, clock):
+    with database.write() as connection:
+        requests.request_fetch(connection, 5, 0, requests.READER)
+        requests.fail_fetch(connection, 5, 0, "remote unavailable")
+        assert requests.fetch_error(connection, 5, 0) == "remote unavailable"
+    assert pending(database) == []
+    with database.write() as connection:
+        requests.request_fetch(connection, 5, 0, requests.PREFETCH)  # asking again clears the error
+        assert requests.fetch_error(connection, 5, 0) is None
+    assert pending(database) == [(5, 0, 0)]
+    with database.write() as connection:
+        requests.done_fetch(connection, 5, 0)
+    assert pending(database) == []
+
+
+def test_upload_queue(database, clock):
+    with database.write() as connection:
+        requests.request_upload(connection, 9)
+        requests.request_upload(connection, 3)
+        requests.request_upload(connection, 9)  # once per inode
+        assert requests.pending_uploads(connection) == [9, 3]
+        requests.done_upload(connection, 9)
+        assert requests.pending_uploads(connection) == [3]

@@ -1,0 +1,742 @@
+"""The worker's steps, driven by hand on a real SQLite file and a local-folder
+remote: no threads, no FUSE. Chunks are made the way zero-fuse makes them
+(take the lease, write the cache file, release the lease)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from zero.cachedir import CacheDir, disk_bytes
+from zero.config import Config, RemoteSpec
+from zero.errors import RemoteUnavailable
+from zero.remote.local import LocalRemote
+from zero.remote.pool import RemotePool
+from zero.state import chunks, counters, namespace, objects, requests, schema
+from zero.state.schema import ChunkState
+from zero.worker import pins
+from zero.worker.collector import Collector
+from zero.worker.evictor import Evictor
+from zero.worker.fetcher import Fetcher
+from zero.worker.main import build_context
+from zero.worker.recovery import recover
+from zero.worker.uploader import Uploader
+from zero.worker.usage import measure
+
+CHUNK = 64 * 1024
+HOUR_S = 3600.0
+
+
+# --- building a worker context and chunks as zero-fuse would -----------------------------------
+
+
+@pytest.fixture
+def make_context(tmp_path):
+    """Factory: a WorkerContext over a fresh cache, state and local remote,
+    built by zero-worker's own build_context."""
+    made = []
+
+    def factory(target_bytes: int = 1 << 30, grace_s: float = HOUR_S, name: str = "fs"):
+        root = tmp_path / name
+        cache = CacheDir(root / "cache")
+        cache.prepare()
+        config = Config(source="test",
+                        remotes=(RemoteSpec("local", "local", {"path": str(root / "remote")}),),
+                        target_disk_usage_bytes=target_bytes, chunk_size_bytes=CHUNK, upload_delay_s=0,
+                        gc_grace_period_s=grace_s)
+        context = build_context(config, cache)
+        made.append(context)
+        return context
+
+    yield factory
+    for context in made:
+        context.database.dispose()
+
+
+@pytest.fixture
+def context(make_context):
+    return make_context()
+
+
+def remote_root(context) -> Path:
+    return Path(context.pool.remotes[0].root)
+
+
+def remote_file(context, key: str) -> Path:
+    return remote_root(context) / context.remote_key(key)
+
+
+def remote_object_keys(context) -> set[str]:
+    folder = remote_root(context) / context.object_prefix
+    return {path.name for path in folder.rglob("*") if path.is_file()} if folder.exists() else set()
+
+
+def make_file(context, name: bytes, parent: int = namespace.ROOT_INO, directory: bool = False) -> int:
+    mode = (stat.S_IFDIR | 0o755) if directory else (stat.S_IFREG | 0o644)
+    with context.database.write() as connection:
+        ino = namespace.insert_inode(connection, mode=mode, uid=0, gid=0, nlink=2 if directory else 1, size=0,
+                                     atime_ns=0, mtime_ns=0, ctime_ns=0, rdev=0, target=None)
+        namespace.insert_dentry(connection, parent, name, ino)
+    return ino
+
+
+def take_lease(context, ino: int, idx: int) -> None:
+    with context.database.write() as connection:
+        assert chunks.take_lease(connection, ino, idx) is None
+
+
+def write_file(context, ino: int, idx: int, data: bytes) -> None:
+    path = context.cache.chunk_path(ino, idx)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as out:
+        out.write(data)
+
+
+def fuse_write(context, ino: int, idx: int, data: bytes) -> None:
+    """What zero-fuse does for a write followed by close: lease, write, release."""
+    take_lease(context, ino, idx)
+    write_file(context, ino, idx, data)
+    with context.database.write() as connection:
+        chunks.release_leases(connection, ino, [idx])
+
+
+def row_of(context, ino: int, idx: int):
+    with context.database.read() as connection:
+        return chunks.get(connection, ino, idx)
+
+
+def state_of(context, ino: int, idx: int) -> ChunkState:
+    return ChunkState(row_of(context, ino, idx).state)
+
+
+def counter(context, name: str) -> int:
+    with context.database.read() as connection:
+        return counters.read_all(connection).get(name, 0)
+
+
+def file_bytes(context, ino: int, idx: int) -> bytes | None:
+    try:
+        with open(context.cache.chunk_path(ino, idx), "rb") as chunk_file:
+            return chunk_file.read()
+    except FileNotFoundError:
+        return None
+
+
+def upload_all(context) -> None:
+    uploader = Uploader(context)
+    due = uploader.due(hurry=False)
+    assert due, "nothing was due for upload"
+    for row in due:
+        assert uploader.upload(row) is True
+    assert uploader.due(hurry=True) == []
+
+
+def evict_all(context) -> None:
+    Evictor(context).evict(goal_bytes=0)
+
+
+def chunk_data(seed: int) -> bytes:
+    """A chunk of incompressible bytes, different for each seed."""
+    return os.urandom(CHUNK - 64) + seed.to_bytes(64, "big")
+
+
+def fetch_requests(context) -> dict[tuple[int, int], int]:
+    with context.database.read() as connection:
+        return {(row.ino, row.idx): row.priority for row in connection.execute(select(schema.fetch_requests))}
+
+
+# --- upload ---------------------------------------------------------------------------------
+
+
+def test_upload_makes_a_chunk_clean_and_stores_a_decodable_object(context):
+    ino = make_file(context, b"a")
+    data = chunk_data(1)
+    fuse_write(context, ino, 0, data)
+    uploader = Uploader(context)
+    due = uploader.due(hurry=False)
+    assert [(row.ino, row.idx) for row in due] == [(ino, 0)]
+
+    assert uploader.upload(due[0]) is True
+
+    row = row_of(context, ino, 0)
+    assert row.state == ChunkState.CLEAN.value
+    key = context.codec.object_key(data)
+    assert row.object_key == key
+    assert row.stored_bytes == disk_bytes(os.stat(context.cache.chunk_path(ino, 0)))
+    blob = remote_file(context, key).read_bytes()
+    assert blob != data  # sealed, not stored in the clear
+    assert context.codec.open(blob, expected_key=key) == data
+    with context.database.read() as connection:
+        assert objects.remotes_holding(connection, key) == ["local"]
+        assert objects.get(connection, key).stored_bytes == len(blob)
+    assert counter(context, "uploads") == 1
+    assert counter(context, "uploaded_bytes") == len(data)
+    assert uploader.due(hurry=True) == []
+    assert file_bytes(context, ino, 0) == data  # the upload leaves the cache file alone
+
+
+def test_a_quiet_chunk_waits_for_the_upload_delay_unless_asked_for(make_context):
+    context = make_context()
+    context.config = dataclasses.replace(context.config, upload_delay_s=HOUR_S)
+    quiet, asked = make_file(context, b"quiet"), make_file(context, b"asked")
+    fuse_write(context, quiet, 0, chunk_data(1))
+    fuse_write(context, asked, 0, chunk_data(2))
+    uploader = Uploader(context)
+    assert uploader.due(hurry=False) == []
+    assert 0 < uploader.next_due_in() <= HOUR_S
+
+    with context.database.write() as connection:
+        requests.request_upload(connection, asked)  # fsync or zero sync
+    due = uploader.due(hurry=False)
+    assert [row.ino for row in due] == [asked]
+    assert uploader.upload(due[0]) is True
+    uploader.finish_requests()
+    with context.database.read() as connection:
+        assert requests.pending_uploads(connection) == []
+    # A full cache hurries everything.
+    assert [row.ino for row in uploader.due(hurry=True)] == [quiet]
+
+
+def test_a_write_during_an_upload_leaves_the_chunk_dirty_and_its_object_garbage(make_context, monkeypatch):
+    context = make_context(grace_s=0)
+    ino = make_file(context, b"a")
+    first, second = chunk_data(1), chunk_data(2)
+    fuse_write(context, ino, 0, first)
+    uploader = Uploader(context)
+    [row] = uploader.due(hurry=False)
+    put = context.pool.put
+
+    def put_then_fuse_writes(key, blob):
+        holders = put(key, blob)
+        assert state_of(context, ino, 0) == ChunkState.UPLOADING
+        fuse_write(context, ino, 0, second)  # the lease moves uploading -> dirty, version + 1
+        return holders
+
+    monkeypatch.setattr(context.pool, "put", put_then_fuse_writes)
+    assert uploader.upload(row) is False
+    monkeypatch.undo()
+
+    after = row_of(context, ino, 0)
+    assert after.state == ChunkState.DIRTY.value
+    assert after.version == row.version + 1
+    assert after.object_key is None
+    stale_key = context.codec.object_key(first)
+    assert remote_object_keys(context) == {stale_key}  # sent, but nobody references it
+
+    [again] = uploader.due(hurry=False)
+    assert uploader.upload(again) is True
+    fresh_key = context.codec.object_key(second)
+    assert row_of(context, ino, 0).object_key == fresh_key
+    assert context.codec.open(remote_file(context, fresh_key).read_bytes(), expected_key=fresh_key) == second
+
+    Collector(context).collect()
+    assert remote_object_keys(context) == {fresh_key}
+    with context.database.read() as connection:
+        assert objects.known_keys(connection) == {fresh_key}
+
+
+def test_an_upload_of_a_chunk_fuse_took_back_does_not_start(context):
+    ino = make_file(context, b"a")
+    fuse_write(context, ino, 0, chunk_data(1))
+    uploader = Uploader(context)
+    [row] = uploader.due(hurry=False)
+    fuse_write(context, ino, 0, chunk_data(2))  # between due() and upload(): the version moved on
+    assert uploader.upload(row) is False
+    assert state_of(context, ino, 0) == ChunkState.DIRTY
+    assert remote_object_keys(context) == set()
+
+
+def test_identical_chunks_upload_one_object(context):
+    data = chunk_data(7)
+    one, two = make_file(context, b"one"), make_file(context, b"two")
+    fuse_write(context, one, 0, data)
+    fuse_write(context, two, 3, data)
+    upload_all(context)
+
+    key = context.codec.object_key(data)
+    assert row_of(context, one, 0).object_key == key
+    assert row_of(context, two, 3).object_key == key
+    assert state_of(context, one, 0) == state_of(context, two, 3) == ChunkState.CLEAN
+    assert remote_object_keys(context) == {key}
+    assert counter(context, "uploads") == 1
+    assert counter(context, "dedup_hits") == 1
+
+
+def test_a_leased_chunk_is_never_uploaded_or_evicted(make_context):
+    context = make_context(target_bytes=CHUNK)
+    ino = make_file(context, b"open")
+    take_lease(context, ino, 0)  # a writer holds it: written, not closed
+    write_file(context, ino, 0, chunk_data(1))
+    uploader = Uploader(context)
+    assert uploader.due(hurry=True) == []
+    assert uploader.upload(row_of(context, ino, 0)) is False  # even when handed the row
+    assert row_of(context, ino, 0).leased
+    assert state_of(context, ino, 0) == ChunkState.DIRTY
+    assert remote_object_keys(context) == set()
+
+    evictor = Evictor(context)
+    assert evictor.evict(goal_bytes=0) == 0
+    assert file_bytes(context, ino, 0) is not None
+    assert state_of(context, ino, 0) == ChunkState.DIRTY
+
+
+def test_eviction_rechecks_the_chunk_in_its_own_transaction(context, monkeypatch):
+    """A chunk fuse takes the lease of after the evictor listed it is left alone."""
+    ino = make_file(context, b"a")
+    data, written = chunk_data(1), chunk_data(2)
+    fuse_write(context, ino, 0, data)
+    upload_all(context)
+    with context.database.read() as connection:
+        stale = chunks.eviction_candidates(connection, 10)
+    take_lease(context, ino, 0)
+    write_file(context, ino, 0, written)
+    listed = iter([stale])
+    real = chunks.eviction_candidates
+    monkeypatch.setattr(chunks, "eviction_candidates", lambda connection, limit: next(listed, None) or
+                        real(connection, limit))
+
+    assert Evictor(context).evict(goal_bytes=0) == 0
+    assert state_of(context, ino, 0) == ChunkState.DIRTY
+    assert file_bytes(context, ino, 0) == written
+
+
+# --- eviction --------------------------------------------------------------------------------
+
+
+def test_eviction_goes_least_recently_used_first_to_the_low_watermark(make_context):
+    context = make_context()
+    many, dirty, pinned = make_file(context, b"many"), make_file(context, b"dirty"), make_file(context, b"pinned")
+    data = {idx: chunk_data(idx) for idx in range(6)}
+    for idx, chunk in data.items():
+        fuse_write(context, many, idx, chunk)
+    fuse_write(context, pinned, 0, chunk_data(10))
+    upload_all(context)
+    fuse_write(context, dirty, 0, chunk_data(11))
+    order = [3, 0, 5, 1, 4, 2]  # least recently used first
+    with context.database.write() as connection:
+        chunks.set_pinned(connection, [pinned], True)
+        # The dirty and the pinned chunk are the oldest of all: age alone never evicts them.
+        accesses = {(dirty, 0): 1.0, (pinned, 0): 2.0}
+        accesses.update({(many, idx): 10.0 + rank for rank, idx in enumerate(order)})
+        chunks.record_access(connection, accesses)
+
+    per_chunk = disk_bytes(os.stat(context.cache.chunk_path(many, 0)))
+    assert measure(context.cache).total_bytes == 8 * per_chunk
+    # Target 6 chunks: the low watermark (0.9) keeps 5, so 3 must go.
+    context.config = dataclasses.replace(context.config, target_disk_usage_bytes=6 * per_chunk)
+    evictor = Evictor(context)
+    assert evictor.over_target()
+
+    assert evictor.evict() == 3
+
+    evicted = set(order[:3])
+    for idx in range(6):
+        row = row_of(context, many, idx)
+        if idx in evicted:
+            assert row.state == ChunkState.REMOTE.value
+            assert row.stored_bytes == 0
+            assert file_bytes(context, many, idx) is None
+        else:
+            assert row.state == ChunkState.CLEAN.value
+            assert file_bytes(context, many, idx) == data[idx]
+    assert state_of(context, dirty, 0) == ChunkState.DIRTY
+    assert state_of(context, pinned, 0) == ChunkState.CLEAN
+    assert file_bytes(context, pinned, 0) is not None
+    assert measure(context.cache).total_bytes == 5 * per_chunk <= evictor.low_watermark
+    assert not evictor.over_target()
+    assert counter(context, "evictions") == 3
+
+
+def test_eviction_stops_when_only_dirty_and_pinned_chunks_are_left(make_context):
+    context = make_context(target_bytes=CHUNK)
+    dirty, pinned = make_file(context, b"dirty"), make_file(context, b"pinned")
+    fuse_write(context, pinned, 0, chunk_data(1))
+    upload_all(context)
+    fuse_write(context, dirty, 0, chunk_data(2))
+    fuse_write(context, dirty, 1, chunk_data(3))
+    with context.database.write() as connection:
+        chunks.set_pinned(connection, [pinned], True)
+    evictor = Evictor(context)
+    assert evictor.over_target()
+    assert evictor.evict() == 0
+    assert {state_of(context, dirty, 0), state_of(context, dirty, 1)} == {ChunkState.DIRTY}
+    assert state_of(context, pinned, 0) == ChunkState.CLEAN
+    assert measure(context.cache).files == 3
+
+
+# --- fault-in ---------------------------------------------------------------------------------
+
+
+def test_fetch_brings_an_evicted_chunk_back_byte_identical(context):
+    ino = make_file(context, b"a")
+    data = chunk_data(1)
+    fuse_write(context, ino, 2, data)
+    upload_all(context)
+    evict_all(context)
+    assert state_of(context, ino, 2) == ChunkState.REMOTE
+    assert file_bytes(context, ino, 2) is None
+
+    with context.database.write() as connection:
+        requests.request_fetch(connection, ino, 2, requests.READER)
+    fetcher = Fetcher(context)
+    assert [(row.ino, row.idx) for row in fetcher.pending()] == [(ino, 2)]
+    fetcher.fetch(ino, 2)
+
+    assert file_bytes(context, ino, 2) == data
+    row = row_of(context, ino, 2)
+    assert row.state == ChunkState.CLEAN.value
+    assert row.stored_bytes == disk_bytes(os.stat(context.cache.chunk_path(ino, 2)))
+    assert fetcher.pending() == []
+    assert os.listdir(context.cache.tmp) == []
+    assert counter(context, "fault_ins") == 1
+    # Clean again: it can be evicted and fetched once more.
+    evict_all(context)
+    assert state_of(context, ino, 2) == ChunkState.REMOTE
+
+
+def test_fetch_of_a_chunk_that_is_local_or_gone_just_drops_the_request(context):
+    ino = make_file(context, b"a")
+    fuse_write(context, ino, 0, chunk_data(1))
+    with context.database.write() as connection:
+        requests.request_fetch(connection, ino, 0, requests.PREFETCH)
+        requests.request_fetch(connection, ino, 9, requests.PREFETCH)
+    fetcher = Fetcher(context)
+    fetcher.fetch(ino, 0)
+    fetcher.fetch(ino, 9)
+    assert fetcher.pending() == []
+    assert state_of(context, ino, 0) == ChunkState.DIRTY
+
+
+def _flip_a_byte(path: Path) -> None:
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+@pytest.mark.parametrize("damage", [_flip_a_byte, _truncate, Path.unlink], ids=["flipped", "truncated", "missing"])
+def test_fetch_of_a_damaged_or_missing_object_records_an_error(context, damage, caplog):
+    ino = make_file(context, b"a")
+    data = chunk_data(1)
+    fuse_write(context, ino, 0, data)
+    upload_all(context)
+    evict_all(context)
+    damage(remote_file(context, context.codec.object_key(data)))
+    with context.database.write() as connection:
+        requests.request_fetch(connection, ino, 0, requests.READER)
+
+    Fetcher(context).fetch(ino, 0)
+
+    with context.database.read() as connection:
+        error = requests.fetch_error(connection, ino, 0)
+    assert error  # the waiting reader gets EIO with this reason
+    assert "cannot be read back" in caplog.text
+    assert state_of(context, ino, 0) == ChunkState.REMOTE
+    assert file_bytes(context, ino, 0) is None
+    assert os.listdir(context.cache.tmp) == []
+    assert Fetcher(context).pending() == []  # failed requests are not retried by themselves
+    # Asking again clears the error and retries.
+    with context.database.write() as connection:
+        requests.request_fetch(connection, ino, 0, requests.READER)
+        assert requests.fetch_error(connection, ino, 0) is None
+
+
+def test_a_fetch_from_an_unreachable_remote_is_postponed(context, tmp_path):
+    ino = make_file(context, b"a")
+    data = chunk_data(1)
+    fuse_write(context, ino, 0, data)
+    upload_all(context)
+    evict_all(context)
+    with context.database.write() as connection:
+        requests.request_fetch(connection, ino, 0, requests.READER)
+    reachable = context.pool
+    context.pool = RemotePool([LocalRemote("local", _path_under_a_file(tmp_path))], 1)
+
+    with pytest.raises(RemoteUnavailable):
+        Fetcher(context).fetch(ino, 0)
+    assert state_of(context, ino, 0) == ChunkState.REMOTE
+    with context.database.read() as connection:
+        assert requests.fetch_error(connection, ino, 0) is None  # not the reader's failure yet
+
+    context.pool = reachable
+    Fetcher(context).fetch(ino, 0)
+    assert file_bytes(context, ino, 0) == data
+
+
+def _path_under_a_file(tmp_path: Path) -> Path:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    return blocker / "remote"
+
+
+def test_upload_to_an_unreachable_remote_gives_the_chunk_back(context, tmp_path, caplog):
+    ino = make_file(context, b"a")
+    data = chunk_data(1)
+    fuse_write(context, ino, 0, data)
+    reachable = context.pool
+    context.pool = RemotePool([LocalRemote("local", _path_under_a_file(tmp_path))], 1)
+    uploader = Uploader(context)
+    [row] = uploader.due(hurry=False)
+
+    with pytest.raises(RemoteUnavailable):
+        uploader.upload(row)
+    after = row_of(context, ino, 0)
+    assert after.state == ChunkState.DIRTY.value
+    assert after.version == row.version
+    assert after.object_key is None
+    assert "postponed" in caplog.text
+
+    context.pool = reachable
+    [again] = uploader.due(hurry=False)
+    assert uploader.upload(again) is True
+    assert state_of(context, ino, 0) == ChunkState.CLEAN
+
+
+# --- garbage collection ------------------------------------------------------------------------
+
+
+def _orphan(context, data: bytes, age_s: float) -> str:
+    """An object in the remote the state has no row for (a collector killed after its commit)."""
+    key = context.codec.object_key(data)
+    context.pool.remotes[0].put(context.remote_key(key), context.codec.seal(data))
+    stamp = time.time() - age_s
+    os.utime(remote_file(context, key), (stamp, stamp))
+    return key
+
+
+def test_collect_deletes_unreferenced_and_never_referenced_objects(make_context):
+    context = make_context(grace_s=0)
+    kept, deleted = make_file(context, b"kept"), make_file(context, b"deleted")
+    kept_data, deleted_data, intent_data = chunk_data(1), chunk_data(2), chunk_data(3)
+    fuse_write(context, kept, 0, kept_data)
+    fuse_write(context, deleted, 0, deleted_data)
+    upload_all(context)
+    # An upload killed after sending: a row with no reference, its object in the remote.
+    intent_key = context.codec.object_key(intent_data)
+    with context.database.write() as connection:
+        objects.record_intent(connection, intent_key, len(intent_data))
+    context.pool.put(context.remote_key(intent_key), context.codec.seal(intent_data))
+    # An upload killed before sending: a row and nothing remote.
+    with context.database.write() as connection:
+        objects.record_intent(connection, "0" * 64, 1)
+    with context.database.write() as connection:
+        namespace.delete_dentry(connection, namespace.ROOT_INO, b"deleted")
+        namespace.delete_inode(connection, deleted)
+    kept_key, deleted_key = context.codec.object_key(kept_data), context.codec.object_key(deleted_data)
+    assert remote_object_keys(context) == {kept_key, deleted_key, intent_key}
+
+    Collector(context).collect()
+
+    assert remote_object_keys(context) == {kept_key}
+    with context.database.read() as connection:
+        assert objects.known_keys(connection) == {kept_key}
+        assert objects.remotes_holding(connection, deleted_key) == []
+    assert counter(context, "objects_collected") == 3
+
+
+def test_collect_waits_out_the_grace_period(context):
+    ino = make_file(context, b"a")
+    data = chunk_data(1)
+    fuse_write(context, ino, 0, data)
+    upload_all(context)
+    key = context.codec.object_key(data)
+    with context.database.write() as connection:
+        namespace.delete_inode(connection, ino)
+    collector = Collector(context)
+    now = time.time()
+    assert collector.collect(now=now) == 0  # stamped unreferenced, not old enough
+    assert collector.collect(now=now + HOUR_S / 2) == 0
+    assert remote_object_keys(context) == {key}
+    assert collector.collect(now=now + HOUR_S + 1) == 1
+    assert remote_object_keys(context) == set()
+
+
+def test_an_object_referenced_again_within_the_grace_period_is_kept(context):
+    one, two = make_file(context, b"one"), make_file(context, b"two")
+    data = chunk_data(1)
+    fuse_write(context, one, 0, data)
+    upload_all(context)
+    with context.database.write() as connection:
+        namespace.delete_inode(connection, one)
+    collector = Collector(context)
+    now = time.time()
+    collector.collect(now=now)
+    fuse_write(context, two, 0, data)  # same bytes again: a dedup hit revives the object
+    upload_all(context)
+    assert counter(context, "dedup_hits") == 1
+    assert collector.collect(now=now + 2 * HOUR_S) == 0
+    key = context.codec.object_key(data)
+    assert remote_object_keys(context) == {key}
+    with context.database.read() as connection:
+        assert objects.get(connection, key).unreferenced_since is None
+
+
+def test_the_orphan_sweep_deletes_only_orphans_older_than_the_grace(context):
+    ino = make_file(context, b"a")
+    data = chunk_data(1)
+    fuse_write(context, ino, 0, data)
+    upload_all(context)
+    known = context.codec.object_key(data)
+    os.utime(remote_file(context, known), (1.0, 1.0))  # old, but the state knows it
+    old = _orphan(context, chunk_data(2), age_s=2 * HOUR_S)
+    fresh = _orphan(context, chunk_data(3), age_s=0)
+    # Something else in the bucket (another filesystem's objects) is never touched.
+    foreign = remote_root(context) / "another-fs" / "objects" / "ab" / "abcd"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"not ours")
+    os.utime(foreign, (1.0, 1.0))
+
+    assert Collector(context).collect() == 1
+
+    assert remote_object_keys(context) == {known, fresh}
+    assert not remote_file(context, old).exists()
+    assert foreign.exists()
+
+
+# --- worker recovery -----------------------------------------------------------------------------
+
+
+def test_recover_repairs_what_a_killed_worker_leaves(context, caplog):
+    caplog.set_level(logging.INFO, logger="zero.worker.recovery")
+    ino = make_file(context, b"a")
+    data = {idx: chunk_data(idx) for idx in range(5)}
+    for idx in (1, 2, 3, 4):
+        fuse_write(context, ino, idx, data[idx])
+    upload_all(context)
+    fuse_write(context, ino, 0, data[0])
+    with context.database.write() as connection:
+        # 0: killed mid-upload.
+        chunks.start_upload(connection, ino, 0, chunks.get(connection, ino, 0).version)
+        # 1: killed mid-fetch, with its temporary file written.
+    evict_all(context)
+    with context.database.write() as connection:
+        chunks.start_fetch(connection, ino, 1)
+    tmp = Path(context.cache.tmp) / f"{ino}-1.fetch"
+    tmp.write_bytes(data[1])
+    # 2: fetched and renamed into place, but the commit never happened.
+    with context.database.write() as connection:
+        chunks.start_fetch(connection, ino, 2)
+    write_file(context, ino, 2, data[2])
+    with context.database.write() as connection:
+        # 3: killed after unlinking an evicted file, before the commit: the row says clean.
+        chunks.start_fetch(connection, ino, 3)
+        chunks.finish_fetch(connection, ino, 3, CHUNK)
+        # 4: fetched back completely: clean with its file, left alone.
+        chunks.start_fetch(connection, ino, 4)
+        chunks.finish_fetch(connection, ino, 4, CHUNK)
+    write_file(context, ino, 4, data[4])
+
+    repaired = recover(context)
+
+    assert repaired == {"uploading": 1, "fetching": 2, "temp_files": 1, "evictions": 1, "stray_files": 1}
+    assert "Recovered from an unclean stop" in caplog.text
+    assert state_of(context, ino, 0) == ChunkState.DIRTY
+    assert file_bytes(context, ino, 0) == data[0]
+    for idx in (1, 2, 3):
+        assert state_of(context, ino, idx) == ChunkState.REMOTE
+        assert file_bytes(context, ino, idx) is None
+    assert state_of(context, ino, 4) == ChunkState.CLEAN
+    assert file_bytes(context, ino, 4) == data[4]
+    assert os.listdir(context.cache.tmp) == []
+
+    # Everything repaired moves on again.
+    upload_all(context)
+    fetcher = Fetcher(context)
+    for idx in (1, 2, 3):
+        with context.database.write() as connection:
+            requests.request_fetch(connection, ino, idx, requests.READER)
+        fetcher.fetch(ino, idx)
+        assert file_bytes(context, ino, idx) == data[idx]
+    assert recover(context) == dict.fromkeys(repaired, 0)
+
+
+# --- pins and priming ----------------------------------------------------------------------------
+
+
+def test_apply_pins_marks_a_pinned_tree_and_asks_for_its_remote_chunks(context):
+    tree = make_file(context, b"tree", directory=True)
+    inside = make_file(context, b"inside", parent=tree)
+    sub = make_file(context, b"sub", parent=tree, directory=True)
+    deep = make_file(context, b"deep", parent=sub)
+    outside = make_file(context, b"outside")
+    for ino in (inside, deep, outside):
+        fuse_write(context, ino, 0, chunk_data(ino))
+        fuse_write(context, ino, 1, chunk_data(100 + ino))
+    upload_all(context)
+    evict_all(context)
+    fetcher = Fetcher(context)
+    for ino in (inside, outside):  # chunk 0 of these is local again
+        with context.database.write() as connection:
+            requests.request_fetch(connection, ino, 0, requests.READER)
+        fetcher.fetch(ino, 0)
+    with context.database.write() as connection:
+        chunks.set_pinned(connection, [outside], True)  # pinned once, since unpinned
+        connection.execute(schema.pins.insert().values(ino=tree, pinned_at=time.time()))
+
+    assert pins.apply_pins(context) == 3
+
+    with context.database.read() as connection:
+        pinned = {(row.ino, row.idx) for row in chunks.all_rows(connection) if row.pinned}
+    assert pinned == {(inside, 0), (inside, 1), (deep, 0), (deep, 1)}
+    assert fetch_requests(context) == {(inside, 1): requests.PIN, (deep, 0): requests.PIN,
+                                       (deep, 1): requests.PIN}
+    for row in fetcher.pending():
+        fetcher.fetch(row.ino, row.idx)
+    assert pins.apply_pins(context) == 0
+    assert Evictor(context).evict(goal_bytes=0) == 1  # only the unpinned local chunk
+    assert file_bytes(context, outside, 0) is None
+    for ino in (inside, deep):
+        assert file_bytes(context, ino, 0) == chunk_data_of(context, ino, 0)
+        assert state_of(context, ino, 1) == ChunkState.CLEAN
+
+
+def chunk_data_of(context, ino: int, idx: int) -> bytes:
+    key = row_of(context, ino, idx).object_key
+    return context.codec.open(remote_file(context, key).read_bytes(), expected_key=key)
+
+
+def test_prime_queues_recently_evicted_chunks_while_there_is_room(make_context):
+    context = make_context(target_bytes=4 * CHUNK)  # low watermark: 3.6 chunks
+    ino = make_file(context, b"a")
+    for idx in range(5):
+        fuse_write(context, ino, idx, chunk_data(idx))
+    upload_all(context)
+    evict_all(context)
+    with context.database.write() as connection:
+        chunks.record_access(connection, {(ino, idx): 100.0 + idx for idx in range(5)})
+
+    assert pins.prime(context, usage_bytes=int(3.5 * CHUNK)) == 0  # no room for a chunk
+    assert fetch_requests(context) == {}
+
+    assert pins.prime(context, usage_bytes=0) == 3
+
+    assert fetch_requests(context) == {(ino, 4): requests.PRIME, (ino, 3): requests.PRIME,
+                                       (ino, 2): requests.PRIME}
+    fetcher = Fetcher(context)
+    for row in fetcher.pending():
+        fetcher.fetch(row.ino, row.idx)
+    assert measure(context.cache).total_bytes <= Evictor(context).low_watermark
+    assert [state_of(context, ino, idx) for idx in range(5)] == [ChunkState.REMOTE] * 2 + [ChunkState.CLEAN] * 3
+
+
+def test_a_reader_outranks_priming(context):
+    ino = make_file(context, b"a")
+    for idx in range(2):
+        fuse_write(context, ino, idx, chunk_data(idx))
+    upload_all(context)
+    evict_all(context)
+    assert pins.prime(context, usage_bytes=0) == 2
+    with context.database.write() as connection:
+        requests.request_fetch(connection, ino, 0, requests.READER)
+    assert [(row.ino, row.idx, row.priority) for row in Fetcher(context).pending()] == [
+        (ino, 0, requests.READER), (ino, 1, requests.PRIME)]
