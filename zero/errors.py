@@ -44,3 +44,7 @@ class StateConflict(ZeroError):
 
 class WorkerUnavailable(ZeroError):
     """zero-worker did not answer a request in time."""
+
+
+class DatabaseBusy(ZeroError):
+    """A write transaction waited too long for the state database."""

@@ -8,6 +8,7 @@ WorkerUnavailable and the log says why.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from zero import wakeup
@@ -21,6 +22,7 @@ from zero.state.schema import ChunkState
 log = logging.getLogger(__name__)
 
 RECHECK_S = 1.0  # a lost wake-up costs at most this much latency
+WAKE_COALESCE_S = 0.002  # wake-ups asked for within this window go out as one
 
 
 class WorkerLink:
@@ -30,12 +32,34 @@ class WorkerLink:
         self.listener = listener
         self.timeout_s = timeout_s
         self._warned_missing = 0.0
+        # Every close of a written file wakes the worker; touching the wake file
+        # costs four system calls and an inotify event, so a thread sends them,
+        # several at a time when files close in a burst (cp -r, untar).
+        self._wake_wanted = threading.Event()
+        self._waker = threading.Thread(target=self._send_wakes, name="zero-waker", daemon=True)
+        self._waker.start()
 
     def worker_pid(self) -> int | None:
         return holder_pid(self.cache.lock_path("worker"))
 
     def wake_worker(self) -> None:
+        self._wake_wanted.set()
+
+    def wake_worker_now(self) -> None:
+        """Synchronous: for unmount, where the process may exit right after."""
+        self._wake_wanted.clear()
         wakeup.notify(self.cache.wake, wakeup.WORKER)
+
+    def _send_wakes(self) -> None:
+        while True:
+            self._wake_wanted.wait()
+            self._wake_wanted.clear()
+            try:
+                wakeup.notify(self.cache.wake, wakeup.WORKER)
+            except OSError as error:  # the worker still rechecks on its own timer
+                log.warning("Could not wake zero-worker (%s); it will notice the new data within %.0fs",
+                            error, 30)
+            time.sleep(WAKE_COALESCE_S)
 
     def request_fetch(self, ino: int, idx: int, priority: int) -> None:
         with self.database.write() as connection:

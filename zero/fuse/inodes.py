@@ -18,7 +18,7 @@ ATTR_FIELDS = ("mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "c
 class Inode:
     __slots__ = ("ino", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "ctime_ns", "rdev",
                  "target", "lock", "open_handles", "write_handles", "leases", "attrs_unflushed",
-                 "last_read_end", "pinned")
+                 "last_read_end", "pinned", "xattrs")
 
     def __init__(self, row):
         self.ino = row.ino
@@ -32,6 +32,9 @@ class Inode:
         self.attrs_unflushed = False
         self.last_read_end = -1
         self.pinned = False
+        # Loaded on first use. The kernel asks for security.capability before
+        # every write, so this must not cost a database read each time.
+        self.xattrs: dict[bytes, bytes] | None = None
 
     @property
     def is_dir(self) -> bool:

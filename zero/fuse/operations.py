@@ -174,6 +174,7 @@ class ZeroOperations(Operations):
                 if versions:
                     pending[inode.ino] = versions
         self.files.close_all()
+        self.worker.wake_worker_now()
         if pending and self.worker.worker_pid() is not None:
             log.info("Unmounting: waiting for zero-worker to upload %d file(s)", len(pending))
             for ino, versions in pending.items():
@@ -409,6 +410,7 @@ class ZeroOperations(Operations):
                 self._touch_dir(connection, parent, now)
                 row = namespace.get_inode(connection, ino)
             inode = Inode(row)
+            inode.xattrs = {}  # new: none yet
             self.inodes[ino] = inode
             entries[name] = ino
             if stat.S_ISDIR(mode):
@@ -492,6 +494,8 @@ class ZeroOperations(Operations):
 
     def _purge_if_unused(self, inode: Inode) -> None:
         """Delete an inode's data once no name and no handle keeps it."""
+        if inode.nlink > 0 or inode.open_handles > 0:
+            return  # the common case, without queueing on the namespace lock
         with self.ns_lock:
             if inode.nlink > 0 or inode.open_handles > 0 or inode.ino not in self.inodes:
                 return
@@ -670,8 +674,7 @@ class ZeroOperations(Operations):
                     inode.write_handles -= 1
                 last_writer = handle.writable and inode.write_handles == 0
             if last_writer:
-                self._release_leases(inode)
-                self._flush_inode(inode)
+                self._release_leases(inode, persist=True)
         if last_writer:
             self.worker.wake_worker()
             if inode.nlink > 1:
@@ -680,9 +683,10 @@ class ZeroOperations(Operations):
 
     @translated
     def flush(self, path, fh):
+        # Size and times are batched (the flusher, the last close, fsync); the
+        # mount-time reconciler restores sizes after a crash, so close costs no commit.
         handle = self.handles.get(fh)
         if handle is not None and handle.writable:
-            self._flush_inode(handle.inode)
             if handle.inode.nlink > 1:
                 self._invalidate_names(handle.inode, path)
 
@@ -697,8 +701,7 @@ class ZeroOperations(Operations):
                         os.fsync(chunk_file.fd)
                     finally:
                         self.files.release(chunk_file)
-            self._flush_inode(inode)
-            self._release_leases(inode)
+            self._release_leases(inode, persist=True)
             with self.database.read() as connection:
                 versions = self._unuploaded_versions(connection, inode.ino)
         self.database.durable_checkpoint()
@@ -753,6 +756,8 @@ class ZeroOperations(Operations):
                 return bytes(length)  # no chunk: a hole
             if row.state in (ChunkState.REMOTE.value, ChunkState.FETCHING.value):
                 self.worker.wait_local(ino, idx)
+            elif row.state == ChunkState.CLEAN.value:
+                self._wait_eviction_settled(ino, idx)
             # otherwise the file was evicted and fetched back between our two looks: look again
         raise ZeroError(f"chunk {idx} of inode {ino} is recorded as cached but its file "
                         f"{self.cache.chunk_path(ino, idx)} is missing; run zero fsck")
@@ -821,17 +826,55 @@ class ZeroOperations(Operations):
     def _take_lease(self, inode: Inode, idx: int) -> None:
         while True:
             with self.database.write() as connection:
-                waiting_on = chunks.take_lease(connection, inode.ino, idx)
+                if self._eviction_unfinished(connection, inode.ino, idx):
+                    waiting_on = ChunkState.CLEAN
+                else:
+                    waiting_on = chunks.take_lease(connection, inode.ino, idx)
             if waiting_on is None:
                 inode.leases[idx] = time.monotonic()
                 return
-            self.worker.wait_local(inode.ino, idx)
+            if waiting_on == ChunkState.CLEAN:
+                self._wait_eviction_settled(inode.ino, idx)
+            else:
+                self.worker.wait_local(inode.ino, idx)
 
-    def _release_leases(self, inode: Inode, indexes=None) -> None:
+    def _eviction_unfinished(self, connection, ino: int, idx: int) -> bool:
+        """A clean row whose file is gone: a worker killed between unlinking the file
+        and committing `remote` (crash point evict.unlinked). Taking the lease would
+        re-create the file empty and lose the rest of the chunk, so the writer must
+        wait for the worker's start-up recovery to mark it remote, then fault it in.
+        (Inside a write transaction a live eviction cannot be half-way: it holds the lock.)"""
+        if os.path.exists(self.cache.chunk_path(ino, idx)):
+            return False
+        row = chunks.get(connection, ino, idx)
+        return row is not None and row.state == ChunkState.CLEAN.value
+
+    def _wait_eviction_settled(self, ino: int, idx: int) -> None:
+        """Wait, up to faultInTimeout, until chunk (ino, idx) is no longer clean
+        without its file (an eviction committing now, or a killed worker's
+        eviction that its restart completes)."""
+        deadline = time.monotonic() + self.worker.timeout_s
+        while True:
+            generation = self.worker.listener.generation
+            with self.database.read() as connection:
+                if not self._eviction_unfinished(connection, ino, idx):
+                    return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WorkerUnavailable(self.worker._why_no_answer(
+                    f"finish the interrupted eviction of chunk {idx} of inode {ino}"))
+            self.worker.listener.wait(generation, min(remaining, 0.25))
+
+    def _release_leases(self, inode: Inode, indexes=None, persist: bool = False) -> None:
+        """Hand chunks to the worker; with ``persist``, write the batched size and
+        times in the same transaction (the last close: one commit, not two)."""
         indexes = list(inode.leases if indexes is None else indexes)
-        if not indexes:
+        persist = persist and inode.attrs_unflushed and inode.ino in self.inodes
+        if not indexes and not persist:
             return
         with self.database.write() as connection:
+            if persist:
+                self._persist(connection, inode)
             chunks.release_leases(connection, inode.ino, indexes)
         for idx in indexes:
             inode.leases.pop(idx, None)
@@ -899,42 +942,53 @@ class ZeroOperations(Operations):
         if raw in ACL_XATTRS:
             raise FuseOSError(errno.EOPNOTSUPP)  # zero does not enforce POSIX ACLs; do not pretend to
         inode = self._resolve(path)
-        with self.ns_lock, self.database.write() as connection:
-            existing = namespace.get_xattr(connection, inode.ino, raw)
-            if options & XATTR_CREATE and existing is not None:
+        with self.ns_lock:
+            xattrs = self._xattrs(inode)
+            if options & XATTR_CREATE and raw in xattrs:
                 raise FuseOSError(errno.EEXIST)
-            if options & XATTR_REPLACE and existing is None:
+            if options & XATTR_REPLACE and raw not in xattrs:
                 raise FuseOSError(errno.ENODATA)
-            namespace.set_xattr(connection, inode.ino, raw, bytes(value))
-            inode.ctime_ns = _now_ns()
-            self._persist(connection, inode)
+            with self.database.write() as connection:
+                namespace.set_xattr(connection, inode.ino, raw, bytes(value))
+                inode.ctime_ns = _now_ns()
+                self._persist(connection, inode)
+            xattrs[raw] = bytes(value)
+
+    def _xattrs(self, inode: Inode) -> dict[bytes, bytes]:
+        """The inode's xattrs, from memory (fuse is their only writer)."""
+        xattrs = inode.xattrs
+        if xattrs is None:
+            with self.database.read() as connection:
+                xattrs = namespace.all_xattrs(connection, inode.ino)
+            inode.xattrs = xattrs
+        return xattrs
 
     @translated
     def getxattr(self, path, name, position=0):
         raw = name.encode("utf-8", "surrogateescape")
-        inode = self._resolve(path)
-        with self.database.read() as connection:
-            value = namespace.get_xattr(connection, inode.ino, raw)
+        value = self._xattrs(self._resolve(path)).get(raw)
         if value is None:
             raise FuseOSError(errno.ENODATA)
         return value
 
     @translated
     def listxattr(self, path):
-        inode = self._resolve(path)
-        with self.database.read() as connection:
-            names = namespace.list_xattrs(connection, inode.ino)
+        names = sorted(self._xattrs(self._resolve(path)))
         return [name.decode("utf-8", "surrogateescape") for name in names]
 
     @translated
     def removexattr(self, path, name):
         raw = name.encode("utf-8", "surrogateescape")
         inode = self._resolve(path)
-        with self.ns_lock, self.database.write() as connection:
-            if not namespace.remove_xattr(connection, inode.ino, raw):
+        with self.ns_lock:
+            xattrs = self._xattrs(inode)
+            if raw not in xattrs:
                 raise FuseOSError(errno.ENODATA)
-            inode.ctime_ns = _now_ns()
-            self._persist(connection, inode)
+            with self.database.write() as connection:
+                namespace.remove_xattr(connection, inode.ino, raw)
+                inode.ctime_ns = _now_ns()
+                self._persist(connection, inode)
+            del xattrs[raw]
 
     # --- the filesystem as a whole -------------------------------------------------------
 
@@ -987,8 +1041,7 @@ class ZeroOperations(Operations):
             with inode.lock:
                 quiet = [idx for idx, at in inode.leases.items() if at <= quiet_before]
                 if quiet:
-                    self._flush_inode(inode)
-                    self._release_leases(inode, quiet)
+                    self._release_leases(inode, quiet, persist=True)
                     released = True
         if released:
             self.worker.wake_worker()

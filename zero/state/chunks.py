@@ -70,26 +70,34 @@ def take_lease(connection: Connection, ino: int, idx: int, pinned: bool = False)
     """Mark a chunk dirty and leased before fuse writes to it.
 
     Returns None when the lease is held, or the chunk's state (remote or
-    fetching) when it must be faulted in first.
+    fetching) when it must be faulted in first. Plain SQL: this runs on the
+    first write to every chunk (see zero.state.namespace).
     """
-    row = get(connection, ino, idx)
+    row = connection.exec_driver_sql("SELECT state, version FROM chunks WHERE ino = ? AND idx = ?",
+                                     (ino, idx)).first()
     if row is None:
-        connection.execute(insert(_c).values(
-            ino=ino, idx=idx, state=D.value, version=1, leased=True, last_access=time.time(), pinned=pinned))
+        connection.exec_driver_sql(
+            "INSERT INTO chunks (ino, idx, state, version, leased, stored_bytes, last_access, pinned) "
+            "VALUES (?, ?, ?, 1, 1, 0, ?, ?)", (ino, idx, D.value, time.time(), pinned))
         return None
     state = ChunkState(row.state)
     if state in (R, F):
         return state
-    transition(connection, FUSE, ino, idx, [state], D, leased=True, version=row.version + 1)
+    # The (C|D|U) -> D moves of TRANSITIONS, owned by fuse, as one compare-and-set.
+    updated = connection.exec_driver_sql(
+        "UPDATE chunks SET state = ?, leased = 1, version = ? WHERE ino = ? AND idx = ? AND state = ?",
+        (D.value, row.version + 1, ino, idx, state.value)).rowcount
+    if updated != 1:
+        raise StateConflict(f"chunk {ino}-{idx} changed state while fuse took its lease")
     return None
 
 
 def release_leases(connection: Connection, ino: int, indexes: Iterable[int]) -> None:
     """Hand chunks to the worker; last_access dates the last write, which the upload delay counts from."""
-    indexes = list(indexes)
-    for start in range(0, len(indexes), 500):
-        connection.execute(update(_c).where(_c.c.ino == ino, _c.c.idx.in_(indexes[start:start + 500]))
-                           .values(leased=False, last_access=time.time()))
+    params = [(time.time(), ino, idx) for idx in indexes]
+    if params:
+        connection.exec_driver_sql("UPDATE chunks SET leased = 0, last_access = ? WHERE ino = ? AND idx = ?",
+                                   params)
 
 
 def release_all_leases(connection: Connection) -> int:
@@ -110,10 +118,8 @@ def drop_from(connection: Connection, ino: int, first_idx: int) -> list[int]:
 
 def record_access(connection: Connection, accesses: dict[tuple[int, int], float]) -> None:
     if accesses:
-        connection.execute(
-            update(_c).where(_c.c.ino == bindparam("b_ino"), _c.c.idx == bindparam("b_idx"))
-            .values(last_access=bindparam("b_at")),
-            [{"b_ino": ino, "b_idx": idx, "b_at": at} for (ino, idx), at in accesses.items()])
+        connection.exec_driver_sql("UPDATE chunks SET last_access = ? WHERE ino = ? AND idx = ?",
+                                   [(at, ino, idx) for (ino, idx), at in accesses.items()])
 
 
 def local_states(connection: Connection, ino: int) -> dict[int, ChunkState]:
