@@ -84,7 +84,7 @@ def test_reconcile_repairs_what_a_crash_leaves(database, cache, caplog):
     with caplog.at_level(logging.INFO, logger="zero.fuse.recovery"):
         repaired = recovery.reconcile(database, cache, CHUNK)
 
-    assert repaired == {"leases": 4, "orphan_inodes": 1, "orphan_files": 1, "sizes": 1}
+    assert repaired == {"leases": 4, "orphan_inodes": 1, "orphan_files": 1, "sizes": 1, "empty_chunks": 0}
     assert "Recovered from an unclean stop" in caplog.text
     assert size_of(database, grown) == CHUNK + 300
     assert size_of(database, clean) == 7
@@ -105,7 +105,7 @@ def test_reconcile_repairs_what_a_crash_leaves(database, cache, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="zero.fuse.recovery"):
         assert recovery.reconcile(database, cache, CHUNK) == {
-            "leases": 0, "orphan_inodes": 0, "orphan_files": 0, "sizes": 0}
+            "leases": 0, "orphan_inodes": 0, "orphan_files": 0, "sizes": 0, "empty_chunks": 0}
     assert caplog.text == ""
 
 
@@ -130,6 +130,19 @@ def test_an_orphan_inode_without_files_is_purged(database, cache):
     with database.read() as connection:
         assert namespace.get_inode(connection, orphan) is None
         assert namespace.list_xattrs(connection, orphan) == []
+
+
+def test_a_dirty_chunk_that_never_got_its_file_becomes_a_hole(database, cache):
+    """The crash came between a new chunk's lease and the creation of its file."""
+    with database.write() as connection:
+        ino = make_file(connection, b"f", size=2 * CHUNK)
+        chunks.take_lease(connection, ino, 0)
+        chunks.take_lease(connection, ino, 1)
+    write_chunk(cache, ino, 0, CHUNK)
+    assert recovery.reconcile(database, cache, CHUNK)["empty_chunks"] == 1
+    with database.read() as connection:
+        assert [(row.idx, row.state) for row in chunks.all_rows_of(connection, ino)] == [(0, "dirty")]
+    assert size_of(database, ino) == 2 * CHUNK
 
 
 def test_files_that_are_not_chunks_are_left_alone(database, cache):

@@ -73,7 +73,7 @@ class WorkerLink:
         """Return once chunk (ino, idx) is in the cache (or gone: truncated);
         raise WorkerUnavailable if the worker does not bring it in time."""
         deadline = time.monotonic() + self.timeout_s
-        asked = False
+        asked_at = None
         while True:
             generation = self.listener.generation
             with self.database.read() as connection:
@@ -85,9 +85,11 @@ class WorkerLink:
                 with self.database.write() as connection:
                     requests.done_fetch(connection, ino, idx)
                 raise WorkerUnavailable(f"zero-worker could not fetch chunk {idx} of inode {ino}: {error}")
-            if not asked:
+            # Ask again now and then: the chunk may have been fetched and evicted
+            # again between two looks, and that fetch deleted the request.
+            if asked_at is None or time.monotonic() - asked_at >= RECHECK_S:
                 self.request_fetch(ino, idx, requests.READER)
-                asked = True
+                asked_at = time.monotonic()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WorkerUnavailable(self._why_no_answer(f"fetch chunk {idx} of inode {ino}"))

@@ -752,15 +752,17 @@ class ZeroOperations(Operations):
                 return data
             with self.database.read() as connection:
                 row = chunks.get(connection, ino, idx)
-            if row is None:
-                return bytes(length)  # no chunk: a hole
+            if row is None or row.state in (ChunkState.DIRTY.value, ChunkState.UPLOADING.value):
+                # No chunk, or a new chunk whose writer took the lease but has not
+                # created the file yet: nothing written there, a hole.
+                return bytes(length)
             if row.state in (ChunkState.REMOTE.value, ChunkState.FETCHING.value):
                 self.worker.wait_local(ino, idx)
             elif row.state == ChunkState.CLEAN.value:
                 self._wait_eviction_settled(ino, idx)
             # otherwise the file was evicted and fetched back between our two looks: look again
-        raise ZeroError(f"chunk {idx} of inode {ino} is recorded as cached but its file "
-                        f"{self.cache.chunk_path(ino, idx)} is missing; run zero fsck")
+        raise ZeroError(f"chunk {idx} of inode {ino} kept moving in and out of the cache while it was read; "
+                        f"try the read again")
 
     def _prefetch_after(self, inode: Inode, last_idx: int) -> None:
         """A sequential reader crossed into a new chunk: ask for the next ones."""

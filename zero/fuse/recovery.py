@@ -7,6 +7,9 @@ match the chunk files again, and say what it repaired.
   did not finish unlinking: it is deleted.
 - A write extends a file in memory first; the size is flushed in batches. So
   a dirty chunk file may reach past the recorded size: the size grows to it.
+- A dirty chunk row without a file: the crash came between taking a new
+  chunk's lease and creating its file, so nothing was written to it. It is a
+  hole, and its row is deleted (the worker would otherwise retry it forever).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def reconcile(database: Database, cache: CacheDir, chunk_size: int) -> dict[str, int]:
-    repaired = {"leases": 0, "orphan_inodes": 0, "orphan_files": 0, "sizes": 0}
+    repaired = {"leases": 0, "orphan_inodes": 0, "orphan_files": 0, "sizes": 0, "empty_chunks": 0}
     with database.write() as connection:
         repaired["leases"] = chunks.release_all_leases(connection)
         purged_files = []
@@ -33,7 +36,9 @@ def reconcile(database: Database, cache: CacheDir, chunk_size: int) -> dict[str,
         rows = {(row.ino, row.idx): row for row in chunks.all_rows(connection)}
         purged = set(purged_files)  # unlinked after the commit, below; not leftovers
         grown: dict[int, int] = {}
+        with_files = set()
         for ino, idx, path, st in cache.iter_chunk_files():
+            with_files.add((ino, idx))
             row = rows.get((ino, idx))
             if row is None and (ino, idx) in purged:
                 continue
@@ -44,6 +49,10 @@ def reconcile(database: Database, cache: CacheDir, chunk_size: int) -> dict[str,
             if row.state in (ChunkState.DIRTY.value, ChunkState.UPLOADING.value):
                 end = idx * chunk_size + st.st_size
                 grown[ino] = max(grown.get(ino, 0), end)
+        for (ino, idx), row in rows.items():
+            if row.state == ChunkState.DIRTY.value and (ino, idx) not in with_files:
+                chunks.delete_chunk(connection, ino, idx)
+                repaired["empty_chunks"] += 1
         for ino, end in grown.items():
             inode = namespace.get_inode(connection, ino)
             if inode is not None and inode.size < end:
@@ -54,8 +63,9 @@ def reconcile(database: Database, cache: CacheDir, chunk_size: int) -> dict[str,
             os.unlink(cache.chunk_path(ino, idx))
         except FileNotFoundError:
             pass
-    if repaired["leases"] or repaired["orphan_inodes"] or repaired["orphan_files"] or repaired["sizes"]:
+    if any(repaired.values()):
         log.info("Recovered from an unclean stop: released %(leases)d write lease(s), purged %(orphan_inodes)d "
                  "unlinked file(s), deleted %(orphan_files)d leftover chunk file(s), restored the size of "
-                 "%(sizes)d file(s) written just before the stop", repaired)
+                 "%(sizes)d file(s) written just before the stop, dropped %(empty_chunks)d chunk record(s) "
+                 "that were never written", repaired)
     return repaired

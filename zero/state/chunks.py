@@ -116,6 +116,10 @@ def drop_from(connection: Connection, ino: int, first_idx: int) -> list[int]:
     return indexes
 
 
+def delete_chunk(connection: Connection, ino: int, idx: int) -> None:
+    connection.execute(delete(_c).where(_c.c.ino == ino, _c.c.idx == idx))
+
+
 def record_access(connection: Connection, accesses: dict[tuple[int, int], float]) -> None:
     if accesses:
         connection.exec_driver_sql("UPDATE chunks SET last_access = ? WHERE ino = ? AND idx = ?",
@@ -201,7 +205,8 @@ def start_fetch(connection: Connection, ino: int, idx: int) -> Row:
 
 
 def finish_fetch(connection: Connection, ino: int, idx: int, stored_bytes: int) -> None:
-    transition(connection, WORKER, ino, idx, [F], C, stored_bytes=stored_bytes)
+    # Fetched for a reader that has not read it yet: not the next eviction victim.
+    transition(connection, WORKER, ino, idx, [F], C, stored_bytes=stored_bytes, last_access=time.time())
 
 
 def abort_fetch(connection: Connection, ino: int, idx: int) -> None:
