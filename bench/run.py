@@ -103,6 +103,35 @@ def remove_small_files(root: Path, count: int) -> float:
 
 # --- the zero processes ------------------------------------------------------
 
+def drop_page_cache() -> None:
+    """Make the next read come from the disk (plain) or through zero-fuse (zero).
+    Needs root; without it the cold read is not cold, and the run says so."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as control:
+            control.write("3\n")
+    except OSError as error:
+        print(f"bench: cannot drop the page cache ({error}); cold reads are warm", file=sys.stderr)
+
+
+def cold_read_big_file(root: Path, size_mib: int) -> float:
+    drop_page_cache()
+    return read_big_file(root, size_mib)
+
+
+def read_folder_files(folder: Path) -> tuple[float, int]:
+    """Seconds and bytes to read every file under ``folder`` once (after a page cache drop)."""
+    drop_page_cache()
+    total = 0
+    started = time.perf_counter()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb", buffering=0) as source:
+                while chunk := source.read(WRITE_BLOCK_BYTES):
+                    total += len(chunk)
+    return time.perf_counter() - started, total
+
+
 def find_program(name: str) -> str:
     """The console script next to this Python (the venv's), else on PATH."""
     beside = Path(sys.executable).parent / name
@@ -114,9 +143,9 @@ def find_program(name: str) -> str:
     return found
 
 
-def write_config(path: Path, remote: Path) -> None:
+def write_config(path: Path, remote: Path, target: str = "1000GB") -> None:
     path.write_text(
-        "targetDiskUsage: 1000GB\n"
+        f"targetDiskUsage: {target}\n"
         "remotes:\n"
         "  - name: bench\n"
         "    type: local\n"
@@ -145,23 +174,50 @@ class ZeroMount:
         self.processes: dict[str, subprocess.Popen] = {}
 
     def start(self) -> None:
-        remote = self.work / "remote"
-        config = self.work / "config.yml"
-        for folder in (self.mnt, self.cache, remote):
+        self.remote = self.work / "remote"
+        self.config = self.work / "config.yml"
+        for folder in (self.mnt, self.cache, self.remote):
             folder.mkdir()
-        write_config(config, remote)
-        env = dict(os.environ, ZERO_CONFIG=str(config))
-        commands = {
+        write_config(self.config, self.remote)
+        self.env = dict(os.environ, ZERO_CONFIG=str(self.config))
+        for name, command in self._commands().items():
+            self._spawn(name, command)
+        self._wait_for_mount()
+
+    def _commands(self) -> dict[str, list[str]]:
+        return {
             "zero-worker": [find_program("zero-worker"), str(self.cache)],
             "zero-fuse": [find_program("zero-fuse"), str(self.mnt), str(self.cache)],
         }
-        for name, command in commands.items():
-            log = open(self.work / f"{name}.log", "wb")
-            # A session of their own: Ctrl-C reaches only this harness, which stops them in order.
-            self.processes[name] = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                    stdin=subprocess.DEVNULL, start_new_session=True)
-            log.close()
-        self._wait_for_mount()
+
+    def _spawn(self, name: str, command: list[str]) -> None:
+        log = open(self.work / f"{name}.log", "ab")
+        # A session of their own: Ctrl-C reaches only this harness, which stops them in order.
+        self.processes[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+
+    def zero(self, *args: str) -> str:
+        result = subprocess.run([find_program("zero"), *args], env=self.env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"zero {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
+        return result.stdout
+
+    def evict_everything(self, target: str, timeout_s: float = 300.0) -> None:
+        """Upload all, then restart the worker with a small targetDiskUsage so that
+        it evicts down to it; return when the cache holds no more than that."""
+        self.zero("sync", str(self.mnt))
+        worker = self.processes["zero-worker"]
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(STOP_WAIT_S)
+        write_config(self.config, self.remote, target)
+        self._spawn("zero-worker", self._commands()["zero-worker"])
+        limit = parse_mib(target) * MIB
+        deadline = time.monotonic() + timeout_s
+        while cache_bytes(self.cache) > limit:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not evict the cache down to {target} in {timeout_s:.0f}s")
+            time.sleep(0.2)
 
     def _wait_for_mount(self) -> None:
         deadline = time.monotonic() + self.mount_timeout_s
@@ -210,6 +266,21 @@ class ZeroMount:
                 process.wait()
 
 
+def parse_mib(size: str) -> int:
+    assert size.endswith("MiB"), size
+    return int(size[:-3])
+
+
+def cache_bytes(cache: Path) -> int:
+    total = 0
+    for path in (cache / "chunks").rglob("*"):
+        try:
+            total += path.stat().st_blocks * 512
+        except FileNotFoundError:
+            pass
+    return total
+
+
 # --- the run -----------------------------------------------------------------
 
 def random_blocks(size_mib: int) -> list[bytes]:
@@ -238,7 +309,21 @@ def describe(files: int, size_mib: int) -> list[tuple[str, str, str]]:
         ("write", f"write {size_mib} MiB, 1 MiB writes", "MiB/s"),
         ("read", f"read {size_mib} MiB, fresh open", "MiB/s"),
         ("rm", f"rm -r {files} files", "files/s"),
+        ("cold_read", f"read {size_mib} MiB, not cached (zero: evicted)", "MiB/s"),
     ]
+
+
+def measure_fault_in(zero: "ZeroMount", size_mib: int, target: str) -> tuple[float, float]:
+    """Cold read through fault-in against reading the remote's objects directly.
+
+    Returns (zero's cold read in MiB/s, the remote's raw read in MiB/s). The
+    difference is what a fault-in costs beyond the transfer: the request and
+    wake-up round trips, decryption and decompression, the rename into the
+    cache and the commit, and the eviction that makes room."""
+    zero.evict_everything(target)
+    rate = cold_read_big_file(zero.mnt, size_mib)
+    seconds, total = read_folder_files(zero.remote)
+    return rate, (total / MIB) / seconds
 
 
 def print_table(results: list[Result]) -> None:
@@ -275,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mount-timeout", type=float, default=30.0, help="seconds to wait for the mount (default 30)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, cache, remote)")
     parser.add_argument("--plain-only", action="store_true", help="skip zero; checks the harness itself")
+    parser.add_argument("--evict-to", default="32MiB",
+                        help="targetDiskUsage for the cold read, in MiB (default 32MiB): the big file is evicted")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the finally below still unmounts and stops zero.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -291,11 +378,14 @@ def main(argv: list[str] | None = None) -> int:
 
     blocks = random_blocks(args.size_mib)
     zero_rates: dict[str, float] = {}
+    remote_rate = None
     try:
         plain_rates = run_workloads(plain, args.files, args.size_mib, blocks)
+        plain_rates["cold_read"] = cold_read_big_file(plain, args.size_mib)
         if not args.plain_only:
             zero.start()
             zero_rates = run_workloads(zero.mnt, args.files, args.size_mib, blocks)
+            zero_rates["cold_read"], remote_rate = measure_fault_in(zero, args.size_mib, args.evict_to)
     except RuntimeError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
@@ -314,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     results = [Result(label, unit, plain_rates[key], zero_rates.get(key))
                for key, label, unit in describe(args.files, args.size_mib)]
     print_table(results)
+    if remote_rate and zero_rates.get("cold_read"):
+        print(f"\nfault-in: a cold read through zero ran at {zero_rates['cold_read']:,.0f} MiB/s; reading the "
+              f"remote's objects directly ran at {remote_rate:,.0f} MiB/s, so fault-in costs "
+              f"{remote_rate / zero_rates['cold_read']:.2f}x the transfer itself")
     if args.json:
         payload = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -321,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                         "cpus": os.cpu_count()},
             "args": {"files": args.files, "size_mib": args.size_mib, "base_dir": str(base)},
             "results": [dict(asdict(r), ratio=r.ratio) for r in results],
+            "remote_raw_read_mib_s": remote_rate,
         }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"bench: wrote {args.json}", file=sys.stderr)

@@ -71,11 +71,20 @@ class ZeroMount:
                 raise AssertionError(f"zero-fuse did not mount within {MOUNT_TIMEOUT_S}s:\n{self.fuse_log()}")
             time.sleep(0.05)
 
-    def start_worker(self, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    def start_worker(self, *extra: str, env: dict | None = None, wait: bool = True) -> subprocess.Popen:
+        """Start zero-worker; with ``wait``, return once it holds the cache's worker
+        lock (zero-fuse asks that lock whether a worker runs) or has exited."""
         log = open(self._worker_log, "ab")
         self.worker = subprocess.Popen([command("zero-worker"), str(self.cache), *extra],
                                        stdout=log, stderr=subprocess.STDOUT, env={**self.env, **(env or {})})
         log.close()
+        if wait:
+            from zero.locking import holder_pid
+            deadline = time.monotonic() + MOUNT_TIMEOUT_S
+            while self.worker.poll() is None and holder_pid(self.cache / "worker.lock") != self.worker.pid:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"zero-worker did not start within {MOUNT_TIMEOUT_S}s:\n{self.worker_log()}")
+                time.sleep(0.02)
         return self.worker
 
     def unmount(self) -> None:

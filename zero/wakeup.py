@@ -7,6 +7,7 @@ pass a timeout, so a lost event costs latency, never correctness.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -58,6 +59,9 @@ class WakeListener:
 
     def stop(self) -> None:
         if self._observer is not None:
+            # watchdog logs an ERROR when an event races its own shutdown
+            # ("queue_events() called when the thread is inactive"); nothing is lost.
+            logging.getLogger("watchdog").setLevel(logging.CRITICAL)
             self._observer.stop()
             self._observer.join(timeout=5)
             self._observer = None

@@ -157,3 +157,22 @@ def deleted_chunk_files_held(pid: int, cache: Path) -> tuple[int, int]:
             count += 1
             total += st.st_blocks * 512
     return count, total
+
+
+def settle_evicted(mount, *paths, timeout: float = 30.0) -> None:
+    """Make the next read of evicted chunks really need a fault-in: wait until
+    zero-fuse closed the descriptors of evicted chunk files (it drops them about
+    once a second; until then a read is served from the unlinked file, with the
+    right bytes), then drop the kernel's page cache."""
+    wait_until(lambda: deleted_chunk_files_held(mount.fuse.pid, mount.cache)[0] == 0, timeout,
+               "zero-fuse to close the descriptors of evicted chunk files")
+    drop_caches(*paths)
+
+
+def wait_worker_ready(mount, timeout: float = 30.0) -> None:
+    """Wait until the mount's zero-worker holds its lock. zero-fuse mounts faster
+    than the worker starts, and until the lock is held zero-fuse rightly treats
+    the worker as absent (fsync then does not wait for the upload)."""
+    from zero.locking import holder_pid
+    wait_until(lambda: mount.worker is not None and holder_pid(mount.cache / "worker.lock") == mount.worker.pid,
+               timeout, "zero-worker to start and take its lock")

@@ -81,6 +81,10 @@ class WorkerLink:
                 error = requests.fetch_error(connection, ino, idx) if row is not None else None
             if row is None or row.state not in (ChunkState.REMOTE.value, ChunkState.FETCHING.value):
                 return
+            if error and asked_at is None:
+                error = None  # left by an earlier attempt (a prefetch, a pin): try afresh
+                with self.database.write() as connection:
+                    requests.done_fetch(connection, ino, idx)
             if error:
                 with self.database.write() as connection:
                     requests.done_fetch(connection, ino, idx)

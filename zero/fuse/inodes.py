@@ -30,7 +30,7 @@ class Inode:
         self.write_handles = 0
         self.leases: dict[int, float] = {}  # chunk idx -> monotonic time of the last write under the lease
         self.attrs_unflushed = False
-        self.last_read_end = -1
+        self.last_read_end = 0  # a read from the start counts as sequential
         self.pinned = False
         # Loaded on first use. The kernel asks for security.capability before
         # every write, so this must not cost a database read each time.

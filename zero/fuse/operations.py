@@ -8,6 +8,7 @@ data changes. Reads take neither: they pread the shared chunk descriptor.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -478,11 +479,21 @@ class ZeroOperations(Operations):
             if inode.is_dir:
                 raise FuseOSError(errno.EISDIR)
             now = _now_ns()
-            with self.database.write() as connection:
+            # The last name of a file nobody has open (rm -r): delete the inode in
+            # the same commit. No handle can appear meanwhile: opens take ns_lock.
+            last = inode.nlink == 1 and inode.open_handles == 0
+            with (inode.lock if last else contextlib.nullcontext()), self.database.write() as connection:
                 namespace.delete_dentry(connection, parent.ino, name)
                 self._drop_link(connection, inode, now)
                 self._touch_dir(connection, parent, now)
+                if last:
+                    indexes = namespace.delete_inode(connection, inode.ino)
             del entries[name]
+            if last:
+                self._forget_inode(inode)
+        if last:
+            self._delete_chunk_files(inode.ino, indexes)
+            return
         if inode.nlink > 0:
             self._invalidate_names(inode)
         self._purge_if_unused(inode)
@@ -502,11 +513,15 @@ class ZeroOperations(Operations):
             with inode.lock:
                 with self.database.write() as connection:
                     indexes = namespace.delete_inode(connection, inode.ino)
-                del self.inodes[inode.ino]
-                self._inode_count -= 1
-                self._unflushed.discard(inode.ino)
-                inode.leases.clear()
+                self._forget_inode(inode)
         self._delete_chunk_files(inode.ino, indexes)
+
+    def _forget_inode(self, inode: Inode) -> None:
+        """After its rows were deleted; the caller holds ns_lock."""
+        del self.inodes[inode.ino]
+        self._inode_count -= 1
+        self._unflushed.discard(inode.ino)
+        inode.leases.clear()
 
     def _delete_chunk_files(self, ino: int, indexes) -> None:
         self.files.forget(ino, indexes)
@@ -725,6 +740,12 @@ class ZeroOperations(Operations):
         end = min(offset + size, inode.size)
         if offset >= end:
             return b""
+        # Judged on arrival, before this read waits for a fault-in: the kernel sends
+        # its read-ahead together, and reads that wait finish out of order.
+        sequential = inode.last_read_end == offset
+        inode.last_read_end = end
+        if sequential and (end - 1) // self.chunk_size != (offset - 1) // self.chunk_size:
+            self._prefetch_after(inode, (end - 1) // self.chunk_size)
         pieces = []
         position = offset
         now = time.time()
@@ -734,9 +755,6 @@ class ZeroOperations(Operations):
             pieces.append(self._read_chunk(inode.ino, idx, within, length))
             self._accesses[(inode.ino, idx)] = now
             position += length
-        if inode.last_read_end == offset and (end - 1) // self.chunk_size != (offset - 1) // self.chunk_size:
-            self._prefetch_after(inode, (end - 1) // self.chunk_size)
-        inode.last_read_end = end
         return b"".join(pieces)
 
     def _read_chunk(self, ino: int, idx: int, within: int, length: int) -> bytes:

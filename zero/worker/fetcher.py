@@ -11,7 +11,7 @@ import os
 
 from zero.cachedir import disk_bytes, fsync_dir
 from zero.errors import ObjectCorrupt, ObjectMissing, RemoteUnavailable, StateConflict
-from zero.state import chunks, counters, objects, requests
+from zero.state import chunks, counters, namespace, objects, requests
 from zero.state.schema import ChunkState
 from zero.worker import crashpoints
 from zero.worker.context import WorkerContext
@@ -61,7 +61,10 @@ class Fetcher:
             fsync_dir(os.path.dirname(path))
             self.fetched_bytes += len(data)
         except (ObjectMissing, ObjectCorrupt) as error:
-            log.error("Chunk %d of inode %d cannot be read back: %s", idx, ino, error)
+            # Name the file, the byte range and where the object lives, so a person can restore it.
+            log.error("%s cannot be read back from remote(s) %s (object %s): %s; reads of those bytes fail "
+                      "with EIO until a good copy is put back there", self._describe(ino, idx),
+                      ", ".join(holders) or "(none)", context.remote_key(key), error)
             self._give_back(ino, idx, tmp, error=str(error))
         except RemoteUnavailable as error:
             log.warning("Fault-in of chunk %d of inode %d postponed: %s", idx, ino, error)
@@ -74,6 +77,13 @@ class Fetcher:
             raise
         finally:
             context.wake_fuse()
+
+    def _describe(self, ino: int, idx: int) -> str:
+        start = idx * self.context.chunk_size
+        with self.context.database.read() as connection:
+            path = namespace.path_of(connection, ino)
+        name = path.decode("utf-8", "surrogateescape") if path else "an unlinked file"
+        return f"Chunk {idx} (bytes {start}-{start + self.context.chunk_size - 1}) of {name} (inode {ino})"
 
     def _write_tmp(self, tmp: str, data: bytes) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

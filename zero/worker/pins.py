@@ -6,6 +6,7 @@ from __future__ import annotations
 from zero.state import chunks, namespace, requests
 from zero.state import schema
 from zero.worker.context import WorkerContext
+from zero.worker.usage import measure
 
 from sqlalchemy import select
 
@@ -29,16 +30,28 @@ def apply_pins(context: WorkerContext) -> int:
     return len(wanted)
 
 
-def prime(context: WorkerContext, usage_bytes: int) -> int:
-    """Queue recently used evicted chunks while the cache stays under the low watermark."""
-    room = int(context.config.target_disk_usage_bytes * context.config.low_watermark) - usage_bytes
-    if room <= context.chunk_size:
-        return 0
+def prime(context: WorkerContext, usage_bytes: int | None = None) -> int:
+    """Queue recently used evicted chunks while the cache stays under the low watermark.
+
+    ``usage_bytes`` is the cache's usage when the caller knows it; otherwise it
+    is measured inside the write transaction, where no fetch or eviction can
+    commit, so it agrees with the fetches still pending."""
+    low_watermark = int(context.config.target_disk_usage_bytes * context.config.low_watermark)
     queued = 0
     with context.database.write() as connection:
+        usage = measure(context.cache).total_bytes if usage_bytes is None else usage_bytes
+        room = low_watermark - usage
+        if room <= context.chunk_size:
+            return 0
+        # Fetches asked for but not done yet (an earlier round's, readers', prefetch's) will take room
+        # too; without counting them every round queued the same room again and priming overshot
+        # the low watermark, bringing back chunks the evictor then had to throw out again.
+        room -= context.chunk_size * len(requests.pending_fetches(connection, room // context.chunk_size + 1))
         for row in chunks.recently_evicted(connection, PRIME_BATCH):
             if room <= context.chunk_size:
                 break
+            if requests.fetch_error(connection, row.ino, row.idx) is not None:
+                continue  # its object is corrupt or missing: re-asking would fetch and log it every round
             requests.request_fetch(connection, row.ino, row.idx, requests.PRIME)
             room -= context.chunk_size
             queued += 1

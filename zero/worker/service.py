@@ -146,7 +146,9 @@ class Worker:
                 if apply_pins(self.context):
                     self.listener.poke()
                 pins_applied_at = time.monotonic()
-            if prime(self.context, self.evictor.last_usage):
+            # Cheap check first; prime() measures again where the count is exact.
+            if self.evictor.last_usage + self.context.chunk_size < self.evictor.low_watermark \
+                    and prime(self.context):
                 self.listener.poke()
             self._wait(generation, KEEPER_INTERVAL_S)
 
