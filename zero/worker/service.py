@@ -37,7 +37,7 @@ IDLE_RECHECK_S = 30.0      # a lost wake-up costs at most this much delay
 KEEPER_INTERVAL_S = 2.0    # eviction re-measures the cache at least this often while writes go on
 HEARTBEAT_INTERVAL_S = 2.0
 GC_INTERVAL_S = 600.0
-UPLOAD_THREADS = 4
+KEEPER_MIN_INTERVAL_S = 0.05  # a burst of wake-ups (every close wakes) re-walks the cache at most this often
 FETCH_THREADS = 4
 
 
@@ -72,6 +72,7 @@ class Worker:
         self.listener.poke()
         for thread in self._threads:
             thread.join(timeout=120)
+        self.uploader.close()
         self._scheduler.shutdown(wait=False)
         self.heartbeat(stopped=True)
 
@@ -114,27 +115,25 @@ class Worker:
                     self._wait(self.listener.generation, RETRY_AFTER_REMOTE_ERROR_S)
 
     def _upload_loop(self) -> None:
-        with concurrent.futures.ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="zero-upload") as pool:
-            while not self.stopping.is_set():
-                generation = self.listener.generation
-                hurry = self.evictor.last_usage > self.context.config.target_disk_usage_bytes
-                due = self.uploader.due(hurry=hurry)
-                if due:
-                    failed = False
-                    for future in [pool.submit(self.uploader.upload, row) for row in due]:
-                        try:
-                            future.result()
-                        except RemoteUnavailable:
-                            failed = True
-                    self.uploader.finish_requests()
-                    self.context.wake_fuse()
-                    self.listener.poke()  # clean chunks may now be evictable
-                    if failed:
-                        self._wait(self.listener.generation, RETRY_AFTER_REMOTE_ERROR_S)
-                    continue
+        while not self.stopping.is_set():
+            generation = self.listener.generation
+            hurry = self.evictor.last_usage > self.context.config.target_disk_usage_bytes
+            due = self.uploader.due(hurry=hurry)
+            if due:
+                failed = False
+                try:
+                    self.uploader.upload_batch(due)
+                except RemoteUnavailable:
+                    failed = True
                 self.uploader.finish_requests()
-                next_due = self.uploader.next_due_in()
-                self._wait(generation, IDLE_RECHECK_S if next_due is None else min(next_due + 0.05, IDLE_RECHECK_S))
+                self.context.wake_fuse()
+                self.listener.poke()  # clean chunks may now be evictable
+                if failed:
+                    self._wait(self.listener.generation, RETRY_AFTER_REMOTE_ERROR_S)
+                continue
+            self.uploader.finish_requests()
+            next_due = self.uploader.next_due_in()
+            self._wait(generation, IDLE_RECHECK_S if next_due is None else min(next_due + 0.05, IDLE_RECHECK_S))
 
     def _keep_loop(self) -> None:
         pins_applied_at = 0.0
@@ -150,6 +149,7 @@ class Worker:
             if self.evictor.last_usage + self.context.chunk_size < self.evictor.low_watermark \
                     and prime(self.context):
                 self.listener.poke()
+            self.stopping.wait(KEEPER_MIN_INTERVAL_S)
             self._wait(generation, KEEPER_INTERVAL_S)
 
     def _pins_changed(self) -> bool:
