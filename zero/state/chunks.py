@@ -159,11 +159,14 @@ def counts_by_state(connection: Connection) -> dict[str, tuple[int, int]]:
 
 # --- zero-worker's moves -----------------------------------------------------------
 
-def uploadable(connection: Connection, limit: int) -> list[Row]:
-    """Dirty chunks fuse has let go of, oldest first."""
-    return connection.execute(
-        select(_c).where(_c.c.state == D.value, _c.c.leased.is_(False))
-        .order_by(_c.c.last_access).limit(limit)).all()
+def uploadable(connection: Connection, limit: int, quiet_before: float | None = None,
+               inos: Iterable[int] = ()) -> list[Row]:
+    """Dirty chunks fuse has let go of, oldest first; with ``quiet_before``, only
+    those untouched since then or belonging to ``inos`` (fsync, zero sync)."""
+    query = select(_c).where(_c.c.state == D.value, _c.c.leased.is_(False))
+    if quiet_before is not None:
+        query = query.where((_c.c.last_access <= quiet_before) | _c.c.ino.in_(list(inos)))
+    return connection.execute(query.order_by(_c.c.last_access).limit(limit)).all()
 
 
 def dirty_totals(connection: Connection) -> tuple[int, int]:

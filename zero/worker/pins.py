@@ -38,6 +38,9 @@ def prime(context: WorkerContext, usage_bytes: int | None = None) -> int:
     commit, so it agrees with the fetches still pending."""
     low_watermark = int(context.config.target_disk_usage_bytes * context.config.low_watermark)
     queued = 0
+    with context.database.read() as connection:
+        if not chunks.recently_evicted(connection, 1):
+            return 0  # the usual case: nothing to bring back, so no write transaction and no walk
     with context.database.write() as connection:
         usage = measure(context.cache).total_bytes if usage_bytes is None else usage_bytes
         room = low_watermark - usage

@@ -37,7 +37,8 @@ IDLE_RECHECK_S = 30.0      # a lost wake-up costs at most this much delay
 KEEPER_INTERVAL_S = 2.0    # eviction re-measures the cache at least this often while writes go on
 HEARTBEAT_INTERVAL_S = 2.0
 GC_INTERVAL_S = 600.0
-KEEPER_MIN_INTERVAL_S = 0.05  # a burst of wake-ups (every close wakes) re-walks the cache at most this often
+KEEPER_MIN_INTERVAL_S = 0.05
+UPLOADER_MIN_INTERVAL_S = 0.02  # idle re-checks at most this often, however many closes wake it  # a burst of wake-ups (every close wakes) re-walks the cache at most this often
 FETCH_THREADS = 4
 
 
@@ -132,6 +133,7 @@ class Worker:
                     self._wait(self.listener.generation, RETRY_AFTER_REMOTE_ERROR_S)
                 continue
             self.uploader.finish_requests()
+            self.stopping.wait(UPLOADER_MIN_INTERVAL_S)
             next_due = self.uploader.next_due_in()
             self._wait(generation, IDLE_RECHECK_S if next_due is None else min(next_due + 0.05, IDLE_RECHECK_S))
 

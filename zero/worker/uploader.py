@@ -48,9 +48,11 @@ class Uploader:
         now = time.time()
         with self.context.database.read() as connection:
             requested = set(requests.pending_uploads(connection))
-            rows = chunks.uploadable(connection, limit=10_000)
-        due = [row for row in rows
-               if hurry or row.ino in requested or row.last_access <= now - config.upload_delay_s]
+            # Filtered in SQL: this runs on every wake-up, while thousands of
+            # freshly written chunks may still be waiting out uploadDelay.
+            due = chunks.uploadable(connection, limit=BATCH * 4,
+                                    quiet_before=None if hurry else now - config.upload_delay_s,
+                                    inos=requested)
         due.sort(key=lambda row: (row.ino not in requested, row.last_access))
         return due[:BATCH]
 
@@ -64,6 +66,9 @@ class Uploader:
 
     def finish_requests(self) -> None:
         """An upload request is done once its inode has nothing unleased left dirty."""
+        with self.context.database.read() as connection:
+            if not requests.pending_uploads(connection):
+                return  # runs on every wake-up: no write transaction when there is nothing to do
         with self.context.database.write() as connection:
             for ino in requests.pending_uploads(connection):
                 if not any(row.state in ("dirty", "uploading") and not row.leased
