@@ -212,9 +212,13 @@ class ZeroMount:
         worker.wait(STOP_WAIT_S)
         write_config(self.config, self.remote, target)
         self._spawn("zero-worker", self._commands()["zero-worker"])
-        limit = parse_mib(target) * MIB
+        # zero's own measure and size parser, so "evicted down to the target" means what the worker means.
+        from zero.cachedir import CacheDir
+        from zero.config import parse_size
+        from zero.worker.usage import measure
+        limit = parse_size("--evict-to", target)
         deadline = time.monotonic() + timeout_s
-        while cache_bytes(self.cache) > limit:
+        while measure(CacheDir(self.cache)).total_bytes > limit:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not evict the cache down to {target} in {timeout_s:.0f}s")
             time.sleep(0.2)
@@ -264,21 +268,6 @@ class ZeroMount:
                 print(f"bench: {name} did not stop within {STOP_WAIT_S:.0f}s of SIGTERM; killing it", file=sys.stderr)
                 process.kill()
                 process.wait()
-
-
-def parse_mib(size: str) -> int:
-    assert size.endswith("MiB"), size
-    return int(size[:-3])
-
-
-def cache_bytes(cache: Path) -> int:
-    total = 0
-    for path in (cache / "chunks").rglob("*"):
-        try:
-            total += path.stat().st_blocks * 512
-        except FileNotFoundError:
-            pass
-    return total
 
 
 # --- the run -----------------------------------------------------------------
@@ -361,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, cache, remote)")
     parser.add_argument("--plain-only", action="store_true", help="skip zero; checks the harness itself")
     parser.add_argument("--evict-to", default="32MiB",
-                        help="targetDiskUsage for the cold read, in MiB (default 32MiB): the big file is evicted")
+                        help="targetDiskUsage for the cold read (default 32MiB): the big file is evicted")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the finally below still unmounts and stops zero.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

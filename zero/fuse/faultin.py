@@ -81,13 +81,10 @@ class WorkerLink:
                 error = requests.fetch_error(connection, ino, idx) if row is not None else None
             if row is None or row.state not in (ChunkState.REMOTE.value, ChunkState.FETCHING.value):
                 return
-            if error and asked_at is None:
-                error = None  # left by an earlier attempt (a prefetch, a pin): try afresh
+            if error:  # ours, or left by an earlier attempt (a prefetch, a pin), which we retry
                 with self.database.write() as connection:
                     requests.done_fetch(connection, ino, idx)
-            if error:
-                with self.database.write() as connection:
-                    requests.done_fetch(connection, ino, idx)
+            if error and asked_at is not None:
                 raise WorkerUnavailable(f"zero-worker could not fetch chunk {idx} of inode {ino}: {error}")
             # Ask again now and then: the chunk may have been fetched and evicted
             # again between two looks, and that fetch deleted the request.

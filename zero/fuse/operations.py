@@ -845,11 +845,10 @@ class ZeroOperations(Operations):
 
     def _take_lease(self, inode: Inode, idx: int) -> None:
         while True:
+            path = self.cache.chunk_path(inode.ino, idx)
             with self.database.write() as connection:
-                if self._eviction_unfinished(connection, inode.ino, idx):
-                    waiting_on = ChunkState.CLEAN
-                else:
-                    waiting_on = chunks.take_lease(connection, inode.ino, idx)
+                # Inside the write transaction a live eviction cannot be half-way.
+                waiting_on = chunks.take_lease(connection, inode.ino, idx, file_exists=lambda: os.path.exists(path))
             if waiting_on is None:
                 inode.leases[idx] = time.monotonic()
                 return
@@ -1031,11 +1030,6 @@ class ZeroOperations(Operations):
         if not inode.attrs_unflushed:
             inode.attrs_unflushed = True
             self._unflushed.add(inode.ino)
-
-    def _flush_inode(self, inode: Inode) -> None:
-        if inode.attrs_unflushed and inode.ino in self.inodes:
-            with self.database.write() as connection:
-                self._persist(connection, inode)
 
     def flush_everything(self) -> None:
         """Write batched sizes, times and access times in one transaction."""

@@ -9,7 +9,7 @@ lifecycle; docs/dev/chunk_lifecycle.md says what is on disk after each step.
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
 
@@ -66,11 +66,15 @@ def get(connection: Connection, ino: int, idx: int) -> Row | None:
 
 # --- zero-fuse's moves -------------------------------------------------------------
 
-def take_lease(connection: Connection, ino: int, idx: int, pinned: bool = False) -> ChunkState | None:
+def take_lease(connection: Connection, ino: int, idx: int, pinned: bool = False,
+               file_exists: Callable[[], bool] = lambda: True) -> ChunkState | None:
     """Mark a chunk dirty and leased before fuse writes to it.
 
     Returns None when the lease is held, or the chunk's state (remote or
-    fetching) when it must be faulted in first. Plain SQL: this runs on the
+    fetching) when it must be faulted in first, or clean when ``file_exists``
+    says its file is gone: a worker killed between unlinking the file and
+    committing `remote`, whose restart must finish the eviction first (taking
+    the lease would re-create the chunk empty). Plain SQL: this runs on the
     first write to every chunk (see zero.state.namespace).
     """
     row = connection.exec_driver_sql("SELECT state, version FROM chunks WHERE ino = ? AND idx = ?",
@@ -82,6 +86,8 @@ def take_lease(connection: Connection, ino: int, idx: int, pinned: bool = False)
         return None
     state = ChunkState(row.state)
     if state in (R, F):
+        return state
+    if state == C and not file_exists():
         return state
     # The (C|D|U) -> D moves of TRANSITIONS, owned by fuse, as one compare-and-set.
     updated = connection.exec_driver_sql(

@@ -93,10 +93,6 @@ def unlinked_inodes(connection: Connection) -> list[int]:
     return [row.ino for row in connection.execute(select(_i.c.ino).where(_i.c.nlink <= 0))]
 
 
-def get_xattr(connection: Connection, ino: int, name: bytes) -> bytes | None:
-    return connection.execute(select(_x.c.value).where(_x.c.ino == ino, _x.c.name == name)).scalar()
-
-
 def set_xattr(connection: Connection, ino: int, name: bytes, value: bytes) -> None:
     updated = connection.execute(update(_x).where(_x.c.ino == ino, _x.c.name == name).values(value=value))
     if updated.rowcount == 0:
@@ -110,10 +106,6 @@ def remove_xattr(connection: Connection, ino: int, name: bytes) -> bool:
 def all_xattrs(connection: Connection, ino: int) -> dict[bytes, bytes]:
     return {row.name: row.value for row in connection.exec_driver_sql(
         "SELECT name, value FROM xattrs WHERE ino = ?", (ino,))}
-
-
-def list_xattrs(connection: Connection, ino: int) -> list[bytes]:
-    return [row.name for row in connection.execute(select(_x.c.name).where(_x.c.ino == ino).order_by(_x.c.name))]
 
 
 def totals(connection: Connection) -> dict[str, int]:
