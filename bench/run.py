@@ -215,10 +215,9 @@ class ZeroMount:
         # zero's own measure and size parser, so "evicted down to the target" means what the worker means.
         from zero.cachedir import CacheDir
         from zero.config import parse_size
-        from zero.worker.usage import measure
-        limit = parse_size("--evict-to", target)
+                limit = parse_size("--evict-to", target)
         deadline = time.monotonic() + timeout_s
-        while measure(CacheDir(self.cache)).total_bytes > limit:
+        while CacheDir(self.cache).usage().total_bytes > limit:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not evict the cache down to {target} in {timeout_s:.0f}s")
             time.sleep(0.2)

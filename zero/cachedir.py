@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from zero.errors import MountError
@@ -63,6 +64,31 @@ class CacheDir:
                 except FileNotFoundError:
                     continue
                 yield int(ino_text), int(idx_text), entry.path, st
+
+    def usage(self) -> "CacheUsage":
+        """How much disk the chunk files really use: recomputed from their
+        allocated blocks, never a counter that could drift."""
+        total = files = 0
+        for _ino, _idx, _path, st in self.iter_chunk_files():
+            total += disk_bytes(st)
+            files += 1
+        return CacheUsage(total_bytes=total, files=files)
+
+    def bytes_of(self, chunk_ids) -> int:
+        """Disk bytes the given (ino, idx) chunks' files use (dirty data, say)."""
+        total = 0
+        for ino, idx in chunk_ids:
+            try:
+                total += disk_bytes(os.stat(self.chunk_path(ino, idx)))
+            except FileNotFoundError:
+                pass
+        return total
+
+
+@dataclass
+class CacheUsage:
+    total_bytes: int
+    files: int
 
 
 def disk_bytes(st: os.stat_result) -> int:

@@ -12,12 +12,15 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 WORKER = "worker"  # fuse -> worker: new dirty data, fault-in or upload requests
 FUSE = "fuse"      # worker -> fuse: a fetch or an upload finished
+
+T = TypeVar("T")
 
 
 def notify(wake_dir: Path, target: str) -> None:
@@ -85,3 +88,22 @@ class WakeListener:
                     break
                 self._condition.wait(remaining)
             return self._generation
+
+
+def wait_for(listener: WakeListener, check: Callable[[], T | None], timeout_s: float,
+             on_timeout: Callable[[], Exception], recheck_s: float = 1.0) -> T:
+    """Call ``check`` until it returns something other than None, re-checking on
+    every wake-up of ``listener`` and at least every ``recheck_s`` (a lost
+    wake-up costs latency, never correctness); after ``timeout_s`` raise what
+    ``on_timeout`` builds. The one wait loop of zero: fault-ins, uploads on
+    fsync, evictions settling, `zero sync`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        generation = listener.generation
+        result = check()
+        if result is not None:
+            return result
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise on_timeout()
+        listener.wait(generation, min(remaining, recheck_s))

@@ -158,6 +158,25 @@ def test_sparse_file_reads_zeros_in_the_hole(mnt):
     assert os.stat(path).st_size == 100 * MIB + 4
 
 
+def test_st_blocks_counts_what_the_cache_really_holds(mnt):
+    """du and rsync --sparse judge a file by st_blocks: a 5 GiB hole costs nothing."""
+    path = mnt / "hole"
+    subprocess.run(["truncate", "-s", "5G", str(path)], check=True)
+    du = subprocess.run(["du", "-k", str(path)], check=True, capture_output=True, text=True)
+    assert int(du.stdout.split()[0]) < 1024, du.stdout
+    assert os.stat(path).st_size == 5 * 1024 * MIB
+    with open(path, "r+b") as f:  # data in two chunks far apart: about 2 MiB, not 5 GiB
+        f.seek(MIB)
+        f.write(os.urandom(MIB))
+        f.seek(4 * 1024 * MIB)
+        f.write(os.urandom(MIB))
+    blocks = os.stat(path).st_blocks * 512
+    assert 2 * MIB <= blocks < 4 * MIB, blocks
+    small = mnt / "small"
+    write_file(small, b"x" * 5000)
+    assert 5000 <= os.stat(small).st_blocks * 512 <= 16 * 1024
+
+
 def test_write_past_two_to_the_forty(mnt):
     path = mnt / "huge"
     offset = 2**40 + 5

@@ -299,7 +299,7 @@ def to_remote(database, ino, idx=0, key="k1"):
 
 
 def test_take_lease_on_a_new_chunk(database, ino):
-    assert lease(database, ino) is None
+    assert lease(database, ino) == chunks.Readiness.HERE
     chunk = row(database, ino)
     assert (chunk.state, chunk.version, chunk.leased) == ("dirty", 1, True)
     assert chunk.last_access > 0
@@ -309,7 +309,7 @@ def test_take_lease_again_bumps_the_version(database, ino):
     lease(database, ino)
     release(database, ino)
     assert row(database, ino).leased is False
-    assert lease(database, ino) is None
+    assert lease(database, ino) == chunks.Readiness.HERE
     chunk = row(database, ino)
     assert (chunk.state, chunk.version, chunk.leased) == ("dirty", 2, True)
 
@@ -317,7 +317,7 @@ def test_take_lease_again_bumps_the_version(database, ino):
 def test_take_lease_on_clean_makes_it_dirty(database, ino):
     to_clean(database, ino)
     assert row(database, ino).state == "clean"
-    assert lease(database, ino) is None
+    assert lease(database, ino) == chunks.Readiness.HERE
     chunk = row(database, ino)
     assert (chunk.state, chunk.version, chunk.leased) == ("dirty", 2, True)
 
@@ -329,14 +329,14 @@ def test_take_lease_on_remote_asks_for_a_fault_in(database, ino, fetching):
         with database.write() as connection:
             chunks.start_fetch(connection, ino, 0)
     before = row(database, ino)
-    assert lease(database, ino) == (F if fetching else R)
+    assert lease(database, ino) == chunks.Readiness.FETCH
     assert row(database, ino) == before  # nothing changed
 
 
 def test_start_upload_refused_while_leased(database, ino):
     lease(database, ino)
     with database.write() as connection:
-        with pytest.raises(StateConflict, match="chunk .*-0: expected dirty, found dirty"):
+        with pytest.raises(StateConflict, match="chunk .*-0: expected dirty with .*, found dirty"):
             chunks.start_upload(connection, ino, 0, 1)
     assert row(database, ino).state == "dirty"
 
@@ -395,7 +395,7 @@ def test_a_write_during_upload_wins_over_the_stale_upload(database, ino):
     release(database, ino)
     with database.write() as connection:
         chunks.start_upload(connection, ino, 0, 1)
-    assert lease(database, ino) is None   # a writer comes back: uploading -> dirty, version 2
+    assert lease(database, ino) == chunks.Readiness.HERE   # a writer comes back: uploading -> dirty, version 2
     assert (row(database, ino).state, row(database, ino).version) == ("dirty", 2)
     with database.write() as connection:
         with pytest.raises(StateConflict):
@@ -403,7 +403,7 @@ def test_a_write_during_upload_wins_over_the_stale_upload(database, ino):
     chunk = row(database, ino)
     assert (chunk.state, chunk.version, chunk.object_key) == ("dirty", 2, None)
     release(database, ino)
-    assert lease(database, ino) is None   # still dirty-able
+    assert lease(database, ino) == chunks.Readiness.HERE   # still dirty-able
     assert row(database, ino).version == 3
 
 
@@ -419,7 +419,7 @@ def test_finish_upload_with_a_stale_version_leaves_it_uploading_then_abortable(d
     with database.write() as connection:
         chunks.abort_upload(connection, ino, 0)
     assert row(database, ino).state == "dirty"
-    assert lease(database, ino) is None
+    assert lease(database, ino) == chunks.Readiness.HERE
 
 
 def test_eviction_refused_for_dirty_pinned_or_leased(database, ino):
@@ -448,7 +448,7 @@ def test_transition_refuses_an_undefined_move(database, ino, owner, start, end):
     lease(database, ino)
     with database.write() as connection:
         with pytest.raises(ValueError, match="no chunk transition"):
-            chunks.transition(connection, owner, ino, 0, [start], end)
+            chunks.transition(connection, owner, [start], end, ino=ino, idx=0)
     assert row(database, ino).state == "dirty"
 
 
@@ -461,8 +461,8 @@ def test_transition_refuses_an_undefined_move(database, ino, owner, start, end):
 def test_transition_refuses_the_wrong_owner(database, ino, owner, start, end):
     to_clean(database, ino)
     with database.write() as connection:
-        with pytest.raises(ValueError, match=f"{owner} may not move"):
-            chunks.transition(connection, owner, ino, 0, [start], end)
+        with pytest.raises(ValueError, match=f"{owner.value} may not move"):
+            chunks.transition(connection, owner, [start], end, ino=ino, idx=0)
     assert row(database, ino).state == "clean"
 
 
@@ -470,9 +470,9 @@ def test_transition_from_the_wrong_state_conflicts(database, ino):
     to_clean(database, ino)
     with database.write() as connection:
         with pytest.raises(StateConflict, match="expected remote, found clean"):
-            chunks.transition(connection, chunks.WORKER, ino, 0, [R], F)
+            chunks.transition(connection, chunks.WORKER, [R], F, ino=ino, idx=0)
         with pytest.raises(StateConflict, match="found no chunk"):
-            chunks.transition(connection, chunks.WORKER, ino, 9, [R], F)
+            chunks.transition(connection, chunks.WORKER, [R], F, ino=ino, idx=9)
 
 
 def test_recover_interrupted(database, ino):
@@ -508,7 +508,7 @@ def test_drop_from(database, ino):
         assert sorted(chunks.drop_from(connection, ino, 2)) == [2, 3]
         assert chunks.drop_from(connection, ino, 2) == []
     with database.read() as connection:
-        assert sorted(chunks.local_states(connection, ino)) == [0, 1]
+        assert sorted(chunks.local_indexes(connection, ino)) == [0, 1]
         assert requests.pending_fetches(connection, 10) == []
 
 

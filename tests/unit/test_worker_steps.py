@@ -25,10 +25,9 @@ from zero.worker import pins
 from zero.worker.collector import Collector
 from zero.worker.evictor import Evictor
 from zero.worker.fetcher import Fetcher
-from zero.worker.main import build_context
+from zero.wiring import build_context
 from zero.worker.recovery import recover
 from zero.worker.uploader import Uploader
-from zero.worker.usage import measure
 
 CHUNK = 64 * 1024
 HOUR_S = 3600.0
@@ -89,7 +88,7 @@ def make_file(context, name: bytes, parent: int = namespace.ROOT_INO, directory:
 
 def take_lease(context, ino: int, idx: int) -> None:
     with context.database.write() as connection:
-        assert chunks.take_lease(connection, ino, idx) is None
+        assert chunks.take_lease(connection, ino, idx) == chunks.Readiness.HERE
 
 
 def write_file(context, ino: int, idx: int, data: bytes) -> None:
@@ -328,7 +327,7 @@ def test_eviction_goes_least_recently_used_first_to_the_low_watermark(make_conte
         chunks.record_access(connection, accesses)
 
     per_chunk = disk_bytes(os.stat(context.cache.chunk_path(many, 0)))
-    assert measure(context.cache).total_bytes == 8 * per_chunk
+    assert context.cache.usage().total_bytes == 8 * per_chunk
     # Target 6 chunks: the low watermark (0.9) keeps 5, so 3 must go.
     context.config = dataclasses.replace(context.config, target_disk_usage_bytes=6 * per_chunk)
     evictor = Evictor(context)
@@ -349,7 +348,7 @@ def test_eviction_goes_least_recently_used_first_to_the_low_watermark(make_conte
     assert state_of(context, dirty, 0) == ChunkState.DIRTY
     assert state_of(context, pinned, 0) == ChunkState.CLEAN
     assert file_bytes(context, pinned, 0) is not None
-    assert measure(context.cache).total_bytes == 5 * per_chunk <= evictor.low_watermark
+    assert context.cache.usage().total_bytes == 5 * per_chunk <= evictor.low_watermark
     assert not evictor.over_target()
     assert counter(context, "evictions") == 3
 
@@ -368,7 +367,7 @@ def test_eviction_stops_when_only_dirty_and_pinned_chunks_are_left(make_context)
     assert evictor.evict() == 0
     assert {state_of(context, dirty, 0), state_of(context, dirty, 1)} == {ChunkState.DIRTY}
     assert state_of(context, pinned, 0) == ChunkState.CLEAN
-    assert measure(context.cache).files == 3
+    assert context.cache.usage().files == 3
 
 
 # --- fault-in ---------------------------------------------------------------------------------
@@ -725,7 +724,7 @@ def test_prime_queues_recently_evicted_chunks_while_there_is_room(make_context):
     fetcher = Fetcher(context)
     for row in fetcher.pending():
         fetcher.fetch(row.ino, row.idx)
-    assert measure(context.cache).total_bytes <= Evictor(context).low_watermark
+    assert context.cache.usage().total_bytes <= Evictor(context).low_watermark
     assert [state_of(context, ino, idx) for idx in range(5)] == [ChunkState.REMOTE] * 2 + [ChunkState.CLEAN] * 3
 
 

@@ -106,6 +106,15 @@ class ChunkFiles:
         for fd in to_close:
             os.close(fd)
 
+    def delete(self, ino: int, indexes) -> None:
+        """Delete chunk files whose rows are gone (unlink, truncate), descriptors first."""
+        self.forget(ino, indexes)
+        for idx in indexes:
+            try:
+                os.unlink(self.cache.chunk_path(ino, idx))
+            except FileNotFoundError:
+                pass
+
     def drop_unlinked(self) -> int:
         """Close descriptors whose files the worker evicted: an open descriptor
         keeps the disk space of an unlinked file, so eviction frees nothing

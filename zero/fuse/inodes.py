@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import stat
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 ATTR_FIELDS = ("mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "ctime_ns", "rdev")
 
@@ -18,7 +18,7 @@ ATTR_FIELDS = ("mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "c
 class Inode:
     __slots__ = ("ino", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "ctime_ns", "rdev",
                  "target", "lock", "open_handles", "write_handles", "leases", "attrs_unflushed",
-                 "last_read_end", "pinned", "xattrs")
+                 "last_read_end", "xattrs", "allocated_bytes", "allocated_at")
 
     def __init__(self, row):
         self.ino = row.ino
@@ -31,10 +31,12 @@ class Inode:
         self.leases: dict[int, float] = {}  # chunk idx -> monotonic time of the last write under the lease
         self.attrs_unflushed = False
         self.last_read_end = 0  # a read from the start counts as sequential
-        self.pinned = False
         # Loaded on first use. The kernel asks for security.capability before
         # every write, so this must not cost a database read each time.
         self.xattrs: dict[bytes, bytes] | None = None
+        # Disk bytes its chunk files hold (st_blocks), measured on demand by the data path.
+        self.allocated_bytes: int | None = None
+        self.allocated_at = 0.0
 
     @property
     def is_dir(self) -> bool:
@@ -47,7 +49,9 @@ class Inode:
     def attrs(self) -> dict:
         return {name: getattr(self, name) for name in ATTR_FIELDS}
 
-    def stat(self, block_size: int) -> dict:
+    def stat(self, block_size: int, allocated_bytes: int | None = None) -> dict:
+        """st_* for getattr; ``allocated_bytes`` (a regular file's real disk use)
+        gives st_blocks, else the size does."""
         return {
             "st_ino": self.ino,
             "st_mode": self.mode,
@@ -60,7 +64,7 @@ class Inode:
             "st_ctime": self.ctime_ns,
             "st_rdev": self.rdev,
             "st_blksize": block_size,
-            "st_blocks": (self.size + 511) // 512,
+            "st_blocks": ((self.size if allocated_bytes is None else allocated_bytes) + 511) // 512,
         }
 
 
@@ -71,4 +75,3 @@ class Handle:
     writable: bool
     append: bool
     is_dir: bool = False
-    chunks_written: set = field(default_factory=set)

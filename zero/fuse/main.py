@@ -49,8 +49,8 @@ def run(args) -> int:
     mountpoint.check_fuse_available()
     # Imported here so that a missing libfuse 3 is reported as a ZeroError above.
     from zero.fuse import binding, recovery
-    from zero.fuse.faultin import WorkerLink
-    from zero.fuse.operations import ZeroOperations
+    from zero.fuse.worker_link import WorkerLink
+    from zero.fuse.adapter import ZeroOperations
     from zero.state import db as state_db
 
     mountpoint.check_mountpoint(mount, args.allow_non_empty)

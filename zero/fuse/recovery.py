@@ -20,7 +20,6 @@ import os
 from zero.cachedir import CacheDir
 from zero.state import chunks, namespace
 from zero.state.db import Database
-from zero.state.schema import ChunkState
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +45,11 @@ def reconcile(database: Database, cache: CacheDir, chunk_size: int) -> dict[str,
                 os.unlink(path)
                 repaired["orphan_files"] += 1
                 continue
-            if row.state in (ChunkState.DIRTY.value, ChunkState.UPLOADING.value):
+            if chunks.is_unuploaded(row):
                 end = idx * chunk_size + st.st_size
                 grown[ino] = max(grown.get(ino, 0), end)
         for (ino, idx), row in rows.items():
-            if row.state == ChunkState.DIRTY.value and (ino, idx) not in with_files:
+            if chunks.is_dirty(row) and (ino, idx) not in with_files:
                 chunks.delete_chunk(connection, ino, idx)
                 repaired["empty_chunks"] += 1
         for ino, end in grown.items():

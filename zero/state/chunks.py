@@ -1,63 +1,105 @@
-"""Chunk states and the one function that changes them.
+"""Chunk rows: the one function that changes their state, and the questions
+fuse, the worker and the CLI ask about them.
 
 Every change of ``chunks.state`` goes through transition(): a compare-and-set
-(``UPDATE … WHERE state = :from``) that names the process owning the move
-and raises StateConflict when it did not apply. The table below is the whole
-lifecycle; docs/dev/chunk_lifecycle.md says what is on disk after each step.
+(``UPDATE … WHERE state IN :from``) that names the process owning the move,
+is checked against ``chunkstate.TRANSITIONS``, and raises StateConflict when
+it did not apply. docs/dev/chunk_lifecycle.md says what is on disk after each step.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
 import time
-from typing import Callable, Iterable
+from typing import Iterable
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, delete, func, select, update
 
 from zero.errors import StateConflict
 from zero.state import schema
-from zero.state.schema import ChunkState
+from zero.state.chunkstate import (
+    CREATED, EVICTABLE, LOCAL, NEEDS_FETCH, UNUPLOADED, ChunkState, Owner, StateWriteGuard, check_move,
+)
 
-FUSE = "fuse"
-WORKER = "worker"
+FUSE = Owner.FUSE
+WORKER = Owner.WORKER
 
 D, U, C, R, F = (ChunkState.DIRTY, ChunkState.UPLOADING, ChunkState.CLEAN, ChunkState.REMOTE,
                  ChunkState.FETCHING)
 
-# (from, to) -> the process that owns the move.
-TRANSITIONS: dict[tuple[ChunkState, ChunkState], str] = {
-    (D, D): FUSE,   # take the write lease again (bumps the version)
-    (C, D): FUSE,   # a write to an uploaded chunk
-    (U, D): FUSE,   # a write during an upload: the upload will not be marked clean
-    (D, U): WORKER,
-    (U, C): WORKER,
-    (U, D): WORKER,  # upload failed or was interrupted (recovery)
-    (C, R): WORKER,  # eviction
-    (R, F): WORKER,
-    (F, C): WORKER,
-    (F, R): WORKER,  # fetch failed or was interrupted (recovery)
-}
-
 _c = schema.chunks
+_COLUMNS = frozenset(_c.c.keys())
 
 
-def transition(connection: Connection, owner: str, ino: int, idx: int,
-               from_states: Iterable[ChunkState], to_state: ChunkState,
-               where: Iterable = (), **values) -> None:
+@functools.lru_cache(maxsize=64)
+def _transition_sql(from_count: int, one_chunk: bool, where: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """The compare-and-set statement, built once per shape. Plain SQL: leases run
+    it on the first write to every chunk, where building a Core statement would
+    cost ten times what SQLite needs to run it (see zero.state.namespace)."""
+    unknown = (set(where) | set(values)) - _COLUMNS
+    if unknown:
+        raise ValueError(f"chunks has no column {', '.join(sorted(unknown))}")
+    sets = ", ".join(["state = ?", *(f"{name} = ?" for name in values)])
+    conditions = [f"state IN ({', '.join('?' * from_count)})"]
+    if one_chunk:
+        conditions += ["ino = ?", "idx = ?"]
+    conditions += [f"{name} = ?" for name in where]
+    return f"UPDATE chunks SET {sets} WHERE {' AND '.join(conditions)}"
+
+
+def transition(connection: Connection, owner: Owner, from_states: Iterable[ChunkState], to_state: ChunkState,
+               *, ino: int | None = None, idx: int | None = None, where: dict | None = None,
+               values: dict | None = None) -> int:
+    """The one way a chunk's state changes: a compare-and-set checked against
+    chunkstate.TRANSITIONS.
+
+    With ``ino`` and ``idx`` it moves that chunk and raises StateConflict unless
+    exactly it moved; without them (crash recovery) it moves every chunk in
+    ``from_states`` and returns how many. ``where`` adds equality conditions
+    (``version``, ``leased``, ``pinned``); ``values`` sets other columns too.
+    """
     from_states = tuple(from_states)
-    for from_state in from_states:
-        allowed_owner = TRANSITIONS.get((from_state, to_state))
-        if allowed_owner is None:
-            raise ValueError(f"no chunk transition {from_state.value} -> {to_state.value}")
-        if allowed_owner != owner and not (from_state, to_state) == (U, D):
-            raise ValueError(f"{owner} may not move a chunk {from_state.value} -> {to_state.value}")
-    result = connection.execute(
-        update(_c)
-        .where(_c.c.ino == ino, _c.c.idx == idx, _c.c.state.in_([s.value for s in from_states]), *where)
-        .values(state=to_state.value, **values))
-    if result.rowcount != 1:
-        current = connection.execute(select(_c.c.state).where(_c.c.ino == ino, _c.c.idx == idx)).scalar()
+    check_move(owner, from_states, to_state)
+    where = where or {}
+    values = values or {}
+    one_chunk = ino is not None
+    sql = _transition_sql(len(from_states), one_chunk, tuple(where), tuple(values))
+    params = (to_state.value, *values.values(), *(s.value for s in from_states),
+              *((ino, idx) if one_chunk else ()), *where.values())
+    with StateWriteGuard.allowing():
+        moved = connection.exec_driver_sql(sql, params).rowcount
+    if one_chunk and moved != 1:
+        current = connection.exec_driver_sql("SELECT state FROM chunks WHERE ino = ? AND idx = ?",
+                                             (ino, idx)).scalar()
         raise StateConflict(
-            f"chunk {ino}-{idx}: expected {'/'.join(s.value for s in from_states)}, found {current or 'no chunk'}")
+            f"chunk {ino}-{idx}: expected {'/'.join(s.value for s in from_states)}"
+            f"{' with ' + str(where) if where else ''}, found {current or 'no chunk'}")
+    return moved
+
+
+class Readiness(enum.Enum):
+    """What a reader or writer of a chunk must do, as the state answers it."""
+
+    HOLE = "hole"                    # nothing was written there: it reads as zeros
+    HERE = "here"                    # the cache file holds it (or will, once the lease holder writes)
+    FETCH = "fetch"                  # only in a remote: fault it in
+    EVICTION_UNFINISHED = "settle"   # clean but its file is gone: an eviction is committing or was killed
+
+
+def readiness(connection: Connection, ino: int, idx: int, file_exists) -> Readiness:
+    """Where chunk (ino, idx) can be read from, for a reader that found no cache file."""
+    row = connection.exec_driver_sql("SELECT state FROM chunks WHERE ino = ? AND idx = ?", (ino, idx)).first()
+    if row is None:
+        return Readiness.HOLE
+    state = ChunkState(row.state)
+    if state in NEEDS_FETCH:
+        return Readiness.FETCH
+    if state in UNUPLOADED:
+        # A new chunk whose writer took the lease but has not created the file yet:
+        # nothing written there, a hole; or the file appeared since the caller looked.
+        return Readiness.HERE if file_exists() else Readiness.HOLE
+    return Readiness.HERE if file_exists() else Readiness.EVICTION_UNFINISHED
 
 
 def get(connection: Connection, ino: int, idx: int) -> Row | None:
@@ -67,35 +109,29 @@ def get(connection: Connection, ino: int, idx: int) -> Row | None:
 # --- zero-fuse's moves -------------------------------------------------------------
 
 def take_lease(connection: Connection, ino: int, idx: int, pinned: bool = False,
-               file_exists: Callable[[], bool] = lambda: True) -> ChunkState | None:
+               file_exists=lambda: True) -> Readiness:
     """Mark a chunk dirty and leased before fuse writes to it.
 
-    Returns None when the lease is held, or the chunk's state (remote or
-    fetching) when it must be faulted in first, or clean when ``file_exists``
-    says its file is gone: a worker killed between unlinking the file and
-    committing `remote`, whose restart must finish the eviction first (taking
-    the lease would re-create the chunk empty). Plain SQL: this runs on the
-    first write to every chunk (see zero.state.namespace).
+    Returns HERE when the lease is held; FETCH when the chunk must be faulted
+    in first; EVICTION_UNFINISHED when ``file_exists`` says a clean chunk's
+    file is gone: a worker killed between unlinking the file and committing
+    `remote`, whose restart must finish the eviction first (taking the lease
+    would re-create the chunk empty). Runs on the first write to every chunk.
     """
     row = connection.exec_driver_sql("SELECT state, version FROM chunks WHERE ino = ? AND idx = ?",
                                      (ino, idx)).first()
     if row is None:
         connection.exec_driver_sql(
             "INSERT INTO chunks (ino, idx, state, version, leased, stored_bytes, last_access, pinned) "
-            "VALUES (?, ?, ?, 1, 1, 0, ?, ?)", (ino, idx, D.value, time.time(), pinned))
-        return None
+            "VALUES (?, ?, ?, 1, 1, 0, ?, ?)", (ino, idx, CREATED[FUSE].value, time.time(), pinned))
+        return Readiness.HERE
     state = ChunkState(row.state)
-    if state in (R, F):
-        return state
-    if state == C and not file_exists():
-        return state
-    # The (C|D|U) -> D moves of TRANSITIONS, owned by fuse, as one compare-and-set.
-    updated = connection.exec_driver_sql(
-        "UPDATE chunks SET state = ?, leased = 1, version = ? WHERE ino = ? AND idx = ? AND state = ?",
-        (D.value, row.version + 1, ino, idx, state.value)).rowcount
-    if updated != 1:
-        raise StateConflict(f"chunk {ino}-{idx} changed state while fuse took its lease")
-    return None
+    if state in NEEDS_FETCH:
+        return Readiness.FETCH
+    if state in EVICTABLE and not file_exists():
+        return Readiness.EVICTION_UNFINISHED
+    transition(connection, FUSE, [state], D, ino=ino, idx=idx, values={"leased": 1, "version": row.version + 1})
+    return Readiness.HERE
 
 
 def release_leases(connection: Connection, ino: int, indexes: Iterable[int]) -> None:
@@ -132,9 +168,18 @@ def record_access(connection: Connection, accesses: dict[tuple[int, int], float]
                                    [(at, ino, idx) for (ino, idx), at in accesses.items()])
 
 
-def local_states(connection: Connection, ino: int) -> dict[int, ChunkState]:
-    return {row.idx: ChunkState(row.state) for row in connection.execute(
-        select(_c.c.idx, _c.c.state).where(_c.c.ino == ino))}
+def remote_indexes(connection: Connection, ino: int, indexes: Iterable[int]) -> list[int]:
+    """Which of ``indexes`` are evicted and not being fetched (what prefetch asks for)."""
+    wanted = set(indexes)
+    return sorted(row.idx for row in connection.execute(
+        select(_c.c.idx).where(_c.c.ino == ino, _c.c.state == R.value)) if row.idx in wanted)
+
+
+def local_indexes(connection: Connection, ino: int) -> list[int]:
+    """Chunks of ``ino`` whose cache file holds the content."""
+    return [row[0] for row in connection.exec_driver_sql(
+        f"SELECT idx FROM chunks WHERE ino = ? AND state IN ({', '.join('?' * len(LOCAL))})",
+        (ino, *(s.value for s in LOCAL)))]
 
 
 def all_rows(connection: Connection) -> list[Row]:
@@ -145,15 +190,36 @@ def all_rows_of(connection: Connection, ino: int) -> list[Row]:
     return connection.execute(select(_c).where(_c.c.ino == ino).order_by(_c.c.idx)).all()
 
 
-def dirty_chunks_of(connection: Connection, ino: int) -> list[int]:
-    return [row.idx for row in connection.execute(
-        select(_c.c.idx).where(_c.c.ino == ino, _c.c.state.in_([D.value, U.value])))]
+def unuploaded_versions(connection: Connection, ino: int | None = None) -> dict[tuple[int, int], int]:
+    """(ino, idx) -> version of every chunk (of ``ino``, or of all) whose content is only in the cache."""
+    query = select(_c.c.ino, _c.c.idx, _c.c.version).where(_c.c.state.in_([s.value for s in UNUPLOADED]))
+    if ino is not None:
+        query = query.where(_c.c.ino == ino)
+    return {(row.ino, row.idx): row.version for row in connection.execute(query)}
+
+
+def still_unuploaded(connection: Connection, versions: dict[tuple[int, int], int]) -> list[tuple[int, int]]:
+    """Which chunks of ``versions`` are still not uploaded at that version (a newer
+    write, a truncate or a delete takes a chunk out of an earlier promise)."""
+    pending = []
+    for (ino, idx), version in versions.items():
+        row = connection.exec_driver_sql("SELECT state, version FROM chunks WHERE ino = ? AND idx = ?",
+                                         (ino, idx)).first()
+        if row is not None and row.version == version and ChunkState(row.state) in UNUPLOADED:
+            pending.append((ino, idx))
+    return pending
 
 
 def unuploaded(connection: Connection) -> list[tuple[int, int]]:
     """(ino, idx) of every chunk whose content is only in the cache."""
-    return [(row.ino, row.idx) for row in connection.execute(
-        select(_c.c.ino, _c.c.idx).where(_c.c.state.in_([D.value, U.value])))]
+    return list(unuploaded_versions(connection))
+
+
+def has_unleased_unuploaded(connection: Connection, ino: int) -> bool:
+    """Whether the worker still has something of ``ino`` to upload (fuse let go of it)."""
+    return connection.execute(select(_c.c.idx).where(
+        _c.c.ino == ino, _c.c.state.in_([s.value for s in UNUPLOADED]), _c.c.leased.is_(False)).limit(1)
+    ).first() is not None
 
 
 def counts_by_state(connection: Connection) -> dict[str, tuple[int, int]]:
@@ -178,55 +244,56 @@ def uploadable(connection: Connection, limit: int, quiet_before: float | None = 
 def dirty_totals(connection: Connection) -> tuple[int, int]:
     """(dirty or uploading chunks, of which leased)."""
     row = connection.execute(select(func.count(), func.coalesce(func.sum(_c.c.leased), 0)).where(
-        _c.c.state.in_([D.value, U.value]))).first()
+        _c.c.state.in_([s.value for s in UNUPLOADED]))).first()
     return row[0], row[1]
 
 
 def start_upload(connection: Connection, ino: int, idx: int, version: int) -> None:
-    transition(connection, WORKER, ino, idx, [D], U, where=[_c.c.version == version, _c.c.leased.is_(False)])
+    transition(connection, WORKER, [D], U, ino=ino, idx=idx, where={"version": version, "leased": 0})
 
 
 def finish_upload(connection: Connection, ino: int, idx: int, version: int, object_key: str,
                   stored_bytes: int) -> None:
-    transition(connection, WORKER, ino, idx, [U], C, where=[_c.c.version == version],
-               object_key=object_key, stored_bytes=stored_bytes)
+    transition(connection, WORKER, [U], C, ino=ino, idx=idx, where={"version": version},
+               values={"object_key": object_key, "stored_bytes": stored_bytes})
 
 
 def abort_upload(connection: Connection, ino: int, idx: int) -> None:
-    transition(connection, WORKER, ino, idx, [U], D)
+    transition(connection, WORKER, [U], D, ino=ino, idx=idx)
 
 
 def eviction_candidates(connection: Connection, limit: int) -> list[Row]:
     """Clean, unleased, unpinned chunks, least recently used first."""
     return connection.execute(
-        select(_c).where(_c.c.state == C.value, _c.c.leased.is_(False), _c.c.pinned.is_(False))
+        select(_c).where(_c.c.state.in_([s.value for s in EVICTABLE]), _c.c.leased.is_(False),
+                         _c.c.pinned.is_(False))
         .order_by(_c.c.last_access).limit(limit)).all()
 
 
 def mark_evicted(connection: Connection, ino: int, idx: int) -> None:
-    transition(connection, WORKER, ino, idx, [C], R,
-               where=[_c.c.leased.is_(False), _c.c.pinned.is_(False)], stored_bytes=0)
+    transition(connection, WORKER, [C], R, ino=ino, idx=idx, where={"leased": 0, "pinned": 0},
+               values={"stored_bytes": 0})
 
 
 def start_fetch(connection: Connection, ino: int, idx: int) -> Row:
-    transition(connection, WORKER, ino, idx, [R], F)
+    transition(connection, WORKER, [R], F, ino=ino, idx=idx)
     return get(connection, ino, idx)
 
 
 def finish_fetch(connection: Connection, ino: int, idx: int, stored_bytes: int) -> None:
     # Fetched for a reader that has not read it yet: not the next eviction victim.
-    transition(connection, WORKER, ino, idx, [F], C, stored_bytes=stored_bytes, last_access=time.time())
+    transition(connection, WORKER, [F], C, ino=ino, idx=idx,
+               values={"stored_bytes": stored_bytes, "last_access": time.time()})
 
 
 def abort_fetch(connection: Connection, ino: int, idx: int) -> None:
-    transition(connection, WORKER, ino, idx, [F], R)
+    transition(connection, WORKER, [F], R, ino=ino, idx=idx)
 
 
 def recover_interrupted(connection: Connection) -> dict[str, int]:
     """Worker start: nothing is mid-upload or mid-fetch after a restart."""
-    uploading = connection.execute(update(_c).where(_c.c.state == U.value).values(state=D.value)).rowcount
-    fetching = connection.execute(update(_c).where(_c.c.state == F.value).values(state=R.value)).rowcount
-    return {"uploading": uploading, "fetching": fetching}
+    return {"uploading": transition(connection, WORKER, [U], D),
+            "fetching": transition(connection, WORKER, [F], R)}
 
 
 def set_stored_bytes(connection: Connection, ino: int, idx: int, stored_bytes: int) -> None:
@@ -240,6 +307,10 @@ def set_pinned(connection: Connection, inos: Iterable[int], pinned: bool) -> int
         total += connection.execute(update(_c).where(_c.c.ino.in_(inos[start:start + 500]))
                                     .values(pinned=pinned)).rowcount
     return total
+
+
+def unpin_all(connection: Connection) -> int:
+    return connection.execute(update(_c).where(_c.c.pinned.is_(True)).values(pinned=False)).rowcount
 
 
 def remote_pinned(connection: Connection, limit: int) -> list[Row]:
@@ -256,7 +327,27 @@ def referencing(connection: Connection, object_key: str) -> int:
     return connection.execute(select(func.count()).select_from(_c).where(_c.c.object_key == object_key)).scalar()
 
 
-def any_in_states(connection: Connection, ino: int, states: Iterable[ChunkState]) -> bool:
-    return connection.execute(select(_c.c.idx).where(
-        _c.c.ino == ino, _c.c.state.in_([s.value for s in states])).limit(1)).first() is not None
+def is_dirty(row: Row) -> bool:
+    """Written since its last upload and no upload under way."""
+    return row.state == D.value
 
+
+def is_unuploaded(row: Row) -> bool:
+    return ChunkState(row.state) in UNUPLOADED
+
+
+def is_fetchable(row: Row) -> bool:
+    """Evicted and nobody is fetching it yet."""
+    return row.state == R.value
+
+
+def is_local(row: Row) -> bool:
+    return ChunkState(row.state) in LOCAL
+
+
+def needs_fetch(row: Row) -> bool:
+    return ChunkState(row.state) in NEEDS_FETCH
+
+
+def is_evictable(row: Row) -> bool:
+    return ChunkState(row.state) in EVICTABLE

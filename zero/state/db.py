@@ -21,6 +21,7 @@ from sqlalchemy.pool import QueuePool
 
 from zero.errors import CacheFormatError, DatabaseBusy
 from zero.state import schema
+from zero.state.chunkstate import StateWriteGuard
 
 BUSY_TIMEOUT_S = 60.0
 BEGIN_RETRY_FIRST_S = 0.00005
@@ -58,6 +59,8 @@ class Database:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=OFF")
         cursor.close()
+        # chunks.state is written only by chunks.transition(); SQLite refuses any other statement.
+        dbapi_connection.set_authorizer(StateWriteGuard.authorize)
 
     @staticmethod
     def _on_begin(connection: Connection) -> None:

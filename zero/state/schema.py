@@ -3,25 +3,15 @@ which invariant it keeps. "fuse" is zero-fuse, "worker" is zero-worker."""
 
 from __future__ import annotations
 
-import enum
-
 from sqlalchemy import (
     Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, PrimaryKeyConstraint, String, Table,
 )
 
+from zero.state.chunkstate import ChunkState  # noqa: F401  (the states the chunks.state column holds)
+
 SCHEMA_VERSION = 1
 
 metadata = MetaData()
-
-
-class ChunkState(str, enum.Enum):
-    """Where a chunk's bytes are. Changed only by state.chunks.transition()."""
-
-    DIRTY = "dirty"          # fuse: only in the cache, changed since its last upload
-    UPLOADING = "uploading"  # worker: being uploaded; a write sends it back to dirty
-    CLEAN = "clean"          # worker: in the cache and stored remotely with the same content
-    REMOTE = "remote"        # worker: only stored remotely (evicted)
-    FETCHING = "fetching"    # worker: being faulted back in
 
 
 meta = Table(
@@ -72,7 +62,8 @@ chunks = Table(
     "chunks", metadata,
     Column("ino", Integer, nullable=False),
     Column("idx", Integer, nullable=False, comment="chunk number: bytes [idx*chunk_size, (idx+1)*chunk_size)"),
-    Column("state", String, nullable=False, comment="a ChunkState; changed only by compare-and-set"),
+    Column("state", String, nullable=False, comment="a ChunkState; changed only by chunks.transition(), a compare-and-set "
+                   "checked against chunkstate.TRANSITIONS"),
     Column("version", Integer, nullable=False, default=0,
            comment="fuse bumps it whenever it takes the write lease; the worker marks a chunk clean only "
                    "if the version it uploaded is still current (no stale upload wins)"),

@@ -13,7 +13,6 @@ from zero.errors import StateConflict
 from zero.state import chunks, counters
 from zero.worker import crashpoints
 from zero.worker.context import WorkerContext
-from zero.worker.usage import measure
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +33,12 @@ class Evictor:
         return int(self.target * self.context.config.low_watermark)
 
     def over_target(self) -> bool:
-        self.last_usage = measure(self.context.cache).total_bytes
+        self.last_usage = self.context.cache.usage().total_bytes
         return self.last_usage > self.target
 
     def make_room(self, incoming_bytes: int) -> None:
         """Before a fault-in: evict so that ``incoming_bytes`` more still fit under the target."""
-        usage = measure(self.context.cache).total_bytes
+        usage = self.context.cache.usage().total_bytes
         self.last_usage = usage
         if usage + incoming_bytes > self.target:
             self.evict(max(0, min(self.low_watermark, self.target - incoming_bytes)))
@@ -48,7 +47,7 @@ class Evictor:
         """Evict until usage is at or under ``goal_bytes`` (the low watermark);
         returns how many chunks went."""
         goal = self.low_watermark if goal_bytes is None else goal_bytes
-        usage = measure(self.context.cache).total_bytes
+        usage = self.context.cache.usage().total_bytes
         evicted = 0
         while usage > goal:
             with self.context.database.read() as connection:

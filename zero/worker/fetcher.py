@@ -12,7 +12,6 @@ import os
 from zero.cachedir import disk_bytes, fsync_dir
 from zero.errors import ObjectCorrupt, ObjectMissing, RemoteUnavailable, StateConflict
 from zero.state import chunks, counters, namespace, objects, requests
-from zero.state.schema import ChunkState
 from zero.worker import crashpoints
 from zero.worker.context import WorkerContext
 
@@ -35,7 +34,7 @@ class Fetcher:
         try:
             with context.database.write() as connection:
                 row = chunks.get(connection, ino, idx)
-                if row is None or row.state != ChunkState.REMOTE.value:
+                if row is None or not chunks.is_fetchable(row):
                     requests.done_fetch(connection, ino, idx)  # deleted, or local already
                     return
                 chunks.start_fetch(connection, ino, idx)

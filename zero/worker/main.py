@@ -36,20 +36,6 @@ def main(argv=None) -> int:
         return 1
 
 
-def build_context(config, cache: CacheDir):
-    from zero.remote.codec import Codec
-    from zero.remote.pool import build_pool
-    from zero.state import db as state_db
-    from zero.worker.context import WorkerContext
-
-    database = state_db.open_database(config.database_path(cache.root), config.chunk_size_bytes,
-                                      root_uid=os.getuid(), root_gid=os.getgid())
-    settings = state_db.format_settings(database)
-    codec = Codec(bytes.fromhex(settings["hash_key"]), bytes.fromhex(settings["encryption_key"]))
-    return WorkerContext(database=database, cache=cache, config=config, pool=build_pool(config), codec=codec,
-                         fs_id=settings["fs_id"], chunk_size=int(settings["chunk_size"]))
-
-
 def run(args) -> int:
     from zero.worker.recovery import recover
     from zero.worker.service import Worker
@@ -65,6 +51,8 @@ def run(args) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    from zero.wiring import build_context
+
     context = build_context(config, cache)
     listener = wakeup.WakeListener(cache.wake, wakeup.WORKER)
     try:

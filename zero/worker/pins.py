@@ -3,12 +3,8 @@ room, recently used chunks that were evicted come back (priming)."""
 
 from __future__ import annotations
 
-from zero.state import chunks, namespace, requests
-from zero.state import schema
+from zero.state import chunks, pins, requests
 from zero.worker.context import WorkerContext
-from zero.worker.usage import measure
-
-from sqlalchemy import select
 
 PRIME_BATCH = 16
 
@@ -17,13 +13,7 @@ def apply_pins(context: WorkerContext) -> int:
     """Mark the chunks of every pinned tree, unmark the rest, and ask for
     pinned chunks that are remote. Returns how many fetches were queued."""
     with context.database.write() as connection:
-        pinned_roots = [row.ino for row in connection.execute(select(schema.pins.c.ino))]
-        pinned: set[int] = set()
-        for ino in pinned_roots:
-            pinned.update(namespace.descendants(connection, ino))
-        connection.execute(schema.chunks.update().where(schema.chunks.c.pinned.is_(True))
-                           .values(pinned=False))
-        chunks.set_pinned(connection, pinned, True)
+        pins.apply(connection)
         wanted = chunks.remote_pinned(connection, limit=10_000)
         for row in wanted:
             requests.request_fetch(connection, row.ino, row.idx, requests.PIN)
@@ -42,7 +32,7 @@ def prime(context: WorkerContext, usage_bytes: int | None = None) -> int:
         if not chunks.recently_evicted(connection, 1):
             return 0  # the usual case: nothing to bring back, so no write transaction and no walk
     with context.database.write() as connection:
-        usage = measure(context.cache).total_bytes if usage_bytes is None else usage_bytes
+        usage = context.cache.usage().total_bytes if usage_bytes is None else usage_bytes
         room = low_watermark - usage
         if room <= context.chunk_size:
             return 0

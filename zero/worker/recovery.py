@@ -16,7 +16,6 @@ import logging
 import os
 
 from zero.state import chunks
-from zero.state.schema import ChunkState
 from zero.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -31,10 +30,10 @@ def recover(context: WorkerContext) -> dict[str, int]:
         repaired.update(chunks.recover_interrupted(connection))
         for row in chunks.all_rows(connection):
             path = context.cache.chunk_path(row.ino, row.idx)
-            if row.state == ChunkState.CLEAN.value and not os.path.exists(path):
+            if chunks.is_evictable(row) and not os.path.exists(path):
                 chunks.mark_evicted(connection, row.ino, row.idx)
                 repaired["evictions"] += 1
-            elif row.state == ChunkState.REMOTE.value and os.path.exists(path):
+            elif chunks.needs_fetch(row) and os.path.exists(path):
                 os.unlink(path)
                 repaired["stray_files"] += 1
     if any(repaired.values()):

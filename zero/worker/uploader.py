@@ -71,8 +71,7 @@ class Uploader:
                 return  # runs on every wake-up: no write transaction when there is nothing to do
         with self.context.database.write() as connection:
             for ino in requests.pending_uploads(connection):
-                if not any(row.state in ("dirty", "uploading") and not row.leased
-                           for row in chunks.all_rows_of(connection, ino)):
+                if not chunks.has_unleased_unuploaded(connection, ino):
                     requests.done_upload(connection, ino)
 
     def upload(self, row) -> bool:

@@ -8,6 +8,7 @@ WorkerUnavailable and the log says why.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -16,13 +17,14 @@ from zero.cachedir import CacheDir
 from zero.errors import WorkerUnavailable
 from zero.locking import holder_pid
 from zero.state import chunks, requests
+from zero.state.chunks import Readiness
 from zero.state.db import Database
-from zero.state.schema import ChunkState
 
 log = logging.getLogger(__name__)
 
 RECHECK_S = 1.0  # a lost wake-up costs at most this much latency
 WAKE_COALESCE_S = 0.002  # wake-ups asked for within this window go out as one
+EVICTION_RECHECK_S = 0.25
 
 
 class WorkerLink:
@@ -31,7 +33,6 @@ class WorkerLink:
         self.cache = cache
         self.listener = listener
         self.timeout_s = timeout_s
-        self._warned_missing = 0.0
         # Every close of a written file wakes the worker; touching the wake file
         # costs four system calls and an inotify event, so a thread sends them,
         # several at a time when files close in a burst (cp -r, untar).
@@ -61,65 +62,90 @@ class WorkerLink:
                             error, 30)
             time.sleep(WAKE_COALESCE_S)
 
+    def wait_for_progress(self, timeout_s: float) -> None:
+        """Wait until the worker reports progress (an upload or fetch finished) or the timeout."""
+        self.listener.wait(self.listener.generation, timeout_s)
+
     def request_fetch(self, ino: int, idx: int, priority: int) -> None:
         with self.database.write() as connection:
             row = chunks.get(connection, ino, idx)
-            if row is None or row.state not in (ChunkState.REMOTE.value, ChunkState.FETCHING.value):
+            if row is None or not chunks.needs_fetch(row):
                 return
             requests.request_fetch(connection, ino, idx, priority)
         self.wake_worker()
 
+    def request_fetches(self, ino: int, indexes, priority: int) -> None:
+        if indexes:
+            with self.database.write() as connection:
+                for idx in indexes:
+                    requests.request_fetch(connection, ino, idx, priority)
+            self.wake_worker()
+
     def wait_local(self, ino: int, idx: int) -> None:
         """Return once chunk (ino, idx) is in the cache (or gone: truncated);
         raise WorkerUnavailable if the worker does not bring it in time."""
-        deadline = time.monotonic() + self.timeout_s
         asked_at = None
-        while True:
-            generation = self.listener.generation
+
+        def arrived():
+            nonlocal asked_at
             with self.database.read() as connection:
                 row = chunks.get(connection, ino, idx)
                 error = requests.fetch_error(connection, ino, idx) if row is not None else None
-            if row is None or row.state not in (ChunkState.REMOTE.value, ChunkState.FETCHING.value):
-                return
+            if row is None or not chunks.needs_fetch(row):
+                return True
             if error:  # ours, or left by an earlier attempt (a prefetch, a pin), which we retry
                 with self.database.write() as connection:
                     requests.done_fetch(connection, ino, idx)
-            if error and asked_at is not None:
-                raise WorkerUnavailable(f"zero-worker could not fetch chunk {idx} of inode {ino}: {error}")
+                if asked_at is not None:
+                    raise WorkerUnavailable(f"zero-worker could not fetch chunk {idx} of inode {ino}: {error}")
             # Ask again now and then: the chunk may have been fetched and evicted
             # again between two looks, and that fetch deleted the request.
             if asked_at is None or time.monotonic() - asked_at >= RECHECK_S:
                 self.request_fetch(ino, idx, requests.READER)
                 asked_at = time.monotonic()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WorkerUnavailable(self._why_no_answer(f"fetch chunk {idx} of inode {ino}"))
-            self.listener.wait(generation, min(remaining, RECHECK_S))
+            return None
 
-    def wait_uploaded(self, ino: int, versions: dict[int, int]) -> None:
+        wakeup.wait_for(self.listener, arrived, self.timeout_s,
+                        lambda: WorkerUnavailable(self.why_no_answer(f"fetch chunk {idx} of inode {ino}")),
+                        recheck_s=RECHECK_S)
+
+    def wait_eviction_settled(self, ino: int, idx: int) -> None:
+        """Wait, up to faultInTimeout, until chunk (ino, idx) is no longer clean
+        without its file: an eviction committing now, or a killed worker's
+        eviction that its restart completes (crash point evict.unlinked).
+        Writing meanwhile would re-create the file empty and lose the chunk."""
+        path = self.cache.chunk_path(ino, idx)
+
+        def settled():
+            with self.database.read() as connection:
+                readiness = chunks.readiness(connection, ino, idx, lambda: os.path.exists(path))
+            return None if readiness == Readiness.EVICTION_UNFINISHED else True
+
+        wakeup.wait_for(self.listener, settled, self.timeout_s,
+                        lambda: WorkerUnavailable(self.why_no_answer(
+                            f"finish the interrupted eviction of chunk {idx} of inode {ino}")),
+                        recheck_s=EVICTION_RECHECK_S)
+
+    def wait_uploaded(self, ino: int, versions: dict[tuple[int, int], int]) -> None:
         """Return once each chunk in ``versions`` is uploaded at that version or
         later changed (a newer write is beyond this fsync's promise)."""
         with self.database.write() as connection:
             requests.request_upload(connection, ino)
         self.wake_worker()
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            generation = self.listener.generation
-            with self.database.read() as connection:
-                pending = []
-                for idx, version in versions.items():
-                    row = chunks.get(connection, ino, idx)
-                    if row is not None and row.version == version and row.state in (
-                            ChunkState.DIRTY.value, ChunkState.UPLOADING.value):
-                        pending.append(idx)
-            if not pending:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WorkerUnavailable(self._why_no_answer(f"upload {len(pending)} chunk(s) of inode {ino}"))
-            self.listener.wait(generation, min(remaining, RECHECK_S))
+        pending: list = []
 
-    def _why_no_answer(self, what: str) -> str:
+        def uploaded():
+            nonlocal pending
+            with self.database.read() as connection:
+                pending = chunks.still_unuploaded(connection, versions)
+            return None if pending else True
+
+        wakeup.wait_for(self.listener, uploaded, self.timeout_s,
+                        lambda: WorkerUnavailable(self.why_no_answer(
+                            f"upload {len(pending)} chunk(s) of inode {ino}")),
+                        recheck_s=RECHECK_S)
+
+    def why_no_answer(self, what: str) -> str:
         if self.worker_pid() is None:
             return (f"zero-worker is not running, so nobody could {what}; "
                     f"start it with: zero-worker {self.cache.root}")

@@ -1,0 +1,201 @@
+"""The data path: read, write, truncate and fsync over the chunk files.
+
+Reads take no lock and, when the chunk is cached, touch no database: one
+pread on the shared descriptor per chunk. A chunk without a cache file is
+asked about in the state (a hole, or fault it in). Writes go through the
+chunk's write lease (zero.fuse.leases); each inode's ``lock`` serialises its
+data changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from zero.config import Config
+from zero.errors import ZeroError
+from zero.fuse.chunkfiles import ChunkFiles
+from zero.fuse.flusher import Flusher
+from zero.fuse.inodes import Handle, Inode
+from zero.fuse.leases import Leases
+from zero.fuse.tree import Tree, now_ns
+from zero.fuse.worker_link import WorkerLink
+from zero.state import chunks, requests
+from zero.state.chunks import Readiness
+
+log = logging.getLogger(__name__)
+
+ATTR_TIMEOUT_S = 1.0  # how long the kernel keeps attributes and entries
+ALLOCATED_TTL_S = ATTR_TIMEOUT_S
+READ_ATTEMPTS = 5  # a chunk evicted and fetched back between two looks is looked at again
+
+
+class DataPath:
+    def __init__(self, tree: Tree, leases: Leases, flusher: Flusher, files: ChunkFiles, config: Config,
+                 worker: WorkerLink, chunk_size: int):
+        self.tree = tree
+        self.database = tree.database
+        self.leases = leases
+        self.flusher = flusher
+        self.files = files
+        self.config = config
+        self.worker = worker
+        self.chunk_size = chunk_size
+
+    # --- read -------------------------------------------------------------------------------
+
+    def read(self, inode: Inode, size: int, offset: int) -> bytes:
+        end = min(offset + size, inode.size)
+        if offset >= end:
+            return b""
+        # Judged on arrival, before this read waits for a fault-in: the kernel sends
+        # its read-ahead together, and reads that wait finish out of order.
+        sequential = inode.last_read_end == offset
+        inode.last_read_end = end
+        if sequential and (end - 1) // self.chunk_size != (offset - 1) // self.chunk_size:
+            self._prefetch_after(inode, (end - 1) // self.chunk_size)
+        pieces = []
+        position = offset
+        now = time.time()
+        while position < end:
+            idx, within = divmod(position, self.chunk_size)
+            length = min(self.chunk_size - within, end - position)
+            pieces.append(self._read_chunk(inode.ino, idx, within, length))
+            self.flusher.record_access(inode.ino, idx, now)
+            position += length
+        return b"".join(pieces)
+
+    def _read_chunk(self, ino: int, idx: int, within: int, length: int) -> bytes:
+        path = self.files.cache.chunk_path(ino, idx)
+        for _ in range(READ_ATTEMPTS):
+            chunk_file = self.files.acquire(ino, idx)
+            if chunk_file is not None:
+                try:
+                    data = os.pread(chunk_file.fd, length, within)
+                finally:
+                    self.files.release(chunk_file)
+                if len(data) < length:
+                    data += bytes(length - len(data))  # past the chunk file's end: a hole
+                return data
+            with self.database.read() as connection:
+                readiness = chunks.readiness(connection, ino, idx, lambda: os.path.exists(path))
+            if readiness == Readiness.HOLE:
+                return bytes(length)
+            if readiness == Readiness.FETCH:
+                self.worker.wait_local(ino, idx)
+            elif readiness == Readiness.EVICTION_UNFINISHED:
+                self.worker.wait_eviction_settled(ino, idx)
+            # HERE: the file appeared since we looked (fetched, or created by a writer): look again
+        raise ZeroError(f"chunk {idx} of inode {ino} kept moving in and out of the cache while it was read; "
+                        f"try the read again")
+
+    def _prefetch_after(self, inode: Inode, last_idx: int) -> None:
+        """A sequential reader crossed into a new chunk: ask for the next ones."""
+        count = self.config.prefetch_chunks
+        if count <= 0:
+            return
+        wanted = range(last_idx + 1, min(last_idx + 1 + count, (inode.size - 1) // self.chunk_size + 1))
+        if not wanted:
+            return
+        with self.database.read() as connection:
+            remote = chunks.remote_indexes(connection, inode.ino, wanted)
+        self.worker.request_fetches(inode.ino, remote, requests.PREFETCH)
+
+    # --- write ------------------------------------------------------------------------------
+
+    def write(self, inode: Inode, handle: Handle | None, data, offset: int) -> int:
+        self.flusher.admit_write()
+        with inode.lock:
+            if handle is not None and handle.append:
+                offset = inode.size
+            view = memoryview(data)
+            position = offset
+            while view:
+                idx, within = divmod(position, self.chunk_size)
+                piece = view[:self.chunk_size - within]
+                chunk_file = self.leases.writable_chunk(inode, idx)
+                try:
+                    written = os.pwrite(chunk_file.fd, piece, within)
+                finally:
+                    self.files.release(chunk_file)
+                self.leases.touched(inode, idx)
+                view = view[written:]
+                position += written
+            if position > inode.size:
+                inode.size = position
+            inode.mtime_ns = inode.ctime_ns = now_ns()
+            inode.allocated_bytes = None
+            self.tree.mark_unflushed(inode)
+        return len(data)
+
+    def truncate(self, inode: Inode, length: int) -> None:
+        """The caller holds ``inode.lock``."""
+        now = now_ns()
+        inode.allocated_bytes = None
+        if length >= inode.size:
+            with self.database.write() as connection:
+                inode.size, inode.mtime_ns, inode.ctime_ns = length, now, now
+                self.tree.persist(connection, inode)
+            return
+        keep = -(-length // self.chunk_size)
+        partial_idx, partial_len = divmod(length, self.chunk_size)
+        if partial_len:
+            with self.database.read() as connection:
+                exists = chunks.get(connection, inode.ino, partial_idx) is not None
+            if exists:
+                chunk_file = self.leases.writable_chunk(inode, partial_idx)
+                try:
+                    os.ftruncate(chunk_file.fd, partial_len)
+                finally:
+                    self.files.release(chunk_file)
+                self.leases.touched(inode, partial_idx)
+        with self.database.write() as connection:
+            dropped = chunks.drop_from(connection, inode.ino, keep)
+            inode.size, inode.mtime_ns, inode.ctime_ns = length, now, now
+            self.tree.persist(connection, inode)
+        for idx in dropped:
+            inode.leases.pop(idx, None)
+        self.files.delete(inode.ino, dropped)
+
+    # --- fsync ------------------------------------------------------------------------------
+
+    def fsync(self, inode: Inode) -> None:
+        """Make the file's data durable in the cache and, with fsyncWaitsForUpload
+        and a running worker, in the remotes before returning."""
+        with inode.lock:
+            for idx in list(inode.leases):
+                chunk_file = self.files.acquire(inode.ino, idx)
+                if chunk_file is not None:
+                    try:
+                        os.fsync(chunk_file.fd)
+                    finally:
+                        self.files.release(chunk_file)
+            self.leases.release(inode, persist=True)
+            with self.database.read() as connection:
+                versions = chunks.unuploaded_versions(connection, inode.ino)
+        self.database.durable_checkpoint()
+        if versions and self.config.fsync_waits_for_upload:
+            if self.worker.worker_pid() is None:
+                log.warning("fsync of inode %d: the data is safe in the local cache, but zero-worker is not "
+                            "running, so it is not uploaded yet", inode.ino)
+                return
+            self.worker.wait_uploaded(inode.ino, versions)
+
+    # --- what the file costs locally ----------------------------------------------------------
+
+    def allocated_bytes(self, inode: Inode) -> int:
+        """Disk bytes the file's chunk files really hold: holes and evicted chunks
+        cost nothing locally, so `du` and `rsync --sparse` see what is there.
+        Remembered for as long as the kernel keeps attributes, or until the next
+        write or truncate (an eviction or fault-in changes it behind our back)."""
+        now = time.monotonic()
+        if inode.allocated_bytes is None or now - inode.allocated_at > ALLOCATED_TTL_S:
+            if inode.size <= self.chunk_size:
+                indexes = [0] if inode.size else []  # no database read for a small file
+            else:
+                with self.database.read() as connection:
+                    indexes = chunks.local_indexes(connection, inode.ino)
+            inode.allocated_bytes = self.files.cache.bytes_of((inode.ino, idx) for idx in indexes)
+            inode.allocated_at = now
+        return inode.allocated_bytes

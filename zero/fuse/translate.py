@@ -1,0 +1,53 @@
+"""The border where zero's errors become errno: one decorator on every
+FUSE method, and the checks of names a path brings in."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+
+from zero.errors import StateConflict, ZeroError
+from zero.fuse.binding import FuseOSError
+
+log = logging.getLogger(__name__)
+
+NAME_MAX_BYTES = 255
+
+
+def _errno_of(error: OSError) -> int:
+    if isinstance(error, FileNotFoundError):
+        return errno.ENOENT
+    return error.errno or errno.EIO
+
+
+def translated(method):
+    """zero's errors -> errno, with a logged reason for EIO. ENOSPC is the
+    caller's to handle (a full disk is not zero's failure), so it is not logged."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except FuseOSError:
+            raise
+        except (ZeroError, StateConflict) as error:
+            log.error("%s failed: %s", method.__name__, error)
+            raise FuseOSError(errno.EIO) from None
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                log.error("%s failed: %s", method.__name__, error)
+            raise FuseOSError(_errno_of(error)) from None
+    return wrapper
+
+
+def name_bytes(name: str) -> bytes:
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > NAME_MAX_BYTES:
+        raise FuseOSError(errno.ENAMETOOLONG)
+    return raw
+
+
+def split(path: str) -> tuple[str, str]:
+    parent, _, name = path.rpartition("/")
+    return parent or "/", name
