@@ -1,0 +1,69 @@
+"""`zero status`: the cache against its target, what waits for upload, the
+remotes, and whether the two processes run."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from zero.cli.common import find_cache, human, open_state
+from zero.locking import holder_pid
+from zero.state import chunks, counters, namespace, objects, pins
+from zero.state.chunkstate import ChunkState
+from zero.state.db import get_meta
+
+
+def status(args, config) -> int:
+    cache, _ = find_cache(args.location)
+    database = open_state(cache, config)
+    try:
+        with database.read() as connection:
+            totals = namespace.totals(connection)
+            by_state = chunks.counts_by_state(connection)
+            count = counters.read_all(connection)
+            remote_totals = objects.totals(connection)
+            worker_status = json.loads(get_meta(connection, "worker_status") or "{}")
+            unuploaded = chunks.unuploaded(connection)
+            pinned = [(ino, namespace.path_of(connection, ino), pins.tree_bytes(connection, ino))
+                      for ino in pins.roots(connection)]
+    finally:
+        database.dispose()
+    usage = cache.usage().total_bytes
+    target = config.target_disk_usage_bytes
+    dirty_bytes = cache.bytes_of(unuploaded)
+    fuse_pid = holder_pid(cache.lock_path("fuse"))
+    worker_pid = holder_pid(cache.lock_path("worker"))
+    lines = [f"zero status of {cache.root}",
+             f"  files:      {totals['files']} files, {human(totals['logical_bytes'])}",
+             f"  cache:      {human(usage)} used of {human(target)} target ({100 * usage / target:.0f}%)"]
+    if usage > target:
+        if dirty_bytes >= usage - target:
+            why = f"{human(dirty_bytes)} of written data is not uploaded yet"
+            why += "; zero-worker is not running" if worker_pid is None else "; zero-worker is uploading it"
+        elif worker_pid is None:
+            why = "zero-worker is not running, so nothing is evicted"
+        else:
+            why = "pinned or recently fetched data; zero-worker is evicting"
+        lines.append(f"  OVER TARGET by {human(usage - target)}: {why}")
+    states = ", ".join(f"{state.value} {by_state.get(state.value, (0, 0))[0]}" for state in ChunkState)
+    lines.append(f"  chunks:     {states}")
+    rate = worker_status.get("upload_rate_bytes_per_s", 0.0) if worker_pid else 0.0
+    lines.append(f"  backlog:    {human(dirty_bytes)} dirty in {len(unuploaded)} chunk(s), "
+                 f"uploading at {human(rate)}/s")
+    lines.append(f"  remotes:    {remote_totals['objects']} objects, {human(remote_totals['stored_bytes'])} stored")
+    lines.append(f"  so far:     {count.get('uploads', 0)} uploads ({human(count.get('uploaded_bytes', 0))}), "
+                 f"{count.get('dedup_hits', 0)} deduplicated, {count.get('evictions', 0)} evictions, "
+                 f"{count.get('fault_ins', 0)} fault-ins")
+    lines.append(f"  zero-fuse:  {'running (pid %d)' % fuse_pid if fuse_pid else 'not running'}")
+    if worker_pid:
+        age = time.time() - worker_status.get("at", 0)
+        lines.append(f"  zero-worker: running (pid {worker_pid}, last heartbeat {age:.0f}s ago)")
+    else:
+        lines.append("  zero-worker: not running (start it with: zero-worker %s)" % cache.root)
+    if pinned:
+        lines.append("  pins:")
+        for ino, path, (logical, local) in pinned:
+            label = path.decode("utf-8", "surrogateescape") if path else f"(inode {ino}, unlinked)"
+            lines.append(f"    {label}  {human(logical)}, {human(local)} in the cache")
+    print("\n".join(lines))
+    return 0
