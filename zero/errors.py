@@ -48,3 +48,7 @@ class WorkerUnavailable(ZeroError):
 
 class DatabaseBusy(ZeroError):
     """A write transaction waited too long for the state database."""
+
+
+class DiskFull(ZeroError):
+    """The cache disk has no room left for data or for the state's commits."""

@@ -52,9 +52,9 @@ class ZeroOperations(Operations):
         self.files = ChunkFiles(cache)
         self.kernel_cache = KernelCache()
         self.tree = Tree(database, self.files, self.kernel_cache)
-        self.names = Names(self.tree)
         self.leases = Leases(self.tree, cache, self.files, worker)
         self.flusher = Flusher(self.tree, self.leases, self.files, cache, config, worker)
+        self.names = Names(self.tree, self.flusher.admit_new_name)
         self.data = DataPath(self.tree, self.leases, self.flusher, self.files, config, worker, chunk_size)
         self.xattrs = Xattrs(self.tree)
         self.handles: dict[int, Handle] = {}
@@ -147,7 +147,7 @@ class ZeroOperations(Operations):
     @translated
     def chmod(self, path, mode, fh=None):
         inode = self._target(path, fh)
-        with self.tree.lock, self.database.write() as connection:
+        with self.tree.lock, self.tree.changing(inode) as connection:
             inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
             inode.ctime_ns = now_ns()
             self.tree.persist(connection, inode)
@@ -156,7 +156,7 @@ class ZeroOperations(Operations):
     @translated
     def chown(self, path, uid, gid, fh=None):
         inode = self._target(path, fh)
-        with self.tree.lock, self.database.write() as connection:
+        with self.tree.lock, self.tree.changing(inode) as connection:
             if uid != -1:
                 inode.uid = uid
             if gid != -1:
@@ -174,7 +174,7 @@ class ZeroOperations(Operations):
         inode = self._target(path, fh)
         now = now_ns()
         atime, mtime = times
-        with self.tree.lock, self.database.write() as connection:
+        with self.tree.lock, self.tree.changing(inode) as connection:
             if atime != "omit":
                 inode.atime_ns = now if atime == "now" else atime
             if mtime != "omit":

@@ -105,7 +105,7 @@ class DataPath:
     # --- write ------------------------------------------------------------------------------
 
     def write(self, inode: Inode, handle: Handle | None, data, offset: int) -> int:
-        self.flusher.admit_write()
+        self.flusher.admit_write(len(data))
         with inode.lock:
             if handle is not None and handle.append:
                 offset = inode.size
@@ -134,7 +134,7 @@ class DataPath:
         now = now_ns()
         inode.allocated_bytes = None
         if length >= inode.size:
-            with self.database.write() as connection:
+            with self.tree.changing(inode) as connection:
                 inode.size, inode.mtime_ns, inode.ctime_ns = length, now, now
                 self.tree.persist(connection, inode)
             return
@@ -150,7 +150,7 @@ class DataPath:
                 finally:
                     self.files.release(chunk_file)
                 self.leases.touched(inode, partial_idx)
-        with self.database.write() as connection:
+        with self.tree.changing(inode) as connection:
             dropped = chunks.drop_from(connection, inode.ino, keep)
             inode.size, inode.mtime_ns, inode.ctime_ns = length, now, now
             self.tree.persist(connection, inode)

@@ -49,7 +49,9 @@ class Flusher:
         self.accesses: dict[tuple[int, int], float] = {}
         self.dirty_bytes = 0
         self.dirty_over_target = False
-        self._disk_checked_at = 0.0
+        self._space_lock = threading.Lock()
+        self._free_estimate = 0
+        self._measured_at = 0.0
         self._disk_full = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -102,33 +104,56 @@ class Flusher:
             pending = [self.tree.inodes[ino] for ino in list(self.tree.unflushed) if ino in self.tree.inodes]
         if not accesses and not pending:
             return
-        with self.database.write() as connection:
+        with self.tree.changing(*pending) as connection:
             chunks.record_access(connection, accesses)
             for inode in pending:
                 self.tree.persist(connection, inode)
 
     # --- before a write -------------------------------------------------------------------
 
-    def admit_write(self) -> None:
-        """Raise ENOSPC when the cache disk is full; slow the writer down while
-        unuploaded data alone is over the target (the worker's next upload
-        wakes it; the timeout keeps writers moving)."""
-        self._check_disk_space()
-        if self.dirty_over_target:
-            self.worker.wait_for_progress(THROTTLE_WAIT_S)
-
-    def _check_disk_space(self) -> None:
-        now = time.monotonic()
-        if now - self._disk_checked_at > DISK_CHECK_INTERVAL_S:
-            self._disk_checked_at = now
-            vfs = os.statvfs(self.cache.root)
-            self._disk_full = vfs.f_bavail * vfs.f_frsize < self.config.min_free_disk_bytes
-            if self._disk_full:
+    def admit_write(self, size: int) -> None:
+        """Raise ENOSPC when ``size`` more bytes would leave the cache disk with
+        less than minFreeDisk; slow the writer down while unuploaded data alone
+        is over the target (the worker's next upload wakes it; the timeout keeps
+        writers moving)."""
+        full = not self._reserve(size, self.config.min_free_disk_bytes)
+        if full != self._disk_full:
+            self._disk_full = full
+            if full:
                 log.warning("The cache disk has less than %d MiB free; writes fail with 'No space left on "
                             "device' until zero-worker uploads and evicts, or space is freed",
                             self.config.min_free_disk_bytes // 2**20)
-        if self._disk_full:
+            else:
+                log.info("The cache disk has room again; writes are accepted")
+        if full:
             raise FuseOSError(errno.ENOSPC)
+        if self.dirty_over_target:
+            self.worker.wait_for_progress(THROTTLE_WAIT_S)
+
+    def admit_new_name(self) -> None:
+        """New names need room in the state: refused with ENOSPC only below half
+        of minFreeDisk, so the database keeps headroom for its own commits
+        (deleting, closing, fsync) after data writes were refused."""
+        if not self._reserve(0, self.config.min_free_disk_bytes // 2):
+            raise FuseOSError(errno.ENOSPC)
+
+    def _reserve(self, size: int, floor: int) -> bool:
+        """Whether ``size`` bytes fit above ``floor``; if so they are counted.
+
+        Free space is measured every DISK_CHECK_INTERVAL_S and, in between,
+        counted down by what writers were admitted, so a fast writer cannot run
+        past the floor between two measurements: near the floor every write
+        measures again."""
+        with self._space_lock:
+            now = time.monotonic()
+            if self._free_estimate - size < floor or now - self._measured_at > DISK_CHECK_INTERVAL_S:
+                vfs = os.statvfs(self.cache.root)
+                self._free_estimate = vfs.f_bavail * vfs.f_frsize
+                self._measured_at = now
+            if self._free_estimate - size < floor:
+                return False
+            self._free_estimate -= size
+            return True
 
     def _measure_dirty(self) -> None:
         with self.database.read() as connection:

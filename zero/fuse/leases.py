@@ -71,7 +71,7 @@ class Leases:
         persist = persist and inode.attrs_unflushed and inode.ino in self.tree.inodes
         if not indexes and not persist:
             return
-        with self.database.write() as connection:
+        with self.tree.changing(inode) as connection:
             if persist:
                 self.tree.persist(connection, inode)
             chunks.release_leases(connection, inode.ino, indexes)

@@ -19,14 +19,16 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 
 
 class Names:
-    def __init__(self, tree: Tree):
+    def __init__(self, tree: Tree, admit_new_name):
         self.tree = tree
         self.database = tree.database
+        self.admit_new_name = admit_new_name  # raises ENOSPC when the state has no headroom left
 
     # --- creating ------------------------------------------------------------------------
 
     def make(self, path: str, mode: int, rdev: int, target: bytes | None) -> Inode:
         uid, gid, _ = fuse_get_context()
+        self.admit_new_name()
         tree = self.tree
         with tree.lock:
             parent, name = tree.parent_and_name(path)
@@ -40,7 +42,7 @@ class Names:
             now = now_ns()
             attrs = dict(mode=mode, uid=uid, gid=gid, nlink=2 if stat.S_ISDIR(mode) else 1, size=len(target or b""),
                          atime_ns=now, mtime_ns=now, ctime_ns=now, rdev=rdev)
-            with self.database.write() as connection:
+            with tree.changing(parent) as connection:
                 ino = namespace.insert_inode(connection, target=target, **attrs)
                 namespace.insert_dentry(connection, parent.ino, name, ino)
                 if stat.S_ISDIR(mode):
@@ -58,6 +60,7 @@ class Names:
 
     def link(self, target: str, source: str) -> None:
         """Create ``target`` as a new name for the existing ``source``."""
+        self.admit_new_name()
         tree = self.tree
         with tree.lock:
             inode = tree.resolve(source)
@@ -68,7 +71,7 @@ class Names:
             if name in entries:
                 raise FuseOSError(errno.EEXIST)
             now = now_ns()
-            with self.database.write() as connection:
+            with tree.changing(inode, parent) as connection:
                 namespace.insert_dentry(connection, parent.ino, name, inode.ino)
                 inode.nlink += 1
                 inode.ctime_ns = now
@@ -93,7 +96,7 @@ class Names:
                 raise FuseOSError(errno.ENOTEMPTY)
             tree.hidden.pop(ino, None)  # open files of a removed directory live on through their handles
             now = now_ns()
-            with self.database.write() as connection:
+            with tree.changing(parent) as connection:
                 namespace.delete_dentry(connection, parent.ino, name)
                 namespace.delete_inode(connection, ino)
                 parent.nlink -= 1
@@ -124,7 +127,7 @@ class Names:
             # The last name of a file nobody has open (rm -r): delete the inode in
             # the same commit. No handle can appear meanwhile: opens take the tree's lock.
             last = inode.nlink == 1 and inode.open_handles == 0
-            with (inode.lock if last else contextlib.nullcontext()), self.database.write() as connection:
+            with (inode.lock if last else contextlib.nullcontext()), tree.changing(inode, parent) as connection:
                 namespace.delete_dentry(connection, parent.ino, name)
                 tree.drop_link(connection, inode, now)
                 tree.touch_dir(connection, parent, now)
@@ -164,7 +167,7 @@ class Names:
             if target is not None and target.ino == moving.ino:
                 return  # two names of one inode: POSIX says do nothing
             now = now_ns()
-            with self.database.write() as connection:
+            with tree.changing(old_parent, new_parent, moving, target) as connection:
                 if flags & RENAME_EXCHANGE:
                     namespace.repoint_dentry(connection, old_parent.ino, old_name, target.ino)
                     namespace.repoint_dentry(connection, new_parent.ino, new_name, moving.ino)
@@ -243,7 +246,7 @@ class Names:
                 raise FuseOSError(errno.ENOENT)
             inode = tree.inode(ino)
             now = now_ns()
-            with self.database.write() as connection:
+            with tree.changing(inode, parent) as connection:
                 namespace.delete_dentry(connection, parent.ino, name)
                 tree.drop_link(connection, inode, now)
                 tree.touch_dir(connection, parent, now)

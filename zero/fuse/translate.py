@@ -7,7 +7,7 @@ import errno
 import functools
 import logging
 
-from zero.errors import StateConflict, ZeroError
+from zero.errors import DiskFull, StateConflict, ZeroError
 from zero.fuse.binding import FuseOSError
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,8 @@ def _errno_of(error: OSError) -> int:
 
 def translated(method):
     """zero's errors -> errno, with a logged reason for EIO. ENOSPC is the
-    caller's to handle (a full disk is not zero's failure), so it is not logged."""
+    caller's to handle (a full disk is not zero's failure), so it is not
+    logged. Anything unexpected is EIO with its traceback, never mfusepy's EINVAL."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
@@ -31,6 +32,8 @@ def translated(method):
             return method(self, *args, **kwargs)
         except FuseOSError:
             raise
+        except DiskFull:
+            raise FuseOSError(errno.ENOSPC) from None
         except (ZeroError, StateConflict) as error:
             log.error("%s failed: %s", method.__name__, error)
             raise FuseOSError(errno.EIO) from None
@@ -38,6 +41,9 @@ def translated(method):
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 log.error("%s failed: %s", method.__name__, error)
             raise FuseOSError(_errno_of(error)) from None
+        except Exception:
+            log.exception("%s failed unexpectedly", method.__name__)
+            raise FuseOSError(errno.EIO) from None
     return wrapper
 
 

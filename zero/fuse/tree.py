@@ -9,6 +9,7 @@ race-free. Sizes and times that change on every write are marked
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import threading
 import time
@@ -124,6 +125,24 @@ class Tree:
         return [(name, ino, modes.get(ino, 0)) for name, ino in entries]
 
     # --- writing through ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def changing(self, *inodes: Inode | None):
+        """A write transaction for a change to ``inodes``: if it does not commit
+        (a full disk, say), their attributes in memory go back to what they
+        were, so memory and the state never disagree."""
+        saved = [(inode, inode.attrs(), inode.attrs_unflushed) for inode in inodes if inode is not None]
+        try:
+            with self.database.write() as connection:
+                yield connection
+        except BaseException:
+            for inode, attrs, unflushed in saved:
+                for name, value in attrs.items():
+                    setattr(inode, name, value)
+                inode.attrs_unflushed = False
+                if unflushed:
+                    self.mark_unflushed(inode)
+            raise
 
     def persist(self, connection, inode: Inode) -> None:
         namespace.update_inode(connection, inode.ino, **inode.attrs())

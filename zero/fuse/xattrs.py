@@ -56,7 +56,7 @@ class Xattrs:
                 raise FuseOSError(errno.EEXIST)
             if options & XATTR_REPLACE and raw not in xattrs:
                 raise FuseOSError(errno.ENODATA)
-            with self.database.write() as connection:
+            with self.tree.changing(inode) as connection:
                 namespace.set_xattr(connection, inode.ino, raw, bytes(value))
                 inode.ctime_ns = now_ns()
                 self.tree.persist(connection, inode)
@@ -77,7 +77,7 @@ class Xattrs:
             xattrs = self.of(inode)
             if raw not in xattrs:
                 raise FuseOSError(errno.ENODATA)
-            with self.database.write() as connection:
+            with self.tree.changing(inode) as connection:
                 namespace.remove_xattr(connection, inode.ino, raw)
                 inode.ctime_ns = now_ns()
                 self.tree.persist(connection, inode)

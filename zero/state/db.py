@@ -16,10 +16,10 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import Connection, create_engine, event, insert, select, update
+from sqlalchemy import Connection, create_engine, event, exc, insert, select, update
 from sqlalchemy.pool import QueuePool
 
-from zero.errors import CacheFormatError, DatabaseBusy
+from zero.errors import CacheFormatError, DatabaseBusy, DiskFull
 from zero.state import schema
 from zero.state.chunkstate import StateWriteGuard
 
@@ -91,7 +91,8 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction: commits on success, rolls back on an exception."""
+        """A write transaction: commits on success, rolls back on an exception.
+        A commit that finds the disk full raises DiskFull and changes nothing."""
         if not self._write_lock.acquire(timeout=BUSY_TIMEOUT_S):
             raise DatabaseBusy(f"another thread held the write lock on {self.path} for {BUSY_TIMEOUT_S:.0f}s")
         try:
@@ -99,6 +100,11 @@ class Database:
                 connection = connection.execution_options(zero_write=True)
                 with connection.begin():
                     yield connection
+        except exc.OperationalError as error:
+            if getattr(error.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise DiskFull(f"the disk holding {self.path} is full, so the change was not saved; "
+                               "free space there (zero-worker frees cache space as it uploads)") from None
+            raise
         finally:
             self._write_lock.release()
 
