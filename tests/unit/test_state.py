@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from zero.errors import CacheFormatError, StateConflict
-from zero.state import chunks, db, namespace, objects, requests, schema
+from zero.state import chunks, db, namespace, objects, remotes, requests, schema
 from zero.state.schema import ChunkState
 
 D, U, C, R, F = (ChunkState.DIRTY, ChunkState.UPLOADING, ChunkState.CLEAN, ChunkState.REMOTE,
@@ -104,6 +104,36 @@ def test_an_unknown_older_format_is_refused(database, path):
     set_schema_version(path, "0")
     with pytest.raises(CacheFormatError, match="unknown format 0"):
         db.open_database(path)
+
+
+def test_a_format_1_cache_is_upgraded_in_place(database, path):
+    with database.write() as connection:
+        make_file(connection, namespace.ROOT_INO, b"kept")
+    database.dispose()
+    with sqlite3.connect(path) as raw:  # what zero before the remotes table wrote
+        raw.execute("DROP TABLE remotes")
+    set_schema_version(path, "1")
+    upgraded = db.open_database(path)
+    try:
+        assert db.format_settings(upgraded)["schema_version"] == str(schema.SCHEMA_VERSION)
+        with upgraded.write() as connection:
+            assert namespace.lookup(connection, namespace.ROOT_INO, b"kept") is not None
+            remotes.record_identity(connection, "home", "id-1")
+            assert remotes.get(connection, "home").health == remotes.HEALTHY
+    finally:
+        upgraded.dispose()
+
+
+def test_remote_health_changes_are_reported_once(database):
+    with database.write() as connection:
+        remotes.record_identity(connection, "b2", "id-1")
+        assert remotes.set_health(connection, "b2", remotes.UNHEALTHY, "connection refused") is True
+        since = remotes.get(connection, "b2").since
+        assert remotes.set_health(connection, "b2", remotes.UNHEALTHY, "timed out") is False
+        row = remotes.get(connection, "b2")
+        assert (row.health, row.last_error, row.since) == (remotes.UNHEALTHY, "timed out", since)
+        assert remotes.set_health(connection, "b2", remotes.HEALTHY, None) is True
+        assert [r.name for r in remotes.all_rows(connection)] == ["b2"]
 
 
 def test_meta_set_and_get(database):

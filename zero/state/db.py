@@ -151,9 +151,11 @@ def open_database(path: Path, chunk_size_bytes: int | None = None, root_uid: int
                 raise CacheFormatError(
                     f"{path} was made by a newer zero (format {version}; this one reads up to "
                     f"{schema.SCHEMA_VERSION}); upgrade zero (pip install -U zero) to open it")
-            if version < schema.SCHEMA_VERSION:
+            if version < 1:
                 database.dispose()
                 raise CacheFormatError(f"{path} has unknown format {version}; it was not made by zero")
+            if version < schema.SCHEMA_VERSION:
+                _upgrade(connection, version)
             return database
         schema.metadata.create_all(connection)
         now = time.time_ns()
@@ -171,6 +173,14 @@ def open_database(path: Path, chunk_size_bytes: int | None = None, root_uid: int
             ino=1, mode=0o040755, uid=root_uid, gid=root_gid, nlink=2, size=0,
             atime_ns=now, mtime_ns=now, ctime_ns=now, rdev=0, target=None))
     return database
+
+
+def _upgrade(connection: Connection, version: int) -> None:
+    """Bring an older format up to date in the opening transaction. Every
+    change so far only added tables, which create_all adds and leaves the
+    rest alone."""
+    schema.metadata.create_all(connection)
+    set_meta(connection, "schema_version", str(schema.SCHEMA_VERSION))
 
 
 def format_settings(database: Database) -> dict[str, str]:

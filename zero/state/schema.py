@@ -9,7 +9,7 @@ from sqlalchemy import (
 
 from zero.state.chunkstate import ChunkState  # noqa: F401  (the states the chunks.state column holds)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the remotes table
 
 metadata = MetaData()
 
@@ -132,4 +132,20 @@ counters = Table(
     Column("name", String, primary_key=True, comment="uploads, uploaded_bytes, evictions, fault_ins, ..."),
     Column("value", Integer, nullable=False),
     comment="Running totals for zero status. Written by the worker.",
+)
+
+remotes = Table(
+    "remotes", metadata,
+    Column("name", String, primary_key=True, comment="the remote's configured name"),
+    Column("remote_id", String, comment="the id written into the remote's marker at first use; a marker "
+                                        "naming another id means the remote was swapped"),
+    Column("health", String, nullable=False, comment="healthy | unhealthy (failing; retried) | "
+                                                     "unavailable (missing or foreign marker: never written)"),
+    Column("since", Float, nullable=False, comment="unix time of the last change of health"),
+    Column("last_error", String, comment="the sentence that explains the health"),
+    Column("draining", Boolean, nullable=False, default=False,
+           comment="zero drain: no new objects go there; its objects are copied elsewhere"),
+    comment="What the worker knows of each configured remote: identity and health. Written by the worker "
+            "(and `zero drain`); `zero status` reads it. Invariant 2: only healthy remotes count as "
+            "durable copies when a chunk is evicted.",
 )
