@@ -19,7 +19,8 @@ from sqlalchemy import delete, insert, select
 
 from zero import config as config_module
 from zero import logsetup, wakeup
-from zero.cachedir import CacheDir, disk_bytes
+from zero.cachedir import CacheDir
+from zero.fsutil import disk_bytes
 from zero.errors import ZeroError
 from zero.locking import holder_pid
 

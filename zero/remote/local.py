@@ -1,7 +1,7 @@
 """A remote that is a plain folder: a second disk, a NAS mount, or a stand-in for the cloud.
 
 An object is the file ``<path>/<key>``. Puts go through
-``zero.cachedir.durable_write`` with temporary files in ``<path>/.tmp``, so
+``zero.fsutil.durable_write`` with temporary files in ``<path>/.tmp``, so
 an object is there whole or not at all, and a crash leaves at most a stray
 temporary file.
 """
@@ -15,7 +15,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 
-from zero.cachedir import durable_write, fsync_dir
+from zero.fsutil import durable_write, fsync_dir
 from zero.errors import ObjectMissing, RemoteUnavailable
 from zero.remote.base import Remote, check_key
 

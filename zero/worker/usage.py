@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zero.cachedir import CacheDir, disk_bytes
+from zero.cachedir import CacheDir
+from zero.fsutil import disk_bytes
 
 
 @dataclass
