@@ -23,11 +23,36 @@ class MountError(ZeroError):
 
 
 class RemoteError(ZeroError):
-    """Base class for problems with a remote store."""
+    """Base class for problems with a remote store.
+
+    ``transient`` says whether the same call may succeed if tried again
+    within seconds; the remote that raised the error decides it (from its
+    SDK's error class or status code, never from the message), and
+    ``Remote.is_transient`` reports it.
+    """
+
+    transient = False
+
+    def __init__(self, message: str = "", *, transient: bool | None = None):
+        super().__init__(message)
+        if transient is not None:
+            self.transient = transient
 
 
 class RemoteUnavailable(RemoteError):
-    """The remote did not answer; trying again later may work."""
+    """The remote cannot serve this call now: unreachable, overloaded, or
+    misconfigured. Other copies may be tried; the object is not known lost."""
+
+    transient = True
+
+
+class AuthFailed(RemoteUnavailable):
+    """The remote refused zero's credentials. Never transient: a person must
+    fix the keys. A kind of RemoteUnavailable, so the pool and the worker skip
+    that remote as they do an unreachable one, and never call its objects
+    missing."""
+
+    transient = False
 
 
 class ObjectMissing(RemoteError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
-from zero.errors import RemoteUnavailable
+from zero.errors import RemoteError
 
 
 class Remote(ABC):
@@ -49,13 +49,14 @@ class Remote(ABC):
         starts with ``prefix``, in no particular order. The collector uses the
         mtime to leave fresh uploads alone."""
 
-    def is_transient(self, error: Exception) -> bool:
-        """Whether trying the same call again later may succeed.
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether trying the same call again within seconds may succeed.
 
-        The default covers remotes that already translated their failures; a
-        remote whose SDK raises its own errors refines this.
+        A remote decides this when it translates its SDK's error (from the
+        error's class or status code, never its text) and records it on
+        zero's error; a remote whose SDK errors may reach this refines it.
         """
-        return isinstance(error, RemoteUnavailable)
+        return isinstance(error, RemoteError) and error.transient
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

@@ -36,6 +36,10 @@ _HINTS = {
     errno.EIO: "the disk reported an I/O error; check the disk",
 }
 _DEFAULT_HINT = "check that the folder's disk is mounted and healthy"
+# A local folder's failures (permissions, a full or unmounted disk) need a
+# person, not a retry within seconds; the worker tries again on its next pass.
+# These few may clear by themselves, e.g. on a network mount.
+_TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.EINTR, errno.ESTALE})
 _ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
 
 
@@ -161,10 +165,11 @@ class LocalRemote(Remote):
             return None
         return RemoteUnavailable(
             f"remote {self.name!r}: cannot {verb} {path}: the remote folder {self.root} does not exist "
-            "or is not a folder (nothing was stored there yet, or its drive is not mounted)")
+            "or is not a folder (nothing was stored there yet, or its drive is not mounted)", transient=False)
 
     def _unavailable(self, verb: str, path: str, error: OSError) -> RemoteUnavailable:
         where = error.filename if error.filename else path
         hint = _HINTS.get(error.errno, _DEFAULT_HINT)
         reason = error.strerror or type(error).__name__
-        return RemoteUnavailable(f"remote {self.name!r} (folder {self.root}): cannot {verb} {where}: {reason}; {hint}")
+        return RemoteUnavailable(f"remote {self.name!r} (folder {self.root}): cannot {verb} {where}: {reason}; {hint}",
+                                 transient=error.errno in _TRANSIENT_ERRNOS)
