@@ -239,7 +239,7 @@ def sync(args, config) -> int:
 
 def gc(args, config) -> int:
     from zero.worker.collector import Collector
-    from zero.worker.main import build_context
+    from zero.wiring import build_context
 
     cache, _ = find_cache(args.location)
     if not config.database_path(cache.root).exists():

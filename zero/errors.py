@@ -1,6 +1,9 @@
 """zero's own errors. Only zero/fuse turns them into errno, only the CLI
 into exit codes; everything else raises and passes them on."""
 
+import difflib
+from collections.abc import Iterable
+
 
 class ZeroError(Exception):
     """Base class: the message is a sentence a person can act on."""
@@ -73,3 +76,15 @@ class WorkerUnavailable(ZeroError):
 
 class DatabaseBusy(ZeroError):
     """A write transaction waited too long for the state database."""
+
+
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """"; did you mean 'x'?" for the known key closest to a misspelt one, else "".
+    Config errors in zero/config.py and zero/remote/registry.py share it."""
+    known = list(known)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close:
+        lowered = {k.lower(): k for k in known}
+        if key.lower() in lowered:
+            close = [lowered[key.lower()]]
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -26,7 +26,7 @@ from zero.worker import pins
 from zero.worker.collector import Collector
 from zero.worker.evictor import Evictor
 from zero.worker.fetcher import Fetcher
-from zero.worker.main import build_context
+from zero.wiring import build_context
 from zero.worker.recovery import recover
 from zero.worker.uploader import Uploader
 from zero.worker.usage import measure

@@ -9,9 +9,49 @@ translate their own failures into zero's errors at this border.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from zero.errors import RemoteError
+from zero.errors import ConfigError, RemoteError
+
+
+def text(key: str, value: Any) -> str:
+    """A non-empty string option."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a non-empty text value, got {value!r}")
+    return value
+
+
+def boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def url(key: str, value: Any) -> str:
+    value = text(key, value)
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{key}: expected an http:// or https:// address, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One key a kind of remote takes in config.yml.
+
+    ``argument`` is the constructor's keyword for it. A ``secret`` option may
+    instead be given as ``<name>Env`` (an environment variable's name) or
+    ``<name>File`` (a file holding it), so it need not sit in config.yml.
+    """
+
+    name: str
+    argument: str
+    help: str
+    required: bool = False
+    parse: Callable[[str, Any], Any] = text
+    secret: bool = False
+    aliases: tuple[str, ...] = ()
 
 
 class Remote(ABC):
@@ -23,6 +63,13 @@ class Remote(ABC):
     """
 
     name: str  # the configured name; placement rows refer to a remote by it
+    kind: ClassVar[str]  # the ``type:`` in config.yml
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    @classmethod
+    def check_options(cls, values: dict[str, Any], where: str) -> None:
+        """Checks across options (e.g. "one of these two"), after each was parsed.
+        ``values`` maps option names to values; raise ConfigError naming the key."""
 
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:

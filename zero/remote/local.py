@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from zero.fsutil import durable_write, fsync_dir
 from zero.errors import ObjectMissing, RemoteUnavailable
-from zero.remote.base import Remote, check_key
+from zero.remote.base import Option, Remote, check_key
 
 TMP_FOLDER_NAME = ".tmp"
 # durable_write names its temporary file after the pid and the file's basename,
@@ -44,6 +44,12 @@ _ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
 
 
 class LocalRemote(Remote):
+    kind = "local"
+    options = (
+        Option("path", "path", required=True,
+               help="the folder objects are stored in; created on the first upload, ~ is your home"),
+    )
+
     def __init__(self, name: str, path: str | os.PathLike):
         self.name = name
         self.root = os.path.abspath(os.path.expanduser(os.fspath(path)))

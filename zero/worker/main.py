@@ -14,6 +14,7 @@ from zero import logsetup, wakeup
 from zero.cachedir import CacheDir
 from zero.errors import ZeroError
 from zero.locking import PidLock
+from zero.wiring import build_context
 
 log = logging.getLogger("zero.worker")
 
@@ -34,20 +35,6 @@ def main(argv=None) -> int:
         log.error("%s", error)
         print(f"zero-worker: {error}", file=sys.stderr)
         return 1
-
-
-def build_context(config, cache: CacheDir):
-    from zero.remote.codec import Codec
-    from zero.remote.pool import build_pool
-    from zero.state import db as state_db
-    from zero.worker.context import WorkerContext
-
-    database = state_db.open_database(config.database_path(cache.root), config.chunk_size_bytes,
-                                      root_uid=os.getuid(), root_gid=os.getgid())
-    settings = state_db.format_settings(database)
-    codec = Codec(bytes.fromhex(settings["hash_key"]), bytes.fromhex(settings["encryption_key"]))
-    return WorkerContext(database=database, cache=cache, config=config, pool=build_pool(config), codec=codec,
-                         fs_id=settings["fs_id"], chunk_size=int(settings["chunk_size"]))
 
 
 def run(args) -> int:
