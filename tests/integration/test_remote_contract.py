@@ -18,7 +18,6 @@ from remote_factories import b2_remote, moto_s3
 from zero.config import RemoteSpec, parse
 from zero.errors import AuthFailed, ConfigError, ObjectCorrupt, ObjectMissing, RemoteUnavailable
 from zero.remote import layout
-from zero.remote.base import Remote
 from zero.remote.codec import Codec
 from zero.remote.local import LocalRemote
 from zero.remote.pool import RemotePool
