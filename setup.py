@@ -15,11 +15,16 @@ setup(
         "zstandard>=0.22",
         "cryptography>=42",
         "tqdm>=4.66",
+        "boto3>=1.34",
+        "b2sdk>=2.5,<3",
+        "tenacity>=8.2",
     ],
     extras_require={
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
+            "moto[server]>=5.0",
+            "import-linter>=2.1",
         ],
     },
     entry_points={

@@ -10,12 +10,11 @@
 from __future__ import annotations
 
 import os
-import secrets
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from zero.errors import MountError
+from zero.fsutil import disk_bytes
 
 
 class CacheDir:
@@ -90,38 +89,3 @@ class CacheUsage:
     total_bytes: int
     files: int
 
-
-def disk_bytes(st: os.stat_result) -> int:
-    """Bytes a file really occupies (holes take none)."""
-    return st.st_blocks * 512
-
-
-def durable_write(path: str, data: bytes, tmp_dir: str | None = None) -> None:
-    """Write a file so that after return it exists whole or not at all:
-    temp file, fsync, rename, fsync the folder."""
-    folder = os.path.dirname(path)
-    # pid, thread and a random part: two writers of one path never share a temp file
-    tmp = os.path.join(tmp_dir or folder,
-                       f".tmp-{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}-{os.path.basename(path)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    fsync_dir(folder)
-
-
-def fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -8,7 +8,6 @@ embedded default: a local folder standing in for the cloud.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import os
 import re
@@ -18,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from zero.errors import ConfigError
+from zero.errors import ConfigError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +92,15 @@ def _string(key: str, value: Any) -> str:
 
 @dataclass(frozen=True)
 class RemoteSpec:
-    """One entry of ``remotes:``. ``options`` holds the kind's own keys."""
+    """One entry of ``remotes:``. ``options`` holds the kind's own keys, checked
+    against the kind's class by zero.remote.registry, not here; ``where`` is
+    how errors name the entry (``remotes[1]``, or "" for the original Zero's
+    top-level B2 keys)."""
 
     name: str
     kind: str
     options: dict[str, Any]
+    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,9 +119,6 @@ class Config:
     prefetch_chunks: int = 4
     gc_grace_period_s: float = 3600.0
     min_free_disk_bytes: int = 256 * MIB
-    b2_account_id: str | None = None
-    b2_application_key: str | None = None
-    b2_bucket_id: str | None = None
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -157,10 +157,13 @@ def _parse_log_level(key: str, value: Any) -> str:
     return level
 
 
+# The original Zero's B2 keys, at the top level: together they become one
+# remote named "b2". The secret may come from a variable or a file, as in any
+# remote (see zero.remote.registry).
+LEGACY_B2_KEYS = ("accountId", "applicationKey", "applicationKeyEnv", "applicationKeyFile", "bucketId")
+LEGACY_B2_NAME = "b2"
+
 _KEYS: dict[str, tuple[str, Any]] = {
-    "accountId": ("b2_account_id", _string),
-    "applicationKey": ("b2_application_key", _string),
-    "bucketId": ("b2_bucket_id", _string),
     "sqliteFileLocation": ("sqlite_file_location", _string),
     "targetDiskUsage": ("target_disk_usage_bytes", _parse_target),
     "chunkSize": ("chunk_size_bytes", _parse_chunk_size),
@@ -177,12 +180,9 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "logLevel": ("log_level", _parse_log_level),
 }
 
-REMOTE_KINDS = {
-    "local": {"path"},
-}
-
-
 def _parse_remotes(value: Any) -> tuple[RemoteSpec, ...]:
+    """The generic part of each entry: a mapping, a ``type``, a unique ``name``.
+    Each kind's own keys are the registry's to check."""
     if not isinstance(value, list) or not value:
         raise ConfigError("remotes: expected a list of remotes, for example\n"
                           "remotes:\n  - name: home\n    type: local\n    path: /srv/zero-remote")
@@ -193,35 +193,31 @@ def _parse_remotes(value: Any) -> tuple[RemoteSpec, ...]:
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: expected a mapping with name, type and the type's keys, got {entry!r}")
         kind = entry.get("type")
-        if kind not in REMOTE_KINDS:
-            known = ", ".join(sorted(REMOTE_KINDS))
-            raise ConfigError(f"{where}.type: unknown remote type {kind!r}; this version supports: {known}")
+        if "type" not in entry:
+            for key in entry:
+                if did_you_mean(str(key), ["type"]):
+                    raise ConfigError(f"{where}.{key}: unknown key{did_you_mean(str(key), ['type'])}")
+        if not isinstance(kind, str) or not kind:
+            raise ConfigError(f"{where}.type: each remote needs a type, such as local, s3 or b2 (got {kind!r})")
         name = entry.get("name", f"{kind}{position}")
         _string(f"{where}.name", name)
         if name in seen:
             raise ConfigError(f"{where}.name: the name {name!r} is used twice; give each remote its own name")
         seen.add(name)
         options = {k: v for k, v in entry.items() if k not in ("type", "name")}
-        allowed = REMOTE_KINDS[kind]
-        for key in options:
-            if key not in allowed:
-                suggestion = _suggestion(str(key), allowed | {"name", "type"})
-                raise ConfigError(f"{where}.{key}: unknown key for a {kind} remote{suggestion}")
-        for key in allowed:
-            if key not in options:
-                raise ConfigError(f"{where}.{key}: a {kind} remote needs this key")
-            _string(f"{where}.{key}", options[key])
-        specs.append(RemoteSpec(name=name, kind=kind, options=options))
+        specs.append(RemoteSpec(name=name, kind=kind, options=options, where=where))
     return tuple(specs)
 
 
-def _suggestion(key: str, known: Any) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    if not close:
-        lowered = {k.lower(): k for k in known}
-        if key.lower() in lowered:
-            close = [lowered[key.lower()]]
-    return f"; did you mean {close[0]!r}?" if close else ""
+def _legacy_b2_remote(raw: dict[str, Any], source: str) -> RemoteSpec | None:
+    """The original Zero's accountId/applicationKey/bucketId as one b2 remote."""
+    options = {key: raw[key] for key in LEGACY_B2_KEYS if key in raw}
+    if not options:
+        return None
+    for key, value in options.items():
+        if value is None:
+            raise ConfigError(f"{source}: {key} has no value; give it one or remove the line")
+    return RemoteSpec(name=LEGACY_B2_NAME, kind="b2", options=options, where="")
 
 
 def default_remote(base: Path | None = None) -> RemoteSpec:
@@ -243,8 +239,11 @@ def parse(text: str, source: str) -> Config:
         raise ConfigError(f"{source}: expected a mapping of keys like 'targetDiskUsage: 20GB', got {type(raw).__name__}")
     values: dict[str, Any] = {}
     for key, value in raw.items():
+        if key in LEGACY_B2_KEYS:
+            continue  # gathered into one remote below
         if key not in _KEYS:
-            raise ConfigError(f"{source}: unknown key {key!r}{_suggestion(str(key), _KEYS)}")
+            known = list(_KEYS) + list(LEGACY_B2_KEYS)
+            raise ConfigError(f"{source}: unknown key {key!r}{did_you_mean(str(key), known)}")
         field_name, parser = _KEYS[key]
         if key == "remotes":
             values[field_name] = _parse_remotes(value)
@@ -252,12 +251,15 @@ def parse(text: str, source: str) -> Config:
             if value is None:
                 raise ConfigError(f"{source}: {key} has no value; give it one or remove the line")
             values[field_name] = parser(key, value)
+    legacy = _legacy_b2_remote(raw, source)
+    if legacy is not None:
+        listed = values.get("remotes", ())
+        if any(spec.name == legacy.name for spec in listed):
+            raise ConfigError(f"{source}: accountId/bucketId make a remote named {legacy.name!r}, and remotes: "
+                              f"has another remote of that name; rename that one")
+        # The original Zero's bucket comes first: it is where that config's data went.
+        values["remotes"] = (legacy, *listed)
     if "remotes" not in values:
-        if raw.get("accountId") or raw.get("bucketId"):
-            raise ConfigError(
-                f"{source}: accountId/bucketId name a B2 bucket, but this version of zero reaches the "
-                "cloud only through a 'remotes:' list of local folders; add one (see config/config.example.yml)"
-            )
         values["remotes"] = (default_remote(),)
     config = Config(source=source, **values)
     if config.replicas > len(config.remotes):

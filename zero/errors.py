@@ -1,6 +1,9 @@
 """zero's own errors. Only zero/fuse turns them into errno, only the CLI
 into exit codes; everything else raises and passes them on."""
 
+import difflib
+from collections.abc import Iterable
+
 
 class ZeroError(Exception):
     """Base class: the message is a sentence a person can act on."""
@@ -23,11 +26,36 @@ class MountError(ZeroError):
 
 
 class RemoteError(ZeroError):
-    """Base class for problems with a remote store."""
+    """Base class for problems with a remote store.
+
+    ``transient`` says whether the same call may succeed if tried again
+    within seconds; the remote that raised the error decides it (from its
+    SDK's error class or status code, never from the message), and
+    ``Remote.is_transient`` reports it.
+    """
+
+    transient = False
+
+    def __init__(self, message: str = "", *, transient: bool | None = None):
+        super().__init__(message)
+        if transient is not None:
+            self.transient = transient
 
 
 class RemoteUnavailable(RemoteError):
-    """The remote did not answer; trying again later may work."""
+    """The remote cannot serve this call now: unreachable, overloaded, or
+    misconfigured. Other copies may be tried; the object is not known lost."""
+
+    transient = True
+
+
+class AuthFailed(RemoteUnavailable):
+    """The remote refused zero's credentials. Never transient: a person must
+    fix the keys. A kind of RemoteUnavailable, so the pool and the worker skip
+    that remote as they do an unreachable one, and never call its objects
+    missing."""
+
+    transient = False
 
 
 class ObjectMissing(RemoteError):
@@ -52,3 +80,15 @@ class DatabaseBusy(ZeroError):
 
 class DiskFull(ZeroError):
     """The cache disk has no room left for data or for the state's commits."""
+
+
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """"; did you mean 'x'?" for the known key closest to a misspelt one, else "".
+    Config errors in zero/config.py and zero/remote/registry.py share it."""
+    known = list(known)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close:
+        lowered = {k.lower(): k for k in known}
+        if key.lower() in lowered:
+            close = [lowered[key.lower()]]
+    return f"; did you mean {close[0]!r}?" if close else ""

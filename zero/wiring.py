@@ -1,17 +1,49 @@
-"""Builds what the processes need from a Config: the state, the remote pool
-and the codec, put together as a worker context. The only module that knows
-all the layers below it."""
+"""What the processes build from a Config: the remotes, the pool, the worker's context.
+
+The only module that knows every layer: the registry turns each configured
+remote into an object, the retry wrapper goes around it, the pool holds them.
+Config loading itself stays in zero.config, which knows no remote; ``load``
+here adds the checks that need the remote classes.
+"""
 
 from __future__ import annotations
 
 import os
 
+from zero import config as config_module
 from zero.cachedir import CacheDir
+from zero.config import Config
+from zero.remote import registry
+from zero.remote.base import Remote
+from zero.remote.pool import RemotePool
+from zero.remote.retry import RetryingRemote, RetrySettings
 
 
-def build_context(config, cache: CacheDir):
+def load_config(explicit: str | None = None) -> Config:
+    """zero.config.load, then every remote checked against its class, so a
+    wrong key fails at start with its name rather than at the first upload."""
+    config = config_module.load(explicit)
+    check_remotes(config)
+    return config
+
+
+def check_remotes(config: Config) -> None:
+    registry.check(config.remotes)
+    registry.warn_about_exposed_secrets(config.source, config.remotes)
+
+
+def build_remotes(config: Config, retry: RetrySettings = RetrySettings()) -> list[Remote]:
+    check_remotes(config)
+    return [RetryingRemote(registry.build(spec), retry) for spec in config.remotes]
+
+
+def build_pool(config: Config, retry: RetrySettings = RetrySettings()) -> RemotePool:
+    return RemotePool(build_remotes(config, retry), config.replicas)
+
+
+def build_context(config: Config, cache: CacheDir):
+    """The worker's context: the state database, the codec from the format's keys, the pool."""
     from zero.remote.codec import Codec
-    from zero.remote.pool import build_pool
     from zero.state import db as state_db
     from zero.worker.context import WorkerContext
 

@@ -1,7 +1,9 @@
 """One contract every remote keeps, then the local folder's own border, then the pool.
 
-To check another kind of remote, add a factory to REMOTE_FACTORIES: it gets
-a fresh tmp_path and returns a ready, empty remote (folder or bucket made).
+The ``remote`` fixture (conftest.py beside this file) runs each check over a
+local folder, S3 on a moto server, B2 on b2sdk's simulator, and real buckets
+when their credentials are set. To check another kind of remote, add a
+factory to REMOTE_FACTORIES there.
 """
 
 import errno
@@ -11,13 +13,16 @@ import threading
 import time
 
 import pytest
+from remote_factories import b2_remote, moto_s3
 
 from zero.config import RemoteSpec, parse
-from zero.errors import ConfigError, ObjectCorrupt, ObjectMissing, RemoteUnavailable
-from zero.remote.base import Remote
+from zero.errors import AuthFailed, ConfigError, ObjectCorrupt, ObjectMissing, RemoteUnavailable
+from zero.remote import layout
 from zero.remote.codec import Codec
 from zero.remote.local import LocalRemote
-from zero.remote.pool import RemotePool, build_pool, build_remote
+from zero.remote.pool import RemotePool
+from zero.remote.registry import build as build_remote
+from zero.wiring import build_pool
 
 MIB = 1024 * 1024
 KEY = "fs1/objects/ab/ab0123456789"
@@ -27,16 +32,6 @@ def local_folder(tmp_path):
     folder = tmp_path / "remote"
     folder.mkdir()
     return LocalRemote("local", folder)
-
-
-REMOTE_FACTORIES = [
-    pytest.param(local_folder, id="local"),
-]
-
-
-@pytest.fixture(params=REMOTE_FACTORIES)
-def remote(request, tmp_path) -> Remote:
-    return request.param(tmp_path)
 
 
 def data_of(size, seed=0):
@@ -171,8 +166,130 @@ def test_bad_keys_are_refused(remote, key):
 
 def test_transient_errors(remote):
     assert remote.is_transient(RemoteUnavailable("offline"))
+    assert not remote.is_transient(RemoteUnavailable("no such bucket", transient=False))
+    assert not remote.is_transient(AuthFailed("wrong key"))
     assert not remote.is_transient(ObjectMissing("gone"))
     assert not remote.is_transient(ObjectCorrupt("bad"))
+
+
+def test_list_pages(remote):
+    if hasattr(remote, "page_size"):
+        remote.page_size = 2  # several list requests for the seven objects
+    keys = [f"fs1/objects/{n:02x}/{n:02x}00" for n in range(7)]
+    for key in keys:
+        remote.put(key, b"x")
+    remote.put("fs2/objects/00/0000", b"other filesystem")
+    assert listed(remote, "fs1/objects/") == keys
+    assert listed(remote, "fs1/objects/0") == keys
+    assert len(listed(remote)) == 8
+
+
+def test_keys_of_the_layout(remote):
+    fs_id = "3f2a9c0e5b7d4e1f"
+    digest = "ab" + "0" * 62
+    keys = {layout.object_key(fs_id, digest): b"object", layout.marker_key(fs_id): b"{}",
+            layout.lock_key(fs_id): b"host", layout.sealed_key_key(fs_id, "data"): b"sealed",
+            layout.snapshot_key(fs_id, 7): b"snap", layout.journal_key(fs_id, 8): b"journal"}
+    for key, data in keys.items():
+        remote.put(key, data)
+    for key, data in keys.items():
+        assert remote.get(key) == data
+    assert listed(remote, layout.objects_prefix(fs_id)) == [layout.object_key(fs_id, digest)]
+    assert [layout.parse_snapshot_key(fs_id, key) for key in listed(remote, layout.snapshots_prefix(fs_id))] == [7]
+    assert [layout.parse_journal_key(fs_id, key) for key in listed(remote, layout.journals_prefix(fs_id))] == [8]
+    assert listed(remote, fs_id + "/") == sorted(keys)
+
+
+def test_wrong_credentials_are_auth_failed(refusing_remote):
+    for call in (lambda: refusing_remote.put(KEY, b"x"), lambda: refusing_remote.get(KEY),
+                 lambda: refusing_remote.head(KEY), lambda: listed(refusing_remote)):
+        with pytest.raises(AuthFailed) as caught:
+            call()
+        assert not refusing_remote.is_transient(caught.value)
+        assert refusing_remote.name in str(caught.value)
+
+
+def test_unreachable_endpoint_is_transient(unreachable_remote):
+    for call in (lambda: unreachable_remote.put(KEY, b"x"), lambda: unreachable_remote.get(KEY),
+                 lambda: unreachable_remote.head(KEY), lambda: unreachable_remote.delete(KEY),
+                 lambda: listed(unreachable_remote)):
+        with pytest.raises(RemoteUnavailable) as caught:
+            call()
+        assert not isinstance(caught.value, AuthFailed)
+        assert unreachable_remote.is_transient(caught.value)
+        assert unreachable_remote.is_transient(caught.value.__cause__)  # the SDK's own error, judged alike
+
+
+def test_b2_large_objects_use_the_large_file_api(tmp_path, request):
+    remote = b2_remote(request, tmp_path)
+    simulator = remote._api.session.raw_api
+    remote.put(KEY, data_of(100 * 1024))
+    assert type(simulator).large_files_started == 0
+    data = data_of(3 * MIB + 5, seed=3)
+    remote.put(KEY, data)
+    assert type(simulator).large_files_started == 1
+    assert remote.get(KEY) == data
+    assert remote.head(KEY) == len(data)
+
+
+def test_b2_delete_removes_every_version(tmp_path, request):
+    remote = b2_remote(request, tmp_path)
+    remote.put(KEY, b"one")
+    remote.put(KEY, b"two")
+    assert len(list(remote._connected().list_file_versions(KEY))) == 2
+    remote.delete(KEY)
+    assert list(remote._connected().list_file_versions(KEY)) == []
+
+
+def test_s3_missing_bucket_is_unavailable_for_good(moto_endpoint):
+    remote = moto_s3(moto_endpoint, "zero-no-such-bucket")
+    with pytest.raises(RemoteUnavailable, match="bucket does not exist") as caught:
+        remote.put(KEY, b"x")
+    assert not remote.is_transient(caught.value)
+
+
+@pytest.mark.parametrize("code, status, expected, transient", [
+    ("NoSuchKey", 404, ObjectMissing, False),
+    ("AccessDenied", 403, AuthFailed, False),
+    ("SignatureDoesNotMatch", 403, AuthFailed, False),
+    ("InvalidAccessKeyId", 403, AuthFailed, False),
+    ("SlowDown", 503, RemoteUnavailable, True),
+    ("InternalError", 500, RemoteUnavailable, True),
+    ("RequestTimeout", 400, RemoteUnavailable, True),
+    ("TooManyRequests", 429, RemoteUnavailable, True),
+    ("NoSuchBucket", 404, RemoteUnavailable, False),
+    ("InvalidArgument", 400, RemoteUnavailable, False),
+])
+def test_s3_error_codes(code, status, expected, transient):
+    from botocore.exceptions import ClientError
+
+    remote = moto_s3("http://127.0.0.1:1", "zero-codes")
+    error = ClientError({"Error": {"Code": code, "Message": "any text"},
+                         "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+    translated = remote.translate(error, "read", KEY)
+    assert type(translated) is expected
+    assert remote.is_transient(error) is transient
+    assert remote.is_transient(translated) is transient
+
+
+@pytest.mark.parametrize("error_name, expected, transient", [
+    ("FileNotPresent", ObjectMissing, False),
+    ("NonExistentBucket", RemoteUnavailable, False),
+    ("InvalidAuthToken", AuthFailed, False),
+    ("B2ConnectionError", RemoteUnavailable, True),
+    ("B2RequestTimeout", RemoteUnavailable, True),
+    ("ServiceError", RemoteUnavailable, True),
+    ("TooManyRequests", RemoteUnavailable, True),
+])
+def test_b2_error_classes(tmp_path, request, error_name, expected, transient):
+    from b2sdk.v2 import exception as b2_errors
+
+    remote = b2_remote(request, tmp_path)
+    error_class = getattr(b2_errors, error_name)
+    error = error_class("code", "message") if error_name == "InvalidAuthToken" else error_class("message")
+    translated = remote.translate(error, "read", KEY)
+    assert type(translated) is expected
+    assert remote.is_transient(error) is transient
 
 
 # -- the local folder at its border -------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from zero import config
-from zero.config import GIB, MIB, parse
+from zero.config import GIB, MIB, RemoteSpec, parse
 from zero.errors import ConfigError
 
 REMOTE = "remotes:\n  - name: home\n    type: local\n    path: /srv/zero\n"
@@ -40,7 +40,6 @@ def test_defaults(home):
     assert parsed.upload_delay_s == 5.0
     assert parsed.fsync_waits_for_upload is True
     assert parsed.log_level == "INFO"
-    assert parsed.b2_account_id is None
     # No remotes given: one local folder under HOME stands in for the cloud.
     assert len(parsed.remotes) == 1
     assert parsed.remotes[0].kind == "local"
@@ -51,26 +50,37 @@ def test_a_comment_only_file_is_the_defaults(home):
     assert parse("# nothing set yet\n", "test.yml").target_disk_usage_bytes == 10 * GIB
 
 
-def test_original_zero_keys(tmp_path):
+def test_original_zero_keys_become_one_b2_remote_first(tmp_path):
     parsed = parse(
         "accountId: abc123\napplicationKey: K001secret\nbucketId: bucket-9\n"
         f"sqliteFileLocation: {tmp_path}/zero.db\ntargetDiskUsage: 20\n" + REMOTE, "test.yml")
-    assert parsed.b2_account_id == "abc123"
-    assert parsed.b2_application_key == "K001secret"
-    assert parsed.b2_bucket_id == "bucket-9"
+    assert parsed.remotes == (
+        RemoteSpec(name="b2", kind="b2", where="",
+                   options={"accountId": "abc123", "applicationKey": "K001secret", "bucketId": "bucket-9"}),
+        RemoteSpec(name="home", kind="local", where="remotes[0]", options={"path": "/srv/zero"}),
+    )
     assert parsed.target_disk_usage_bytes == 20 * GIB
     assert parsed.database_path(tmp_path / "cache") == tmp_path / "zero.db"
+    assert not hasattr(parsed, "b2_account_id")
 
 
 def test_database_defaults_to_the_cache_folder(tmp_path):
     assert parse(REMOTE, "t").database_path(tmp_path / "cache") == tmp_path / "cache" / "state.sqlite3"
 
 
-def test_account_id_without_remotes_says_to_add_remotes():
-    message = error_of("accountId: abc123\napplicationKey: K001secret\nbucketId: bucket-9\n")
-    assert "accountId/bucketId" in message
-    assert "'remotes:'" in message
-    assert "config.example.yml" in message
+def test_original_zero_keys_alone_replace_the_default_remote(home):
+    parsed = parse("accountId: abc123\napplicationKeyEnv: B2_KEY\nbucketId: bucket-9\n", "test.yml")
+    assert [(r.name, r.kind) for r in parsed.remotes] == [("b2", "b2")]
+    assert parsed.remotes[0].options == {"accountId": "abc123", "applicationKeyEnv": "B2_KEY", "bucketId": "bucket-9"}
+
+
+def test_original_zero_keys_and_a_remote_named_b2_collide():
+    message = error_of("accountId: abc\nremotes:\n  - {name: b2, type: local, path: /a}\n")
+    assert "named 'b2'" in message and "rename" in message
+
+
+def test_original_zero_key_without_a_value_is_named():
+    assert "bucketId has no value" in error_of("accountId: abc\nbucketId:\n")
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -188,7 +198,6 @@ def test_wrong_type_names_the_key():
     ("faultInTimeout: 0\n", "faultInTimeout"),
     ("uploadDelay: -1\n", "uploadDelay"),
     ("replicas: 0\n", "replicas"),
-    ("accountId: 42\n", "accountId"),
 ])
 def test_bad_values_name_their_key(text, key):
     assert error_of(text).startswith(f"{key}:")
@@ -214,20 +223,26 @@ def test_remotes_must_be_a_non_empty_list():
     assert error_of("remotes: /srv/zero\n").startswith("remotes: expected a list")
 
 
-def test_remote_of_unknown_type():
-    message = error_of("remotes:\n  - {name: a, type: local, path: /a}\n  - {name: b, type: ftp, path: /b}\n")
-    assert message.startswith("remotes[1].type:")
-    assert "'ftp'" in message and "supports: local" in message
 
 
-def test_remote_missing_path():
-    message = error_of("remotes:\n  - {name: a, type: local}\n")
-    assert message.startswith("remotes[0].path:")
-    assert "needs this key" in message
 
 
-def test_remote_path_must_be_text():
-    assert error_of("remotes:\n  - {name: a, type: local, path: 7}\n").startswith("remotes[0].path:")
+
+
+def test_remote_needs_a_type():
+    message = error_of("remotes:\n  - {name: a, path: /a}\n")
+    assert message.startswith("remotes[0].type:")
+    assert "local, s3 or b2" in message
+
+
+def test_misspelt_type_is_named():
+    assert "did you mean 'type'?" in error_of("remotes:\n  - {name: a, tpye: local, path: /a}\n")
+
+
+def test_the_kinds_own_keys_are_left_to_the_registry():
+    # config.py knows no remote class: an unknown kind parses, the registry refuses it (test_registry.py).
+    parsed = parse("remotes:\n  - {name: a, type: ftp, host: x}\n", "t")
+    assert parsed.remotes == (RemoteSpec(name="a", kind="ftp", options={"host": "x"}, where="remotes[0]"),)
 
 
 def test_remote_names_must_be_unique():
@@ -236,16 +251,8 @@ def test_remote_names_must_be_unique():
     assert "'a' is used twice" in message
 
 
-def test_unknown_key_in_a_remote_suggests():
-    message = error_of("remotes:\n  - {name: a, type: local, pth: /a}\n")
-    assert message.startswith("remotes[0].pth:")
-    assert "did you mean 'path'?" in message
 
 
-def test_misspelt_name_in_a_remote_suggests_name():
-    message = error_of("remotes:\n  - {nmae: a, type: local, path: /a}\n")
-    assert message.startswith("remotes[0].nmae:")
-    assert "did you mean 'name'?" in message
 
 
 def test_remote_entry_must_be_a_mapping():

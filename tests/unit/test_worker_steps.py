@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from zero.cachedir import CacheDir, disk_bytes
+from zero.cachedir import CacheDir
+from zero.fsutil import disk_bytes
 from zero.config import Config, RemoteSpec
 from zero.errors import RemoteUnavailable
 from zero.remote.local import LocalRemote

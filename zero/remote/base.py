@@ -9,9 +9,49 @@ translate their own failures into zero's errors at this border.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from zero.errors import RemoteUnavailable
+from zero.errors import ConfigError, RemoteError
+
+
+def text(key: str, value: Any) -> str:
+    """A non-empty string option."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a non-empty text value, got {value!r}")
+    return value
+
+
+def boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def url(key: str, value: Any) -> str:
+    value = text(key, value)
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{key}: expected an http:// or https:// address, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One key a kind of remote takes in config.yml.
+
+    ``argument`` is the constructor's keyword for it. A ``secret`` option may
+    instead be given as ``<name>Env`` (an environment variable's name) or
+    ``<name>File`` (a file holding it), so it need not sit in config.yml.
+    """
+
+    name: str
+    argument: str
+    help: str
+    required: bool = False
+    parse: Callable[[str, Any], Any] = text
+    secret: bool = False
+    aliases: tuple[str, ...] = ()
 
 
 class Remote(ABC):
@@ -23,6 +63,13 @@ class Remote(ABC):
     """
 
     name: str  # the configured name; placement rows refer to a remote by it
+    kind: ClassVar[str]  # the ``type:`` in config.yml
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    @classmethod
+    def check_options(cls, values: dict[str, Any], where: str) -> None:
+        """Checks across options (e.g. "one of these two"), after each was parsed.
+        ``values`` maps option names to values; raise ConfigError naming the key."""
 
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
@@ -49,13 +96,14 @@ class Remote(ABC):
         starts with ``prefix``, in no particular order. The collector uses the
         mtime to leave fresh uploads alone."""
 
-    def is_transient(self, error: Exception) -> bool:
-        """Whether trying the same call again later may succeed.
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether trying the same call again within seconds may succeed.
 
-        The default covers remotes that already translated their failures; a
-        remote whose SDK raises its own errors refines this.
+        A remote decides this when it translates its SDK's error (from the
+        error's class or status code, never its text) and records it on
+        zero's error; a remote whose SDK errors may reach this refines it.
         """
-        return isinstance(error, RemoteUnavailable)
+        return isinstance(error, RemoteError) and error.transient
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

@@ -1,7 +1,7 @@
 """A remote that is a plain folder: a second disk, a NAS mount, or a stand-in for the cloud.
 
 An object is the file ``<path>/<key>``. Puts go through
-``zero.cachedir.durable_write`` with temporary files in ``<path>/.tmp``, so
+``zero.fsutil.durable_write`` with temporary files in ``<path>/.tmp``, so
 an object is there whole or not at all, and a crash leaves at most a stray
 temporary file.
 """
@@ -15,9 +15,9 @@ import threading
 import zlib
 from collections.abc import Iterator
 
-from zero.cachedir import durable_write, fsync_dir
+from zero.fsutil import durable_write, fsync_dir
 from zero.errors import ObjectMissing, RemoteUnavailable
-from zero.remote.base import Remote, check_key
+from zero.remote.base import Option, Remote, check_key
 
 TMP_FOLDER_NAME = ".tmp"
 # durable_write names its temporary file after the pid and the file's basename,
@@ -36,10 +36,20 @@ _HINTS = {
     errno.EIO: "the disk reported an I/O error; check the disk",
 }
 _DEFAULT_HINT = "check that the folder's disk is mounted and healthy"
+# A local folder's failures (permissions, a full or unmounted disk) need a
+# person, not a retry within seconds; the worker tries again on its next pass.
+# These few may clear by themselves, e.g. on a network mount.
+_TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.EINTR, errno.ESTALE})
 _ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
 
 
 class LocalRemote(Remote):
+    kind = "local"
+    options = (
+        Option("path", "path", required=True,
+               help="the folder objects are stored in; created on the first upload, ~ is your home"),
+    )
+
     def __init__(self, name: str, path: str | os.PathLike):
         self.name = name
         self.root = os.path.abspath(os.path.expanduser(os.fspath(path)))
@@ -161,10 +171,11 @@ class LocalRemote(Remote):
             return None
         return RemoteUnavailable(
             f"remote {self.name!r}: cannot {verb} {path}: the remote folder {self.root} does not exist "
-            "or is not a folder (nothing was stored there yet, or its drive is not mounted)")
+            "or is not a folder (nothing was stored there yet, or its drive is not mounted)", transient=False)
 
     def _unavailable(self, verb: str, path: str, error: OSError) -> RemoteUnavailable:
         where = error.filename if error.filename else path
         hint = _HINTS.get(error.errno, _DEFAULT_HINT)
         reason = error.strerror or type(error).__name__
-        return RemoteUnavailable(f"remote {self.name!r} (folder {self.root}): cannot {verb} {where}: {reason}; {hint}")
+        return RemoteUnavailable(f"remote {self.name!r} (folder {self.root}): cannot {verb} {where}: {reason}; {hint}",
+                                 transient=error.errno in _TRANSIENT_ERRNOS)

@@ -11,19 +11,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from zero.config import Config, RemoteSpec
 from zero.errors import ConfigError, ObjectCorrupt, ObjectMissing, RemoteUnavailable
 from zero.remote.base import Remote
-from zero.remote.local import LocalRemote
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# kind in config.yml -> class; each class takes the remote's name and its options as keywords.
-REMOTE_CLASSES: dict[str, Callable[..., Remote]] = {
-    "local": LocalRemote,
-}
 
 
 class RemotePool:
@@ -103,15 +96,3 @@ class RemotePool:
         if refused:
             raise RemoteUnavailable(f"could not delete {key} from: {'; '.join(refused)}")
 
-
-def build_remote(spec: RemoteSpec) -> Remote:
-    try:
-        remote_class = REMOTE_CLASSES[spec.kind]
-    except KeyError:
-        raise ConfigError(f"remotes: {spec.name}: unknown remote type {spec.kind!r}; "
-                          f"this version supports: {', '.join(sorted(REMOTE_CLASSES))}") from None
-    return remote_class(spec.name, **spec.options)
-
-
-def build_pool(config: Config) -> RemotePool:
-    return RemotePool([build_remote(spec) for spec in config.remotes], config.replicas)

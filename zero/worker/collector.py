@@ -15,6 +15,7 @@ import math
 import time
 
 from zero.errors import RemoteUnavailable
+from zero.remote import layout
 from zero.state import counters, objects
 from zero.worker import crashpoints
 from zero.worker.context import WorkerContext
@@ -63,8 +64,8 @@ class Collector:
             with self.context.database.read() as connection:
                 known = objects.known_keys(connection)
             for remote_key, _size, mtime in listing:
-                key = remote_key.rsplit("/", 1)[-1]
-                if key in known or mtime > now - grace:
+                key = layout.parse_object_key(self.context.fs_id, remote_key)
+                if key is None or key in known or mtime > now - grace:  # None: not one of our objects
                     continue
                 try:
                     remote.delete(remote_key)

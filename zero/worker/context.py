@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from zero import wakeup
 from zero.cachedir import CacheDir
 from zero.config import Config
+from zero.remote import layout
 from zero.remote.codec import Codec
 from zero.remote.pool import RemotePool
 from zero.state.db import Database
@@ -25,11 +26,11 @@ class WorkerContext:
     def remote_key(self, object_key: str) -> str:
         """Objects live under the filesystem's id, so several caches can share a
         bucket and the collector only ever sweeps its own."""
-        return f"{self.fs_id}/objects/{object_key[:2]}/{object_key}"
+        return layout.object_key(self.fs_id, object_key)
 
     @property
     def object_prefix(self) -> str:
-        return f"{self.fs_id}/objects/"
+        return layout.objects_prefix(self.fs_id)
 
     def wake_fuse(self) -> None:
         wakeup.notify(self.cache.wake, wakeup.FUSE)

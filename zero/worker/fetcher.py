@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from zero.cachedir import disk_bytes, fsync_dir
+from zero.fsutil import disk_bytes, fsync_dir
 from zero.errors import ObjectCorrupt, ObjectMissing, RemoteUnavailable, StateConflict
 from zero.state import chunks, counters, namespace, objects, requests
 from zero.worker import crashpoints

@@ -14,6 +14,7 @@ from zero import logsetup, wakeup
 from zero.cachedir import CacheDir
 from zero.errors import ZeroError
 from zero.locking import PidLock
+from zero.wiring import build_context
 
 log = logging.getLogger("zero.worker")
 

@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from zero.cachedir import disk_bytes
+from zero.fsutil import disk_bytes
 from zero.errors import RemoteUnavailable, StateConflict
 from zero.state import chunks, counters, objects, requests
 from zero.worker import crashpoints

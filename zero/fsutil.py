@@ -1,0 +1,48 @@
+"""File-system helpers every part of zero shares: a leaf, importing only the stdlib.
+
+One durable-write helper (temporary file, fsync, rename, fsync the folder)
+serves chunk fault-ins and the local remote alike; the database commits after.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+
+
+def disk_bytes(st: os.stat_result) -> int:
+    """Bytes a file really occupies (holes take none)."""
+    return st.st_blocks * 512
+
+
+def durable_write(path: str, data: bytes, tmp_dir: str | None = None) -> None:
+    """Write a file so that after return it exists whole or not at all:
+    temp file, fsync, rename, fsync the folder."""
+    folder = os.path.dirname(path)
+    # pid, thread and a random part: two writers of one path never share a temp file
+    tmp = os.path.join(tmp_dir or folder,
+                       f".tmp-{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}-{os.path.basename(path)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: str) -> None:
+    """Make a folder's entries (a rename, a new file) survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
