@@ -38,7 +38,8 @@ def build_remotes(config: Config, retry: RetrySettings = RetrySettings()) -> lis
 
 
 def build_pool(config: Config, retry: RetrySettings = RetrySettings()) -> RemotePool:
-    return RemotePool(build_remotes(config, retry), config.replicas)
+    settings = {spec.name: vars(registry.placement(spec)) for spec in config.remotes}
+    return RemotePool(build_remotes(config, retry), config.replicas, settings)
 
 
 def build_context(config: Config, cache: CacheDir):

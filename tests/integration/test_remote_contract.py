@@ -20,7 +20,7 @@ from zero.errors import AuthFailed, ConfigError, ObjectCorrupt, ObjectMissing, R
 from zero.remote import layout
 from zero.remote.codec import Codec
 from zero.remote.local import LocalRemote
-from zero.remote.pool import RemotePool
+from zero.remote.pool import HEALTHY, UNAVAILABLE, UNHEALTHY, RemotePool
 from zero.remote.registry import build as build_remote
 from zero.wiring import build_pool
 
@@ -32,6 +32,12 @@ def local_folder(tmp_path):
     folder = tmp_path / "remote"
     folder.mkdir()
     return LocalRemote("local", folder)
+
+
+def prepared(remote):
+    """A local remote as zero leaves it after first use: its folder made (prepare)."""
+    remote.prepare()
+    return remote
 
 
 def data_of(size, seed=0):
@@ -305,7 +311,7 @@ def broken_local(tmp_path, name="broken"):
 def test_local_unusable_folder_is_unavailable_and_named(tmp_path):
     remote = broken_local(tmp_path)
     with pytest.raises(RemoteUnavailable) as caught:
-        remote.put(KEY, b"x")
+        remote.prepare()
     message = str(caught.value)
     assert str(tmp_path / "broken-file" / "sub") in message
     assert "is a file, not a folder" in message
@@ -316,14 +322,24 @@ def test_local_unusable_folder_is_unavailable_and_named(tmp_path):
             call()
 
 
-def test_local_folder_is_created_on_first_put(tmp_path):
+def test_local_folder_is_created_by_prepare_and_never_by_a_put(tmp_path):
+    """A folder renamed away, or a drive not mounted, must not be re-created
+    empty by the next upload: only prepare (zero's first use) makes the folder."""
     folder = tmp_path / "not" / "yet"
     remote = LocalRemote("fresh", folder)
     with pytest.raises(RemoteUnavailable, match="not mounted"):
         remote.get(KEY)
+    with pytest.raises(RemoteUnavailable, match="not mounted"):
+        remote.put(KEY, b"x")
+    assert not folder.exists()
+    remote.prepare()
     remote.put(KEY, b"x")
     assert (folder / "fs1" / "objects" / "ab" / "ab0123456789").read_bytes() == b"x"
     assert remote.get(KEY) == b"x"
+    folder.rename(tmp_path / "moved-away")
+    with pytest.raises(RemoteUnavailable, match="not mounted"):
+        remote.put(KEY, b"x")
+    assert not folder.exists()
 
 
 def test_local_new_folders_are_made_durable(tmp_path, monkeypatch):
@@ -340,7 +356,7 @@ def test_local_new_folders_are_made_durable(tmp_path, monkeypatch):
 
 def test_local_path_expands_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    remote = LocalRemote("home", "~/zero-remote")
+    remote = prepared(LocalRemote("home", "~/zero-remote"))
     remote.put(KEY, b"x")
     assert (tmp_path / "zero-remote" / KEY).read_bytes() == b"x"
 
@@ -408,6 +424,7 @@ def test_build_remote_from_spec(tmp_path):
     remote = build_remote(RemoteSpec(name="home", kind="local", options={"path": str(tmp_path / "r")}))
     assert isinstance(remote, LocalRemote)
     assert remote.name == "home"
+    remote.prepare()
     remote.put(KEY, b"x")
     assert (tmp_path / "r" / KEY).read_bytes() == b"x"
 
@@ -421,7 +438,7 @@ def test_build_remote_unknown_kind():
 
 @pytest.fixture
 def two(tmp_path):
-    return LocalRemote("a", tmp_path / "a"), LocalRemote("b", tmp_path / "b")
+    return prepared(LocalRemote("a", tmp_path / "a")), prepared(LocalRemote("b", tmp_path / "b"))
 
 
 def test_pool_puts_replicas_copies(two):
@@ -437,29 +454,34 @@ def test_pool_puts_on_the_first_remotes_only(two):
     pool = RemotePool([a, b], replicas=1)
     assert pool.put(KEY, b"data") == ["a"]
     assert a.head(KEY) == 4
-    with pytest.raises(RemoteUnavailable):  # b's folder was never made
-        b.head(KEY)
+    assert b.head(KEY) is None
 
 
 def test_pool_put_skips_a_broken_remote(tmp_path, caplog):
-    broken, good = broken_local(tmp_path), LocalRemote("good", tmp_path / "good")
+    broken, good = broken_local(tmp_path), prepared(LocalRemote("good", tmp_path / "good"))
     pool = RemotePool([broken, good], replicas=1)
+    changes = []
+    pool.on_health_change = lambda name, health, error: changes.append((name, health, error))
     assert pool.put(KEY, b"data") == ["good"]
     assert good.get(KEY) == b"data"
-    assert [record.levelname for record in caplog.records] == ["WARNING"]
-    assert "'broken'" in caplog.records[0].getMessage()
+    # One health change, published for the worker to record and log; no log line per failed call.
+    assert [(name, health) for name, health, _ in changes] == [("broken", UNHEALTHY)]
+    assert "'broken'" in changes[0][2]
+    assert [record for record in caplog.records if record.levelname == "WARNING"] == []
+    assert pool.put(KEY.replace("ab0", "ab1"), b"more") == ["good"]  # an unhealthy remote is not tried again
+    assert len(changes) == 1
 
 
 def test_pool_put_without_enough_remotes(tmp_path, caplog):
-    good, broken = LocalRemote("good", tmp_path / "good"), broken_local(tmp_path)
+    good, broken = prepared(LocalRemote("good", tmp_path / "good")), broken_local(tmp_path)
     pool = RemotePool([good, broken], replicas=2)
     with pytest.raises(RemoteUnavailable) as caught:
         pool.put(KEY, b"data")
     message = str(caught.value)
     assert "1 of the 2" in message
-    assert "stored on: good" in message
+    assert "new copies on: good" in message
     assert "broken" in message and str(tmp_path / "broken-file") in message
-    assert "'broken'" in caplog.records[0].getMessage()
+    assert pool.health("broken") == UNHEALTHY
 
 
 def test_pool_get_falls_back_when_a_holder_lost_it(two, caplog):
@@ -468,11 +490,11 @@ def test_pool_get_falls_back_when_a_holder_lost_it(two, caplog):
     pool.put(KEY, b"data")
     a.delete(KEY)
     assert pool.get(KEY, ["a", "b"]) == b"data"
-    assert "'a'" in caplog.records[0].getMessage()
+    assert pool.health("a") == HEALTHY  # one lost object does not make the remote unhealthy
 
 
 def test_pool_get_falls_back_when_a_holder_is_unavailable(tmp_path):
-    broken, good = broken_local(tmp_path), LocalRemote("good", tmp_path / "good")
+    broken, good = broken_local(tmp_path), prepared(LocalRemote("good", tmp_path / "good"))
     good.put(KEY, b"data")
     pool = RemotePool([broken, good], replicas=1)
     assert pool.get(KEY, ["broken", "good"]) == b"data"
@@ -499,7 +521,7 @@ def test_pool_get_when_no_holder_has_it(two):
 
 def test_pool_get_prefers_unavailable_over_missing(tmp_path):
     # An unreachable copy may come back; "missing" would tell the caller it is lost.
-    broken, good = broken_local(tmp_path), LocalRemote("good", tmp_path / "good")
+    broken, good = broken_local(tmp_path), prepared(LocalRemote("good", tmp_path / "good"))
     good.put("fs1/other", b"x")
     pool = RemotePool([broken, good], replicas=1)
     with pytest.raises(RemoteUnavailable):
@@ -522,7 +544,7 @@ def test_pool_get_decodes_and_skips_a_corrupt_copy(two, caplog):
         return codec.open(blob, expected_key=codec.object_key(b"plaintext"))
 
     assert pool.get(key, ["a", "b"], decode=decode) == b"plaintext"
-    assert "'a'" in caplog.records[0].getMessage()
+    assert pool.health("a") == HEALTHY
 
 
 def test_pool_delete(two):
@@ -535,7 +557,7 @@ def test_pool_delete(two):
 
 
 def test_pool_delete_tries_every_holder(tmp_path):
-    good, broken = LocalRemote("good", tmp_path / "good"), broken_local(tmp_path)
+    good, broken = prepared(LocalRemote("good", tmp_path / "good")), broken_local(tmp_path)
     good.put(KEY, b"data")
     pool = RemotePool([good, broken], replicas=1)
     with pytest.raises(RemoteUnavailable, match="broken"):
@@ -571,6 +593,53 @@ remotes:
 replicas: 2
 """, "test")
     pool = build_pool(config)
+    for remote in pool.remotes:
+        remote.prepare()
     assert [remote.name for remote in pool.remotes] == ["first", "second"]
     assert pool.put(KEY, b"data") == ["first", "second"]
     assert (tmp_path / "second" / KEY).read_bytes() == b"data"
+
+
+# -- placement, health, draining -----------------------------------------------------------
+
+def three(tmp_path, **settings):
+    remotes = [prepared(LocalRemote(name, tmp_path / name)) for name in ("one", "two", "three")]
+    return remotes, RemotePool(remotes, replicas=1, settings=settings)
+
+
+def test_pool_fills_remotes_in_proportion_to_their_quotas(tmp_path):
+    remotes, pool = three(tmp_path, one={"quota_bytes": 1 * MIB}, two={"quota_bytes": 2 * MIB},
+                          three={"quota_bytes": 3 * MIB})
+    for index in range(60):
+        pool.put(f"fs1/objects/ab/ab{index:04d}", bytes(50_000))
+    counts = [len(listed(remote)) for remote in remotes]
+    assert counts == [10, 20, 30], counts
+
+
+def test_pool_without_quotas_places_by_weight_and_respects_a_full_quota(tmp_path):
+    remotes, pool = three(tmp_path, one={"weight": 1.0}, two={"weight": 3.0}, three={"quota_bytes": 100})
+    for index in range(40):
+        pool.put(f"fs1/objects/ab/ab{index:04d}", bytes(1000))
+    counts = [len(listed(remote)) for remote in remotes]
+    assert counts == [10, 30, 0], counts
+
+
+def test_pool_never_writes_to_an_unavailable_or_draining_remote_and_never_reads_a_foreign_one(tmp_path):
+    remotes, pool = three(tmp_path)
+    pool.set_health("one", UNAVAILABLE, "its marker is gone")
+    pool.set_draining(["two"])
+    assert pool.put(KEY, b"data") == ["three"]
+    assert [len(listed(remote)) for remote in remotes] == [0, 0, 1]
+    remotes[0].put(KEY, b"not ours")  # a swapped remote that happens to hold the key
+    assert pool.get(KEY, ["one", "three"]) == b"data"
+    with pytest.raises(RemoteUnavailable, match="unavailable"):
+        pool.get(KEY, ["one"])
+    assert pool.durable_names() == ["two", "three"]
+
+
+def test_pool_put_tops_up_to_replicas_counting_existing_holders(tmp_path):
+    remotes = [prepared(LocalRemote(name, tmp_path / name)) for name in ("one", "two", "three")]
+    pool = RemotePool(remotes, replicas=2)
+    assert pool.put(KEY, b"data", holders=["two"]) == ["one"]
+    pool.set_health("two", UNHEALTHY, "timed out")
+    assert pool.put(KEY, b"data", holders=["one", "two"]) == ["three"]  # an unhealthy holder does not count

@@ -8,7 +8,7 @@ import time
 
 from zero.cli.common import find_cache, human, open_state
 from zero.locking import holder_pid
-from zero.state import chunks, counters, namespace, objects, pins
+from zero.state import chunks, counters, namespace, objects, pins, remotes
 from zero.state.chunkstate import ChunkState
 from zero.state.db import get_meta
 
@@ -26,6 +26,9 @@ def status(args, config) -> int:
             unuploaded = chunks.unuploaded(connection)
             pinned = [(ino, namespace.path_of(connection, ino), pins.tree_bytes(connection, ino))
                       for ino in pins.roots(connection)]
+            remote_rows = remotes.all_rows(connection)
+            held = objects.stored_bytes_by_remote(connection)
+            held_objects = objects.objects_by_remote(connection)
     finally:
         database.dispose()
     usage = cache.usage().total_bytes
@@ -51,6 +54,14 @@ def status(args, config) -> int:
     lines.append(f"  backlog:    {human(dirty_bytes)} dirty in {len(unuploaded)} chunk(s), "
                  f"uploading at {human(rate)}/s")
     lines.append(f"  remotes:    {remote_totals['objects']} objects, {human(remote_totals['stored_bytes'])} stored")
+    for row in remote_rows:
+        line = (f"    {row.name}: {row.health} since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row.since))}, "
+                f"{held_objects.get(row.name, 0)} objects, {human(held.get(row.name, 0))}")
+        if row.draining:
+            line += ", draining"
+        if row.health != remotes.HEALTHY:
+            line += f"; {human(dirty_bytes)} of written data waits for the remotes. Why: {row.last_error}"
+        lines.append(line)
     lines.append(f"  so far:     {count.get('uploads', 0)} uploads ({human(count.get('uploaded_bytes', 0))}), "
                  f"{count.get('dedup_hits', 0)} deduplicated, {count.get('evictions', 0)} evictions, "
                  f"{count.get('fault_ins', 0)} fault-ins")

@@ -71,6 +71,11 @@ class Remote(ABC):
         """Checks across options (e.g. "one of these two"), after each was parsed.
         ``values`` maps option names to values; raise ConfigError naming the key."""
 
+    def prepare(self) -> None:
+        """Make the remote ready to hold objects, once, when zero first writes
+        its marker there (a local folder is created then and never again, so a
+        folder whose drive is not mounted is never silently re-created)."""
+
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` durably: after return it survives a crash of the remote's host.

@@ -47,7 +47,8 @@ class LocalRemote(Remote):
     kind = "local"
     options = (
         Option("path", "path", required=True,
-               help="the folder objects are stored in; created on the first upload, ~ is your home"),
+               help="the folder objects are stored in; created when zero first uses it (never again "
+                    "afterwards, so an unmounted drive is not mistaken for an empty folder); ~ is your home"),
     )
 
     def __init__(self, name: str, path: str | os.PathLike):
@@ -60,6 +61,12 @@ class LocalRemote(Remote):
         check_key(key)
         return os.path.join(self.root, *key.split("/"))
 
+    def prepare(self) -> None:
+        try:
+            self._make_folders(self.root, below_root=False)
+        except OSError as error:
+            raise self._unavailable("create", self.root, error) from error
+
     def put(self, key: str, data: bytes) -> None:
         path = self.path_of(key)
         # Content-addressed keys make a second put store the same plaintext, so
@@ -67,6 +74,9 @@ class LocalRemote(Remote):
         # that was damaged on disk.
         basename = os.path.basename(path)
         with self._put_locks[zlib.crc32(basename.encode()) % _PUT_LOCK_STRIPES]:
+            absent = self._root_absent("store", path)
+            if absent:
+                raise absent
             try:
                 self._make_folders(self._tmp)
                 self._make_folders(os.path.dirname(path))
@@ -139,11 +149,14 @@ class LocalRemote(Remote):
             elif stat.S_ISREG(st.st_mode):
                 yield key, st.st_size, st.st_mtime
 
-    def _make_folders(self, folder: str) -> None:
+    def _make_folders(self, folder: str, below_root: bool = True) -> None:
         """mkdir -p that also fsyncs each new folder's parent, so a new folder's
-        entry survives a power cut together with the object put into it."""
+        entry survives a power cut together with the object put into it. Below
+        the root only, unless ``below_root`` is off (prepare)."""
         missing = []
         while not os.path.isdir(folder):
+            if below_root and folder == self.root:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), folder)
             missing.append(folder)
             parent = os.path.dirname(folder)
             if parent == folder:

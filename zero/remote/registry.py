@@ -18,11 +18,13 @@ import importlib
 import logging
 import os
 import stat
+from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from zero.errors import ConfigError, did_you_mean
 from zero.remote.base import Option, Remote
+from zero.units import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,39 @@ KINDS: dict[str, str] = {
     "s3": "zero.remote.s3:S3Remote",
     "b2": "zero.remote.b2:B2Remote",
 }
+def _positive_number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{key}: expected a number above zero, got {value!r}")
+    return float(value)
+
+
+def _size(key: str, value: Any) -> int:
+    size = parse_size(key, value)
+    if size <= 0:
+        raise ConfigError(f"{key}: must be larger than zero (got {value!r})")
+    return size
+
+
+# Keys every remote takes, whatever its kind: how the pool uses it, not how to reach it.
+POOL_OPTIONS = (
+    Option("weight", "weight", parse=_positive_number,
+           help="this remote's share of new objects against the others' (default 1)"),
+    Option("quota", "quota_bytes", parse=_size,
+           help="the most zero stores there, e.g. 10GiB; new objects go where the most quota is free"),
+    Option("bwlimit", "bwlimit_bytes_per_s", parse=_size,
+           help="bandwidth limit per direction, bytes per second, e.g. 10MiB (as rclone's --bwlimit)"),
+)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How the pool uses one remote (the POOL_OPTIONS of its config entry)."""
+
+    weight: float = 1.0
+    quota_bytes: int | None = None
+    bwlimit_bytes_per_s: int | None = None
+
+
 ENV_SUFFIX = "Env"
 FILE_SUFFIX = "File"
 GENERIC_KEYS = ("name", "type")
@@ -67,7 +102,7 @@ def arguments(spec: Spec) -> dict[str, Any]:
     every secret resolved; ConfigError names the exact key otherwise."""
     cls = remote_class(spec.kind, spec.where)
     a_kind = f"{'an' if cls.kind[0] in 'aeiosx' else 'a'} {cls.kind} remote"
-    by_key = _accepted_keys(cls.options)
+    by_key = _accepted_keys(cls.options + POOL_OPTIONS)
     given: dict[str, tuple[str, Any]] = {}  # option name -> (the key used, raw value)
     for key, raw in spec.options.items():
         if key not in by_key:
@@ -92,6 +127,12 @@ def arguments(spec: Spec) -> dict[str, Any]:
     return {by_name[name].argument: value for name, value in values.items()}
 
 
+def placement(spec: Spec) -> Placement:
+    """The pool's settings for ``spec`` (weight, quota, bwlimit); checked by arguments()."""
+    return Placement(**{option.argument: option.parse(key_path(spec.where, option.name), spec.options[option.name])
+                        for option in POOL_OPTIONS if option.name in spec.options})
+
+
 def build(spec: Spec) -> Remote:
     """A ready Remote for ``spec`` (no connection is made yet)."""
     return remote_class(spec.kind, spec.where)(spec.name, **arguments(spec))
@@ -101,6 +142,7 @@ def check(specs: Iterable[Spec]) -> None:
     """Validate every remote of a config without building any."""
     for spec in specs:
         arguments(spec)
+        placement(spec)
 
 
 def warn_about_exposed_secrets(source: str, specs: Sequence[Spec]) -> bool:

@@ -53,6 +53,9 @@ class RetryingRemote(Remote):
             raise AttributeError(attribute)
         return getattr(self.inner, attribute)
 
+    def prepare(self) -> None:
+        self._call("prepare", "(the remote itself)", self.inner.prepare)
+
     def put(self, key: str, data: bytes) -> None:
         self._call("store", key, lambda: self.inner.put(key, data))
 

@@ -262,12 +262,31 @@ def abort_upload(connection: Connection, ino: int, idx: int) -> None:
     transition(connection, WORKER, [U], D, ino=ino, idx=idx)
 
 
-def eviction_candidates(connection: Connection, limit: int) -> list[Row]:
-    """Clean, unleased, unpinned chunks, least recently used first."""
-    return connection.execute(
-        select(_c).where(_c.c.state.in_([s.value for s in EVICTABLE]), _c.c.leased.is_(False),
-                         _c.c.pinned.is_(False))
-        .order_by(_c.c.last_access).limit(limit)).all()
+def _durable_copies(durable_on) -> object:
+    _p = schema.placements
+    return (select(func.count()).select_from(_p)
+            .where(_p.c.key == _c.c.object_key, _p.c.remote.in_(list(durable_on))).scalar_subquery())
+
+
+def eviction_candidates(connection: Connection, limit: int, durable_on=None, replicas: int = 1) -> list[Row]:
+    """Clean, unleased, unpinned chunks, least recently used first; with
+    ``durable_on``, only those whose object has ``replicas`` copies on those
+    remotes (invariant 2: evict only what is durable where it counts)."""
+    query = select(_c).where(_c.c.state.in_([s.value for s in EVICTABLE]), _c.c.leased.is_(False),
+                             _c.c.pinned.is_(False))
+    if durable_on is not None:
+        query = query.where(_durable_copies(durable_on) >= replicas)
+    return connection.execute(query.order_by(_c.c.last_access).limit(limit)).all()
+
+
+def stranded(connection: Connection, configured) -> tuple[int, int]:
+    """(chunks, files) evicted from the cache whose object has no copy on any
+    of the ``configured`` remotes: what removing the other remotes would make
+    unreadable."""
+    query = select(func.count(), func.count(func.distinct(_c.c.ino))).where(
+        _c.c.state.in_([s.value for s in NEEDS_FETCH]), _durable_copies(configured) == 0)
+    row = connection.execute(query).first()
+    return row[0], row[1]
 
 
 def mark_evicted(connection: Connection, ino: int, idx: int) -> None:

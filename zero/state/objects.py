@@ -72,3 +72,24 @@ def known_keys(connection: Connection) -> set[str]:
 def totals(connection: Connection) -> dict[str, int]:
     row = connection.execute(select(func.count(), func.coalesce(func.sum(_o.c.stored_bytes), 0))).first()
     return {"objects": row[0], "stored_bytes": row[1]}
+
+
+def holders_among(connection: Connection, key: str, names) -> int:
+    """How many of the remotes ``names`` hold a copy of ``key``."""
+    names = list(names)
+    if not names:
+        return 0
+    return connection.execute(select(func.count()).select_from(_p).where(
+        _p.c.key == key, _p.c.remote.in_(names))).scalar()
+
+
+def stored_bytes_by_remote(connection: Connection) -> dict[str, int]:
+    """Bytes each remote holds for this filesystem, by the placement rows."""
+    rows = connection.execute(select(_p.c.remote, func.coalesce(func.sum(_o.c.stored_bytes), 0))
+                              .join(_o, _o.c.key == _p.c.key).group_by(_p.c.remote))
+    return {row[0]: row[1] for row in rows}
+
+
+def objects_by_remote(connection: Connection) -> dict[str, int]:
+    return {row[0]: row[1] for row in connection.execute(
+        select(_p.c.remote, func.count()).group_by(_p.c.remote))}

@@ -56,6 +56,8 @@ class Collector:
         prefix = self.context.object_prefix
         deleted = 0
         for remote in self.context.pool.remotes:
+            if remote.name not in self.context.pool.durable_names():
+                continue  # not ours right now, or not answering: never sweep it
             try:
                 listing = list(remote.list(prefix))
             except RemoteUnavailable as error:

@@ -1,7 +1,8 @@
 """Keep the cache under targetDiskUsage: evict clean chunks, least recently
 used first, down to the low watermark. Dirty, uploading, leased and pinned
 chunks are never evicted; one transaction checks "still clean, not leased",
-unlinks the file and marks the chunk remote.
+unlinks the file and marks the chunk remote. Only chunks whose object has
+``replicas`` copies on configured, healthy remotes go (invariant 2).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import os
 
 from zero.errors import StateConflict
-from zero.state import chunks, counters
+from zero.state import chunks, counters, objects
 from zero.worker import crashpoints
 from zero.worker.context import WorkerContext
 
@@ -50,8 +51,9 @@ class Evictor:
         usage = self.context.cache.usage().total_bytes
         evicted = 0
         while usage > goal:
+            durable_on = self.context.pool.durable_names()
             with self.context.database.read() as connection:
-                candidates = chunks.eviction_candidates(connection, BATCH)
+                candidates = chunks.eviction_candidates(connection, BATCH, durable_on, self.context.config.replicas)
             if not candidates:
                 break
             for row in candidates:
@@ -69,8 +71,13 @@ class Evictor:
 
     def _evict_one(self, ino: int, idx: int) -> int | None:
         path = self.context.cache.chunk_path(ino, idx)
+        durable_on = self.context.pool.durable_names()
         try:
             with self.context.database.write() as connection:
+                row = chunks.get(connection, ino, idx)
+                if row is None or objects.holders_among(connection, row.object_key, durable_on) \
+                        < self.context.config.replicas:
+                    return None  # a remote holding it turned unhealthy or unavailable since we looked
                 chunks.mark_evicted(connection, ino, idx)
                 try:
                     freed = os.stat(path).st_blocks * 512

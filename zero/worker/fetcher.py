@@ -66,7 +66,7 @@ class Fetcher:
                       ", ".join(holders) or "(none)", context.remote_key(key), error)
             self._give_back(ino, idx, tmp, error=str(error))
         except RemoteUnavailable as error:
-            log.warning("Fault-in of chunk %d of inode %d postponed: %s", idx, ino, error)
+            log.debug("Fault-in of chunk %d of inode %d postponed: %s", idx, ino, error)  # the pool logs the remote's health once
             self._give_back(ino, idx, tmp, error=None)
             raise
         except StateConflict:

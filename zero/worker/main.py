@@ -39,6 +39,7 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     from zero.worker.recovery import recover
+    from zero.worker.remotes import RemoteKeeper
     from zero.worker.service import Worker
 
     config = config_module.load(args.config)
@@ -58,11 +59,13 @@ def run(args) -> int:
     listener = wakeup.WakeListener(cache.wake, wakeup.WORKER)
     try:
         recover(context)
+        keeper = RemoteKeeper(context)
+        keeper.start()  # refuses a config that strands data; marks each remote's health
         listener.start()
         names = ", ".join(f"{remote.name} ({remote!r})" for remote in context.pool.remotes)
         log.info("Worker started for %s: remotes %s; keeping the cache under %d MiB", cache.root, names,
                  config.target_disk_usage_bytes >> 20)
-        worker = Worker(context, listener)
+        worker = Worker(context, listener, keeper)
         worker.start()
         stop.wait()
         log.info("Stopping: finishing the uploads and fault-ins under way")

@@ -28,6 +28,7 @@ from zero.worker.context import WorkerContext
 from zero.worker.evictor import Evictor
 from zero.worker.fetcher import Fetcher
 from zero.worker.pins import apply_pins, prime
+from zero.worker.remotes import PROBE_INTERVAL_S, RemoteKeeper
 from zero.worker.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,11 @@ FETCH_THREADS = 4
 
 
 class Worker:
-    def __init__(self, context: WorkerContext, listener: wakeup.WakeListener):
+    def __init__(self, context: WorkerContext, listener: wakeup.WakeListener, keeper: RemoteKeeper):
         self.context = context
         self.listener = listener
-        self.uploader = Uploader(context)
+        self.keeper = keeper
+        self.uploader = Uploader(context, still_ours=keeper.still_ours)
         self.evictor = Evictor(context)
         self.fetcher = Fetcher(context)
         self.collector = Collector(context)
@@ -65,6 +67,7 @@ class Worker:
             self._threads.append(thread)
         self._scheduler.add_job(self.heartbeat, "interval", seconds=HEARTBEAT_INTERVAL_S, id="heartbeat")
         self._scheduler.add_job(self._collect_safely, "interval", seconds=GC_INTERVAL_S, id="gc")
+        self._scheduler.add_job(self._probe_remotes, "interval", seconds=PROBE_INTERVAL_S, id="remotes")
         self._scheduler.start()
         self.heartbeat()
 
@@ -165,6 +168,16 @@ class Worker:
         return changed
 
     # --- periodic jobs -------------------------------------------------------------------
+
+    def _probe_remotes(self) -> None:
+        """Look again at remotes that are not healthy; one that is back gets the backlog."""
+        try:
+            before = set(self.context.pool.durable_names())
+            self.keeper.probe()
+            if set(self.context.pool.durable_names()) - before:
+                self.listener.poke()
+        except Exception:
+            log.exception("Checking the remotes failed; trying again in %.0fs", PROBE_INTERVAL_S)
 
     def _collect_safely(self) -> None:
         try:

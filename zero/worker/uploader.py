@@ -13,7 +13,7 @@ import concurrent.futures
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zero.fsutil import disk_bytes
 from zero.errors import RemoteUnavailable, StateConflict
@@ -34,11 +34,14 @@ class _Upload:
     data: bytes
     key: str
     stored: int
+    holders: list = field(default_factory=list)  # remotes already holding the object (dedup)
 
 
 class Uploader:
-    def __init__(self, context: WorkerContext):
+    def __init__(self, context: WorkerContext, still_ours=lambda names: set(names)):
         self.context = context
+        # Which remotes that took copies still carry their marker (RemoteKeeper.still_ours).
+        self.still_ours = still_ours
         self.uploaded_bytes = 0
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -116,8 +119,9 @@ class Uploader:
         with context.database.write() as connection:
             for item in read:
                 known = objects.get(connection, item.key)
-                holders = objects.remotes_holding(connection, item.key) if known else []
-                if len(holders) >= context.config.replicas:
+                item.holders = objects.remotes_holding(connection, item.key) if known else []
+                durable = [name for name in item.holders if name in context.pool.durable_names()]
+                if len(durable) >= context.config.replicas:
                     # The same bytes are stored already (dedup); the row's presence,
                     # checked in this transaction, keeps the collector off it.
                     if self._finish(connection, item):
@@ -129,13 +133,20 @@ class Uploader:
         if not to_send:
             return done, None
         crashpoints.crash("upload.intent")
+        # Read the markers before writing too, so a remote that vanished (an empty
+        # folder where a drive was mounted) is not written into at all.
+        self.still_ours(context.pool.writable_names())
         sent = self._parallel(self._send, to_send)
         crashpoints.crash("upload.sent")
+        took = {name for outcome in sent if not isinstance(outcome, RemoteUnavailable) for name in outcome[1]}
+        ours = self.still_ours(took) if took else set()
+        sent = [self._only_ours(outcome, ours) for outcome in sent]
         unavailable = None
         with context.database.write() as connection:
             for item, outcome in zip(to_send, sent):
                 if isinstance(outcome, RemoteUnavailable):
-                    log.warning("Upload of chunk %d of inode %d postponed: %s", item.row.idx, item.row.ino, outcome)
+                    # The pool logged the remote's change of health once; a line per chunk would flood.
+                    log.debug("Upload of chunk %d of inode %d postponed: %s", item.row.idx, item.row.ino, outcome)
                     unavailable = outcome
                     self._abort(connection, item.row)
                     continue
@@ -166,9 +177,20 @@ class Uploader:
     def _send(self, item: "_Upload"):
         blob = self.context.codec.seal(item.data)
         try:
-            return len(blob), self.context.pool.put(self.context.remote_key(item.key), blob)
+            return len(blob), self.context.pool.put(self.context.remote_key(item.key), blob, holders=item.holders)
         except RemoteUnavailable as error:
             return error
+
+    def _only_ours(self, outcome, ours: set[str]):
+        """Copies count only on remotes whose marker was still there after they
+        landed; a chunk left short of replicas stays dirty for the next round."""
+        if isinstance(outcome, RemoteUnavailable):
+            return outcome
+        blob_size, holders = outcome
+        lost = [name for name in holders if name not in ours]
+        if lost:
+            return RemoteUnavailable(f"remote(s) {', '.join(lost)} lost their marker while the upload ran")
+        return outcome
 
     def _finish(self, connection, item: "_Upload") -> bool:
         try:
