@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zero import config as config_module
+from zero import wiring
 from zero import logsetup
+from zero.cli.drain import drain
 from zero.cli.gc import gc
 from zero.cli.pins import pin, unpin
 from zero.cli.status import status
@@ -44,10 +45,14 @@ def main(argv=None) -> int:
     command.add_argument("location", help="the cache folder or the mountpoint")
     command.add_argument("--grace", type=float, help="seconds an object must be unused first (default: gcGracePeriod)")
     command.set_defaults(run=gc)
+    command = commands.add_parser("drain", help="copy a remote's objects to the other remotes, so it can be removed")
+    command.add_argument("remote", help="the remote's name in the config")
+    command.add_argument("location", help="the cache folder or the mountpoint")
+    command.set_defaults(run=drain)
     args = parser.parse_args(argv)
     logsetup.configure("zero", "WARNING")
     try:
-        config = config_module.load(args.config)
+        config = wiring.load_config(args.config)
         return args.run(args, config)
     except ZeroError as error:
         print(f"zero: {error}", file=sys.stderr)

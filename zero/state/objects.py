@@ -93,3 +93,17 @@ def stored_bytes_by_remote(connection: Connection) -> dict[str, int]:
 def objects_by_remote(connection: Connection) -> dict[str, int]:
     return {row[0]: row[1] for row in connection.execute(
         select(_p.c.remote, func.count()).group_by(_p.c.remote))}
+
+
+def keys_on(connection: Connection, remote: str, limit: int) -> list[str]:
+    return [row.key for row in connection.execute(
+        select(_p.c.key).where(_p.c.remote == remote).order_by(_p.c.key).limit(limit))]
+
+
+def count_on(connection: Connection, remote: str) -> int:
+    return connection.execute(select(func.count()).select_from(_p).where(_p.c.remote == remote)).scalar()
+
+
+def forget_copy(connection: Connection, key: str, remote: str) -> None:
+    """The remote's copy no longer counts (zero drain moved it elsewhere)."""
+    connection.execute(delete(_p).where(_p.c.key == key, _p.c.remote == remote))

@@ -1,0 +1,65 @@
+"""zero drain empties a remote while every file stays readable; afterwards the
+remote can leave the config, and removing a remote that still holds the only
+copy of evicted data is refused with the command that fixes it."""
+
+from __future__ import annotations
+
+import os
+
+import yaml
+
+from workerkit import MIB, State, settle_evicted, sha256_of, wait_until
+
+
+def test_drain_moves_a_remotes_objects_and_then_it_can_be_removed(make_mount, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    remotes = [{"name": "first", "type": "local", "path": str(first)},
+               {"name": "second", "type": "local", "path": str(second)}]
+    m = make_mount(remotes=remotes, chunkSize="256KiB", uploadDelay=0, targetDiskUsage="2MiB", lowWatermark=0.5)
+    expected = {}
+    for index in range(4):
+        path = m.mnt / f"f{index}.bin"
+        path.write_bytes(os.urandom(MIB))
+        expected[path.name] = sha256_of(path)
+    m.zero("sync", str(m.mnt))
+    wait_until(lambda: State(m.cache).states().get("remote", 0) > 0, 60, "some chunks to be evicted")
+    on_first = State(m.cache).query("SELECT count(*) FROM placements WHERE remote = 'first'")[0][0]
+    assert on_first > 0, "nothing was placed on the first remote: the test would prove nothing"
+
+    result = m.zero("drain", "first", str(m.cache))
+    assert "you can remove it from the config" in result.stdout
+    assert State(m.cache).query("SELECT count(*) FROM placements WHERE remote = 'first'")[0][0] == 0
+
+    # Take 'first' out of the config and away entirely: everything still reads back.
+    m.unmount()
+    m.stop_worker()
+    config = yaml.safe_load(m.config_path.read_text())
+    config["remotes"] = [remote for remote in config["remotes"] if remote["name"] != "first"]
+    m.config_path.write_text(yaml.safe_dump(config))
+    os.rename(first, tmp_path / "first-gone")
+    m.start_worker()
+    m.start_fuse()
+    settle_evicted(m)
+    for name, digest in expected.items():
+        assert sha256_of(m.mnt / name) == digest, f"{name} is not identical after draining"
+
+
+def test_removing_a_remote_that_holds_the_only_copy_is_refused(make_mount, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    remotes = [{"name": "first", "type": "local", "path": str(first), "weight": 1000},
+               {"name": "second", "type": "local", "path": str(second), "weight": 0.001}]
+    m = make_mount(remotes=remotes, chunkSize="256KiB", uploadDelay=0, targetDiskUsage="1MiB", lowWatermark=0.5,
+                   allowed_log=("run `zero drain first",))
+    (m.mnt / "data.bin").write_bytes(os.urandom(2 * MIB))
+    m.zero("sync", str(m.mnt))
+    wait_until(lambda: State(m.cache).states().get("remote", 0) > 0, 60, "some chunks to be evicted")
+    m.unmount()
+    m.stop_worker()
+    config = yaml.safe_load(m.config_path.read_text())
+    config["remotes"] = [remote for remote in config["remotes"] if remote["name"] != "first"]
+    m.config_path.write_text(yaml.safe_dump(config))
+    worker = m.start_worker(wait=False)
+    assert worker.wait(timeout=60) != 0
+    log = m.worker_log()
+    assert "zero drain first" in log and "file(s) that are not in the cache" in log, log
+    m.worker = None

@@ -1,0 +1,89 @@
+"""`zero drain <remote> <cache>`: copy everything a remote holds to the other
+remotes, so that it can be removed from the config without losing a byte.
+
+The remote is marked draining first (no new objects go there; the worker
+notices within its next check), then each object it holds gets its
+``replicas`` copies on the other healthy remotes before the drained copy
+stops counting. Objects placed there meanwhile are picked up by the next
+pass, until none is left."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+from zero import wakeup
+from zero.cli.common import find_cache
+from zero.errors import RemoteUnavailable, ZeroError
+from zero.state import objects, remotes
+
+BATCH = 256
+
+
+def drain(args, config) -> int:
+    from zero.remote import layout
+    from zero.wiring import build_context
+    from zero.worker.remotes import RemoteKeeper
+
+    cache, _ = find_cache(args.location)
+    context = build_context(config, cache)
+    try:
+        pool = context.pool
+        if pool.member(args.remote) is None:
+            raise ZeroError(f"no remote named {args.remote!r} is in the config; drain needs it there "
+                            f"to read its objects (configured: {', '.join(r.name for r in pool.remotes)})")
+        keeper = RemoteKeeper(context)
+        for remote in pool.remotes:
+            keeper.check(remote)
+        others = [name for name in pool.durable_names() if name != args.remote]
+        if len(others) < config.replicas:
+            raise ZeroError(f"draining {args.remote} needs {config.replicas} other healthy remote(s) to hold the "
+                            f"copies (replicas: {config.replicas}); healthy now: {', '.join(others) or 'none'}")
+        with context.database.write() as connection:
+            remotes.set_draining(connection, args.remote, True)
+            total = objects.count_on(connection, args.remote)
+        wakeup.notify(cache.wake, wakeup.WORKER)
+        keeper.refresh()
+        moved = 0
+        with tqdm(total=total, unit="object", desc=f"draining {args.remote}",
+                  disable=not sys.stderr.isatty()) as bar:
+            while True:
+                with context.database.read() as connection:
+                    keys = objects.keys_on(connection, args.remote, BATCH)
+                if not keys:
+                    break
+                for key in keys:
+                    _move(context, args.remote, key, layout.object_key(context.fs_id, key))
+                    moved += 1
+                    bar.update(1)
+    finally:
+        context.database.dispose()
+    print(f"Drained {args.remote}: {moved} object(s) now have their copies on the other remotes. "
+          f"zero no longer needs anything on {args.remote}; you can remove it from the config "
+          f"(and delete what it holds).")
+    return 0
+
+
+def _move(context, drained: str, key: str, remote_key: str) -> None:
+    pool = context.pool
+    with context.database.read() as connection:
+        holders = objects.remotes_holding(connection, key)
+        row = objects.get(connection, key)
+    keep = [name for name in holders if name != drained and name in pool.durable_names()]
+    if len(keep) < context.config.replicas:
+        def verified(blob: bytes) -> bytes:
+            context.codec.open(blob, expected_key=key)  # a corrupt copy is not spread; the pool tries the next
+            return blob
+
+        blob = pool.get(remote_key, holders, decode=verified)
+        try:
+            added = pool.put(remote_key, blob, holders=keep)
+        except RemoteUnavailable as error:
+            raise ZeroError(f"could not copy {remote_key} off {drained}: {error}; run zero drain again "
+                            "once the other remotes answer") from None
+        with context.database.write() as connection:
+            for name in added:
+                objects.record_copy(connection, key, name, row.stored_bytes if row else len(blob))
+    with context.database.write() as connection:
+        objects.forget_copy(connection, key, drained)
