@@ -215,7 +215,7 @@ class ZeroMount:
         # zero's own measure and size parser, so "evicted down to the target" means what the worker means.
         from zero.cachedir import CacheDir
         from zero.config import parse_size
-                limit = parse_size("--evict-to", target)
+        limit = parse_size("--evict-to", target)
         deadline = time.monotonic() + timeout_s
         while CacheDir(self.cache).usage().total_bytes > limit:
             if time.monotonic() > deadline:
