@@ -526,12 +526,17 @@ def round_once(n: int, args, work: Path, tools: dict, inputs: dict, results: dic
                         fuse_abort(system.root)
                         system.dead = "mount stuck"
                 system.sample_rss()
+    except KeyboardInterrupt:
+        print(f"bench: interrupted in round {n}; unmounting and stopping every system", file=sys.stderr)
+        raise
     finally:
         for system in systems:
+            began = time.monotonic()
             try:
                 system.stop()
             except Exception as error:  # noqa: BLE001 - the others must still be stopped
                 print(f"bench: stopping {system.name}: {error}", file=sys.stderr)
+            print(f"bench: round {n} stopped {system.name} in {time.monotonic() - began:.1f}s", file=sys.stderr)
         for system in systems:
             for key, value in system.rss_figures().items():
                 results.setdefault(system.name, {}).setdefault(key, []).append(value)
@@ -658,7 +663,9 @@ def main(argv: list[str]) -> int:
         if not shutil.which(program):
             sys.exit(f"bench: {program} not found (make setup installs what zero needs)")
 
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwinds through the finally
+    # Ctrl-C and SIGTERM both unwind through the finally blocks (even if SIGINT came in ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     base = Path(args.base_dir or tempfile.gettempdir()).resolve()
     needed = (2 * len(args.systems) + 1) * args.size_mib * MIB + 2 * MIB * 1024
     if shutil.disk_usage(base).free < needed:
