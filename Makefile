@@ -28,7 +28,7 @@ SYSTEM_PROGRAMS := fusermount3:fuse3 rsync:rsync getfattr:attr sqlite3:sqlite3 g
 help:
 	@echo "make run    mount zero at ./$(MNT) (cache ./$(CACHE)) with its worker; Ctrl-C unmounts"
 	@echo "make test   run the test suite (make soak: also the slow soak tests)"
-	@echo "make bench  benchmark zero against a plain folder"
+	@echo "make bench  benchmark zero against a plain folder (BENCH_ARGS=--peers: also a passthrough, JuiceFS, rclone)"
 	@echo "make setup  system packages, .venv and the package (run by the others)"
 	@echo "make clean  unmount, then remove .venv, ./$(CACHE) and ./$(MNT)"
 

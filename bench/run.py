@@ -8,6 +8,7 @@ disk and then on the mount, and prints a table of both rates and their ratio.
 The processes are stopped and the mount removed however the run ends.
 
     python bench/run.py [--files 2000] [--size-mib 256] [--json out.json]
+    python bench/run.py --peers --help   # zero against a passthrough, JuiceFS and rclone
 
 Not a test: it asserts nothing. docs/benchmarks.md says what the numbers mean.
 """
@@ -197,26 +198,31 @@ class ZeroMount:
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
 
-    def zero(self, *args: str) -> str:
-        result = subprocess.run([find_program("zero"), *args], env=self.env, capture_output=True, text=True)
+    def zero(self, *args: str, timeout_s: float | None = None) -> str:
+        result = subprocess.run([find_program("zero"), *args], env=self.env, capture_output=True, text=True,
+                                timeout=timeout_s)
         if result.returncode != 0:
             raise RuntimeError(f"zero {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
         return result.stdout
 
-    def evict_everything(self, target: str, timeout_s: float = 300.0) -> None:
-        """Upload all, then restart the worker with a small targetDiskUsage so that
-        it evicts down to it; return when the cache holds no more than that."""
-        self.zero("sync", str(self.mnt))
+    def restart_worker(self, target: str) -> None:
+        """Stop the worker and start it again with targetDiskUsage = target."""
         worker = self.processes["zero-worker"]
         worker.send_signal(signal.SIGTERM)
         worker.wait(STOP_WAIT_S)
         write_config(self.config, self.remote, target)
         self._spawn("zero-worker", self._commands()["zero-worker"])
+
+    def evict_everything(self, target: str, timeout_s: float = 300.0) -> None:
+        """Upload all, then restart the worker with a small targetDiskUsage so that
+        it evicts down to it; return when the cache holds no more than that."""
+        deadline = time.monotonic() + timeout_s
+        self.zero("sync", str(self.mnt), timeout_s=timeout_s)
+        self.restart_worker(target)
         # zero's own measure and size parser, so "evicted down to the target" means what the worker means.
         from zero.cachedir import CacheDir
         from zero.config import parse_size
-                limit = parse_size("--evict-to", target)
-        deadline = time.monotonic() + timeout_s
+        limit = parse_size("--evict-to", target)
         while CacheDir(self.cache).usage().total_bytes > limit:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not evict the cache down to {target} in {timeout_s:.0f}s")
@@ -350,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plain-only", action="store_true", help="skip zero; checks the harness itself")
     parser.add_argument("--evict-to", default="32MiB",
                         help="targetDiskUsage for the cold read (default 32MiB): the big file is evicted")
+    parser.add_argument("--peers", action="store_true",
+                        help="instead: zero against a passthrough, JuiceFS and rclone (bench/peers.py; --peers --help)")
+    argv = sys.argv[1:] if argv is None else argv
+    if "--peers" in argv:  # a harness of its own, with its own options
+        import peers
+        return peers.main([arg for arg in argv if arg != "--peers"])
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the finally below still unmounts and stops zero.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""The workloads of `bench/run.py --peers`, one per child process.
+
+    python bench/workloads.py <workload> <folder> '<params as JSON>'
+
+Runs one workload in <folder> (a plain folder or a mount point) and prints its
+figures as one JSON object on the last line of stdout. The harness runs each in
+a child of its own so that a workload stuck in a FUSE call can be killed at its
+deadline without taking the harness with it. Every system gets the same data
+(read from one source file) and the same random offsets (a fixed seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+MIB = 1024 * 1024
+PAGE = 4096
+SEED = 11  # issue #11: the same offsets on every system and every round
+
+
+def drop_page_cache() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as control:  # needs root; the harness checks first
+        control.write("3\n")
+
+
+def load_blocks(p: dict) -> list[bytes]:
+    """The source blocks (distinct random 1 MiB blocks, made once per run by the harness)."""
+    with open(p["data"], "rb") as source:
+        data = source.read()
+    return [data[i:i + MIB] for i in range(0, len(data), MIB)]
+
+
+def write_file(path: Path, blocks: list[bytes], size_mib: int) -> float:
+    start = time.perf_counter()
+    with open(path, "wb", buffering=0) as f:
+        for i in range(size_mib):
+            f.write(blocks[i % len(blocks)])
+        os.fsync(f.fileno())
+    return time.perf_counter() - start
+
+
+def read_file(path: Path, expected: int, ttfb: bool = False) -> dict:
+    drop_page_cache()
+    total = 0
+    first = None
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        if ttfb:
+            total += len(f.read(PAGE))
+            first = time.perf_counter() - start
+        while chunk := f.read(MIB):
+            total += len(chunk)
+    elapsed = time.perf_counter() - start
+    if total != expected:
+        raise RuntimeError(f"read {total} bytes of {path.name}, expected {expected}")
+    figures = {"mib_s": total / MIB / elapsed}
+    if first is not None:
+        figures["ttfb_ms"] = first * 1000
+    return figures
+
+
+# --- the workloads: each takes the folder and the params, returns figures ----
+
+def w_write(root: Path, p: dict) -> dict:
+    seconds = write_file(root / "big.bin", load_blocks(p), p["size_mib"])
+    return {"write": p["size_mib"] / seconds}
+
+
+def w_read_cached(root: Path, p: dict) -> dict:
+    return {"read_cached": read_file(root / "big.bin", p["size_mib"] * MIB)["mib_s"]}
+
+
+def w_read_evicted(root: Path, p: dict) -> dict:
+    figures = read_file(root / "big.bin", p["size_mib"] * MIB, ttfb=True)
+    return {"read_evicted": figures["mib_s"], "ttfb": figures["ttfb_ms"]}
+
+
+def w_rand_read(root: Path, p: dict) -> dict:
+    pages = p["size_mib"] * MIB // PAGE
+    offsets = [n * PAGE for n in random.Random(SEED).choices(range(pages), k=p["random_ops"])]
+    drop_page_cache()
+    fd = os.open(root / "big.bin", os.O_RDONLY)
+    try:
+        start = time.perf_counter()
+        for offset in offsets:
+            if len(os.pread(fd, PAGE, offset)) != PAGE:
+                raise RuntimeError(f"short read at {offset}")
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+    return {"rand_read": len(offsets) / elapsed}
+
+
+def w_rand_prepare(root: Path, p: dict) -> dict:
+    """The file for random writes: twice the cache limit, written and fsynced (untimed)."""
+    write_file(root / "rand.bin", load_blocks(p), 2 * p["cache_mib"])
+    return {}
+
+
+def w_rand_write(root: Path, p: dict) -> dict:
+    pages = 2 * p["cache_mib"] * MIB // PAGE
+    rng = random.Random(SEED)
+    offsets = [n * PAGE for n in rng.choices(range(pages), k=p["random_writes"])]
+    data = rng.randbytes(PAGE)
+    fd = os.open(root / "rand.bin", os.O_RDWR)
+    try:
+        start = time.perf_counter()
+        for offset in offsets:
+            os.pwrite(fd, data, offset)
+        os.fsync(fd)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+    return {"rand_write": len(offsets) / elapsed}
+
+
+def small_paths(root: Path, count: int) -> list[Path]:
+    return [root / "small" / f"f{i:06d}" for i in range(count)]
+
+
+def w_create(root: Path, p: dict) -> dict:
+    (root / "small").mkdir()
+    data = load_blocks(p)[0][:PAGE]
+    paths = small_paths(root, p["files"])
+    start = time.perf_counter()
+    for path in paths:
+        with open(path, "wb") as f:
+            f.write(data)
+    return {"create": len(paths) / (time.perf_counter() - start)}
+
+
+def w_stat(root: Path, p: dict) -> dict:
+    paths = small_paths(root, p["files"])
+    start = time.perf_counter()
+    for path in paths:
+        os.stat(path)
+    return {"stat": len(paths) / (time.perf_counter() - start)}
+
+
+def w_list(root: Path, p: dict) -> dict:
+    drop_page_cache()  # also the kernel's dentries, so the listing reaches the filesystem
+    start = time.perf_counter()
+    with os.scandir(root / "small") as entries:
+        count = sum(1 for _ in entries)
+    elapsed = time.perf_counter() - start
+    if count != p["files"]:
+        raise RuntimeError(f"listed {count} entries, expected {p['files']}")
+    return {"list": count / elapsed}
+
+
+def w_delete(root: Path, p: dict) -> dict:
+    paths = small_paths(root, p["files"])
+    start = time.perf_counter()
+    for path in paths:
+        os.unlink(path)
+    elapsed = time.perf_counter() - start
+    (root / "small").rmdir()
+    return {"delete": len(paths) / elapsed}
+
+
+def tar_manifest(tar_path: str) -> dict[str, str]:
+    """name -> sha256 of every regular file (or the link target of a symlink) in a tarball."""
+    manifest = {}
+    with tarfile.open(tar_path) as archive:
+        for member in archive:
+            name = member.name.removeprefix("./")
+            if member.isfile():
+                manifest[name] = hashlib.sha256(archive.extractfile(member).read()).hexdigest()
+            elif member.issym():
+                manifest[name] = "-> " + member.linkname
+    return manifest
+
+
+def w_tar_x(root: Path, p: dict) -> dict:
+    target = root / "tarx"
+    target.mkdir()
+    start = time.perf_counter()
+    subprocess.run(["tar", "-xf", p["tarball"], "-C", str(target)], check=True)
+    os.sync()  # the extracted tree is on the system (for zero and JuiceFS, as far as their fsync goes)
+    return {"tar_x": p["tar_files"] / (time.perf_counter() - start)}
+
+
+def w_tar_c(root: Path, p: dict) -> dict:
+    """tar the extracted tree back out (to the scratch disk), then check it against the source."""
+    drop_page_cache()
+    out = Path(p["scratch"]) / f"tar-back-{os.getpid()}.tar"
+    try:
+        start = time.perf_counter()
+        subprocess.run(["tar", "-cf", str(out), "-C", str(root / "tarx"), "."], check=True)
+        elapsed = time.perf_counter() - start
+        back = tar_manifest(str(out))
+    finally:
+        out.unlink(missing_ok=True)
+    source = json.loads(Path(p["manifest"]).read_text())
+    if back != source:
+        differ = sorted(set(back.items()) ^ set(source.items()))[:5]
+        raise RuntimeError(f"tar back out differs from the source: {differ}")
+    return {"tar_c": p["tar_files"] / elapsed}
+
+
+def w_git_clone(root: Path, p: dict) -> dict:
+    start = time.perf_counter()
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", p["git_repo"], str(root / "clone")], check=True)
+    elapsed = time.perf_counter() - start
+    head = subprocess.run(["git", "-C", str(root / "clone"), "rev-parse", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    if head != p["git_head"]:
+        raise RuntimeError(f"the clone's HEAD is {head}, the source's {p['git_head']}")
+    return {"git_clone": elapsed}
+
+
+# --- --million: create and stat rates against the number of files present ---
+
+def ns_path(root: Path, i: int) -> Path:
+    return root / "ns" / f"d{i // 1000:04d}" / f"f{i % 1000:03d}"
+
+
+def w_ns_fill(root: Path, p: dict) -> dict:
+    """Grow the namespace to p['to'] empty files (in folders of 1000), from p['from']."""
+    for i in range(p["from"], p["to"]):
+        path = ns_path(root, i)
+        if i % 1000 == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+    return {}
+
+
+def w_ns_measure(root: Path, p: dict) -> dict:
+    """Create 1000 new 4 KiB files in a fresh folder, and stat 1000 random existing ones."""
+    folder = root / "ns" / f"probe-{p['present']}"
+    folder.mkdir()
+    data = load_blocks(p)[0][:PAGE]
+    start = time.perf_counter()
+    for i in range(1000):
+        with open(folder / f"p{i:03d}", "wb") as f:
+            f.write(data)
+    create = 1000 / (time.perf_counter() - start)
+    picks = [ns_path(root, i) for i in random.Random(SEED).choices(range(p["present"]), k=1000)]
+    drop_page_cache()
+    start = time.perf_counter()
+    for path in picks:
+        os.stat(path)
+    stat = 1000 / (time.perf_counter() - start)
+    tag = p["tag"]
+    return {f"ns_create_{tag}": create, f"ns_stat_{tag}": stat}
+
+
+WORKLOADS = {name[2:]: fn for name, fn in globals().items() if name.startswith("w_")}
+
+
+def main() -> int:
+    name, root, params = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+    figures = WORKLOADS[name](root, params)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
