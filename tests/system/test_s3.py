@@ -1,0 +1,159 @@
+"""zero over S3, for real: a moto server on 127.0.0.1 (started and stopped by
+these tests), the real zero-fuse and zero-worker, data through the mount."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import boto3
+import pytest
+import yaml
+
+from workerkit import KIB, MIB, State, settle_evicted, sha256_of, wait_until
+
+REGION = "us-east-1"
+KEY_ID, SECRET = "zero-test-key", "zero-test-secret"
+SECRET_ENV = "ZERO_TEST_S3_SECRET"
+KNOWN = b"THE-QUICK-BROWN-FOX-IS-NEVER-STORED-IN-PLAIN-TEXT:"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class S3Server:
+    """A moto S3 server on a fixed loopback port, so it can be stopped and started again (its
+    objects live in this process and survive a restart, as a real store's would)."""
+
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server_class = ThreadedMotoServer
+        self._server = None
+        self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION,
+                                   aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
+
+    def start(self) -> None:
+        self._server = self._server_class(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def bucket(self) -> str:
+        name = f"zero-{uuid.uuid4().hex[:12]}"
+        self.client.create_bucket(Bucket=name)
+        return name
+
+    def objects(self, bucket: str) -> dict[str, bytes]:
+        found = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                found[item["Key"]] = self.client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        return found
+
+    def remote(self, name: str, bucket: str, **extra) -> dict:
+        return {"name": name, "type": "s3", "bucket": bucket, "endpoint": self.endpoint, "region": REGION,
+                "pathStyle": True, "accessKeyId": KEY_ID, "secretAccessKeyEnv": SECRET_ENV, **extra}
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    server = S3Server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def set_config(mount, **changes) -> None:
+    config = yaml.safe_load(mount.config_path.read_text())
+    config.update(changes)
+    mount.config_path.write_text(yaml.safe_dump(config))
+
+
+def write_file(path, size: int) -> str:
+    """Half known, compressible text, half random: plaintext would show in an object."""
+    half = size // 2
+    path.write_bytes((KNOWN * (half // len(KNOWN) + 1))[:half] + os.urandom(size - half))
+    return sha256_of(path)
+
+
+def test_a_file_four_times_the_cache_goes_through_s3_and_the_bucket_holds_no_plaintext(make_mount, s3):
+    bucket = s3.bucket()
+    m = make_mount(remotes=[s3.remote("s3", bucket)], chunkSize="256KiB", uploadDelay=0,
+                   targetDiskUsage="4MiB", lowWatermark=0.5)
+    digest = write_file(m.mnt / "big.bin", 16 * MIB)
+    m.zero("sync", str(m.mnt))
+    wait_until(lambda: State(m.cache).states().get("remote", 0) >= 32, 120, "most of the file to be evicted")
+    settle_evicted(m, m.mnt / "big.bin")
+    assert sha256_of(m.mnt / "big.bin") == digest
+    stored = s3.objects(bucket)
+    assert len(stored) > 32, f"expected the file's chunks in the bucket (the random half alone is 32), found {len(stored)}"
+    for key, blob in stored.items():
+        assert KNOWN not in blob and KNOWN[:16] not in blob, f"{key} holds plaintext"
+
+
+def test_the_s3_server_dies_mid_upload_and_comes_back_and_nothing_is_lost(make_mount, s3):
+    bucket = s3.bucket()
+    m = make_mount(remotes=[s3.remote("s3", bucket)], chunkSize="256KiB", uploadDelay=0,
+                   targetDiskUsage="64MiB", allowed_log=("Remote 's3' is not answering", "is healthy again",
+                                                         "Retrying", "retrying", "Remote 's3' is unavailable"))
+    digests = {}
+    for index in range(4):
+        digests[f"f{index}.bin"] = write_file(m.mnt / f"f{index}.bin", 4 * MIB)
+    wait_until(lambda: len(s3.objects(bucket)) >= 3, 60, "the upload to start")
+    s3.stop()
+    wait_until(lambda: "unhealthy" in m.zero("status", str(m.cache)).stdout, 120,
+               "zero status to say the remote is not answering")
+    for index in range(4, 6):  # written while S3 is down: kept in the cache
+        digests[f"f{index}.bin"] = write_file(m.mnt / f"f{index}.bin", 2 * MIB)
+    s3.start()
+    m.zero("sync", str(m.mnt), timeout=300)
+    assert State(m.cache).states().get("dirty", 0) == 0
+    # Everything is in the bucket: restart the worker on a tiny cache so every chunk must come back from S3.
+    m.unmount()
+    m.stop_worker()
+    set_config(m, targetDiskUsage="1MiB", lowWatermark=0.5)
+    m.start_worker()
+    m.start_fuse()
+    wait_until(lambda: State(m.cache).states().get("clean", 0) <= 4, 120, "the cache to be emptied")
+    settle_evicted(m)
+    for name, digest in digests.items():
+        assert sha256_of(m.mnt / name) == digest, f"{name} is not identical after S3 came back"
+
+
+def test_with_two_replicas_one_bucket_wiped_every_file_still_reads_back(make_mount, s3):
+    first, second = s3.bucket(), s3.bucket()
+    m = make_mount(remotes=[s3.remote("first", first), s3.remote("second", second)], replicas=2,
+                   chunkSize="256KiB", uploadDelay=0, targetDiskUsage="2MiB", lowWatermark=0.5,
+                   allowed_log=("Remote 'first' is unavailable", "Remote 'first' is not answering"))
+    digests = {f"f{index}.bin": write_file(m.mnt / f"f{index}.bin", 2 * MIB) for index in range(3)}
+    m.zero("sync", str(m.mnt))
+    wait_until(lambda: State(m.cache).states().get("remote", 0) >= 12, 120, "most chunks to be evicted")
+    for key in s3.objects(first):
+        s3.client.delete_object(Bucket=first, Key=key)
+    settle_evicted(m)
+    for name, digest in digests.items():
+        assert sha256_of(m.mnt / name) == digest, f"{name} did not read back from the surviving replica"
+
+
+def test_three_remotes_with_quotas_one_two_three_fill_in_proportion(make_mount, s3):
+    buckets = [s3.bucket() for _ in range(3)]
+    remotes = [s3.remote(f"r{quota}", bucket, quota=f"{quota}MiB") for quota, bucket in zip((1, 2, 3), buckets)]
+    m = make_mount(remotes=remotes, chunkSize="64KiB", uploadDelay=0)
+    (m.mnt / "data.bin").write_bytes(os.urandom(60 * 64 * KIB))
+    m.zero("sync", str(m.mnt))
+    counts = [len([key for key in s3.objects(bucket) if "/objects/" in key]) for bucket in buckets]
+    assert sum(counts) == 60, counts
+    for count, share in zip(counts, (10, 20, 30)):
+        assert abs(count - share) <= 3, f"objects per remote {counts} are not in proportion 1:2:3"
