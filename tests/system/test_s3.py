@@ -157,3 +157,32 @@ def test_three_remotes_with_quotas_one_two_three_fill_in_proportion(make_mount, 
     assert sum(counts) == 60, counts
     for count, share in zip(counts, (10, 20, 30)):
         assert abs(count - share) <= 3, f"objects per remote {counts} are not in proportion 1:2:3"
+
+
+def test_a_flaky_network_to_s3_loses_nothing_and_logs_health_changes_not_attempts(make_mount, s3):
+    from faultproxy import FaultProxy
+
+    bucket = s3.bucket()
+    proxy = FaultProxy(s3.port)
+    proxy.start()
+    try:
+        remote = s3.remote("s3", bucket)
+        remote["endpoint"] = proxy.endpoint
+        m = make_mount(remotes=[remote], chunkSize="256KiB", uploadDelay=0, targetDiskUsage="2MiB",
+                       lowWatermark=0.5, faultInTimeout=120,
+                       allowed_log=("Remote 's3' is not answering", "Remote 's3' is unavailable"))
+        digests = {f"f{index}.bin": write_file(m.mnt / f"f{index}.bin", 2 * MIB) for index in range(4)}
+        m.zero("sync", str(m.mnt), timeout=600)
+        wait_until(lambda: State(m.cache).states().get("remote", 0) >= 16, 300, "most chunks to be evicted")
+        settle_evicted(m)
+        for name, digest in digests.items():
+            assert sha256_of(m.mnt / name) == digest, f"{name} is not identical over a flaky network"
+        assert sum(proxy.injected.values()) >= 10, f"too few faults were injected to prove anything: {proxy.injected}"
+        assert all(proxy.injected.values()), f"every kind of fault should have happened: {proxy.injected}"
+        lines = (m.worker_log() + m.fuse_log()).splitlines()
+        noisy = [line for line in lines if " WARNING " in line or " ERROR " in line]
+        assert len(noisy) <= 20, f"{len(noisy)} warnings for {sum(proxy.injected.values())} faults:\n" + \
+            "\n".join(noisy[:30])
+    finally:
+        proxy.enabled = False
+        proxy.stop()

@@ -93,6 +93,7 @@ class RetryingRemote(Remote):
 
     def _log_retry(self, verb: str, key: str, state: RetryCallState) -> None:
         wait_s = state.next_action.sleep if state.next_action else 0.0
-        log.info("Remote %r: could not %s %s (%s); trying again in %.1f s (attempt %d of at most %d)",
+        # Debug only: a flaky remote retries often; the pool logs its change of health once.
+        log.debug("Remote %r: could not %s %s (%s); trying again in %.1f s (attempt %d of at most %d)",
                  self.name, verb, key, state.outcome.exception(), wait_s, state.attempt_number + 1,
                  self.settings.attempts)

@@ -104,8 +104,11 @@ class S3Remote(Remote):
         name = self._name_of(key)
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=name)
-            with response["Body"] as body:
+            body = response["Body"]  # botocore's StreamingBody: its read() turns a cut stream into its own error
+            try:
                 return body.read()
+            finally:
+                body.close()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise self.translate(error, "read", key) from error
 
