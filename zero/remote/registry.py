@@ -34,6 +34,7 @@ KINDS: dict[str, str] = {
     "local": "zero.remote.local:LocalRemote",
     "s3": "zero.remote.s3:S3Remote",
     "b2": "zero.remote.b2:B2Remote",
+    "rclone": "zero.remote.rclone:RcloneRemote",
 }
 def _positive_number(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
