@@ -24,6 +24,7 @@ import traceback
 
 import pytest
 
+from support import zero_mounted
 from workerkit import KIB, drop_caches, status_counters
 
 CHUNK = 64 * KIB
@@ -267,7 +268,7 @@ def race(make_mount, seconds: float, seed: int) -> None:
     m.zero("sync", str(m.mnt), timeout=120)
     r.verify_all("after zero sync")
     m.unmount()
-    assert not os.path.ismount(m.mnt)
+    assert not zero_mounted(m.mnt)
     m.start_fuse()
     r.verify_all("after unmount and remount")
 
