@@ -26,10 +26,15 @@ def make_mount(tmp_path):
         return mount
 
     yield factory
-    problems = []
+    # Close every mount even if closing one fails; then report what went wrong.
+    problems, errors = [], []
     for mount in mounts:
-        mount.close()
+        try:
+            mount.close()
+        except BaseException as error:  # noqa: BLE001 - the other mounts must still be closed
+            errors.append(f"closing {mount.root}: {error!r}")
         problems += mount.unexpected_log_lines(mount.allowed_log)
+    assert not errors, "could not close every mount:\n" + "\n".join(errors)
     assert not problems, "zero logged unexpected warnings or errors:\n" + "\n".join(problems)
 
 

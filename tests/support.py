@@ -1,11 +1,17 @@
 """Start the real zero-fuse and zero-worker commands for a test, and always
 stop them: every mount is unmounted and every process ended, even when the
 test fails. Waiting for a mount to appear polls (the kernel gives no event
-for it), with a deadline."""
+for it), with a deadline.
+
+Whether zero is mounted somewhere is read from the kernel's mount table, never
+from ``os.path.ismount``: that stats the folder, which fails with ENOTCONN on
+the dead mount a crashed zero-fuse leaves, so it answers False and the dead
+mount would be left behind."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +22,37 @@ import yaml
 
 BIN = Path(sys.executable).parent
 MOUNT_TIMEOUT_S = 20.0
+
+
+def _unescape(field: bytes) -> str:
+    """A path as /proc/self/mountinfo writes it (space, tab, newline, backslash as octal escapes)."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match.group(1), 8)]), field))
+
+
+def zero_mount_ids(path) -> set[int]:
+    """The kernel's ids of the zero FUSE mounts on ``path``, live or dead (other
+    file systems mounted there do not count)."""
+    where = os.path.abspath(path)
+    found = set()
+    with open("/proc/self/mountinfo", "rb") as table:
+        for line in table:
+            # "<id> <parent> <major:minor> <root> <mount point> <options> [optional...] - <type> <source> ..."
+            fields, _, tail = line.partition(b" - ")
+            fields, tail = fields.split(), tail.split()
+            if tail and tail[0] == b"fuse.zero" and _unescape(fields[4]) == where:
+                found.add(int(fields[0]))
+    return found
+
+
+def zero_mounted(path) -> bool:
+    """A zero FUSE mount, live or dead, is on ``path``."""
+    return bool(zero_mount_ids(path))
+
+
+def unmount_if_mounted(path) -> None:
+    """Lazily unmount every zero mount on ``path``; a dead one too."""
+    for _ in range(len(zero_mount_ids(path))):
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True)
 
 
 def command(name: str) -> str:
@@ -63,8 +100,10 @@ class ZeroMount:
         return self.fuse
 
     def wait_mounted(self) -> None:
+        """Until a live zero mount is on the mountpoint: in the mount table, and
+        answering (a stale one that zero-fuse is about to clear does not)."""
         deadline = time.monotonic() + MOUNT_TIMEOUT_S
-        while not os.path.ismount(self.mnt):
+        while not (zero_mounted(self.mnt) and os.path.ismount(self.mnt)):
             if self.fuse.poll() is not None:
                 raise AssertionError(f"zero-fuse exited with {self.fuse.returncode}:\n{self.fuse_log()}")
             if time.monotonic() > deadline:
@@ -89,7 +128,7 @@ class ZeroMount:
 
     def unmount(self) -> None:
         """A clean unmount, as a user would do it; waits for zero-fuse to exit."""
-        if os.path.ismount(self.mnt):
+        if zero_mounted(self.mnt):
             subprocess.run(["fusermount3", "-u", str(self.mnt)], check=False, capture_output=True)
         if self.fuse is not None:
             try:
@@ -105,7 +144,7 @@ class ZeroMount:
             self.fuse.send_signal(signal.SIGKILL)
             self.fuse.wait()
             self.fuse = None
-        subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False, capture_output=True)
+        unmount_if_mounted(self.mnt)
 
     def stop_worker(self) -> int | None:
         if self.worker is None:
@@ -126,13 +165,18 @@ class ZeroMount:
             self.worker = None
 
     def close(self) -> None:
-        try:
-            self.unmount()
-        finally:
-            self.kill_fuse() if self.fuse is not None else None
-            self.stop_worker()
-            if os.path.ismount(self.mnt):
-                subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
+        """Unmount, end both processes and clear a dead mount. Every step runs even
+        when an earlier one raised; the first error is raised at the end."""
+        errors = []
+        for step in (self.unmount, self.kill_fuse, self.stop_worker, lambda: unmount_if_mounted(self.mnt)):
+            try:
+                step()
+            except BaseException as error:  # noqa: BLE001 - the rest must still run
+                errors.append(error)
+        if zero_mounted(self.mnt):
+            errors.append(AssertionError(f"{self.mnt} is still mounted after close()"))
+        if errors:
+            raise errors[0]
 
     # --- looking at what happened ---------------------------------------------
 

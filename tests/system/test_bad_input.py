@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ZeroMount, command
+from support import ZeroMount, command, unmount_if_mounted, zero_mount_ids, zero_mounted
 from zero.state import db as state_db
 
 ERROR_TIMEOUT_S = 30
@@ -17,22 +17,6 @@ ERROR_TIMEOUT_S = 30
 
 def good_config(tmp_path: Path) -> str:
     return f"remotes:\n  - name: local\n    type: local\n    path: {tmp_path / 'remote'}\n"
-
-
-def zero_mounted(path: Path) -> bool:
-    """A zero FUSE mount (live or stale) is on path; other mounts do not count."""
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            fields = line.split()
-            where = fields[1].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-            if where == str(path) and fields[2] == "fuse.zero":
-                return True
-    return False
-
-
-def unmount_if_mounted(path: Path) -> None:
-    if zero_mounted(path):
-        subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True)
 
 
 def run_fuse(tmp_path: Path, mnt: Path, cache: Path, *extra: str, config: str | None = None,
@@ -137,7 +121,7 @@ def test_mountpoint_not_empty_unless_allowed(tmp_path):
         assert sorted(os.listdir(fs.mnt)) == ["mine.txt"]
     finally:
         fs.close()
-    assert not os.path.ismount(fs.mnt)
+    assert not zero_mounted(fs.mnt)
     assert os.listdir(fs.mnt) == ["underneath.txt"]
 
 
@@ -185,7 +169,7 @@ def test_a_second_zero_fuse_on_the_same_cache_names_the_first(tmp_path, make_mou
     other_mnt.mkdir()
     result = run_fuse(tmp_path, other_mnt, first.cache, env=first.env)
     refusal(result, "already used by another zero-fuse", f"pid {first.fuse.pid}", f"kill {first.fuse.pid}")
-    assert not os.path.ismount(other_mnt)
+    assert not zero_mounted(other_mnt)
     # the first one is unharmed
     (first.mnt / "still.txt").write_bytes(b"serving")
     assert (first.mnt / "still.txt").read_bytes() == b"serving"
@@ -209,14 +193,15 @@ def test_a_stale_mount_is_cleared_and_remounted(tmp_path):
         with pytest.raises(OSError) as caught:
             os.stat(fs.mnt)
         assert caught.value.errno == errno.ENOTCONN
+        assert zero_mounted(fs.mnt), "the dead mount is not in the mount table"
 
         fs.start_fuse()
         assert os.path.ismount(fs.mnt)
+        assert len(zero_mount_ids(fs.mnt)) == 1, "the stale mount is still stacked under the new one"
         assert hashlib.sha256((fs.mnt / "kept.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
         assert "stale mount" in fs.fuse_log()
     finally:
         fs.close()
-        unmount_if_mounted(fs.mnt)
 
 
 # --- the system ---------------------------------------------------------------------------------

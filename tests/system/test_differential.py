@@ -8,6 +8,16 @@ One mount serves a whole test function (mounting is slow); each example
 starts by emptying both roots. The namespace is tiny (three names, at most
 two directory levels) so operations collide often, and chunks are 64 KiB so
 writes and truncates cross chunk boundaries often.
+
+zero-worker runs beside it with a cache (targetDiskUsage) smaller than the
+data an example writes and no upload delay, so chunks are uploaded and evicted
+while the operations run. Every read of the zero tree first drops the file's
+pages from the kernel's page cache (POSIX_FADV_DONTNEED), so zero-fuse answers
+it, and the `evict` step waits until the worker uploaded everything, brought
+the cache under its target and zero-fuse let go of the evicted files: the next
+reads fault the chunks back in. The run must have evicted and faulted in
+chunks, or it proved nothing about them. Examples are derandomized: every run
+tries the same sequences.
 """
 
 from __future__ import annotations
@@ -27,8 +37,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
                                  run_state_machine_as_test)
 
+from workerkit import cache_usage, deleted_chunk_files_held, status_counters, wait_until, wait_worker_ready
+
 CHUNK_BYTES = 64 * 1024
 MAX_DATA_BYTES = 200 * 1024
+TARGET_BYTES = 128 * 1024  # two chunks: most examples write more than that
+WORKER_CONFIG = dict(chunkSize="64KiB", targetDiskUsage="128KiB", lowWatermark=0.5, uploadDelay=0)
+SETTLE_TIMEOUT_S = 60
 NAMES = ("a", "b", "c")
 XATTR_NAMES = ("user.p", "user.q")
 MAX_OPEN_FDS = 3
@@ -82,8 +97,15 @@ def write_at(root: Path, path: str, offset: int, data: bytes, create: bool, appe
         os.close(fd)
 
 
+def uncached(fd: int) -> int:
+    """Drop the file's pages from the kernel's page cache, so that the next read
+    asks the file system (zero-fuse), not the kernel."""
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    return fd
+
+
 def read_at(root: Path, path: str, offset: int, size: int) -> bytes:
-    fd = os.open(root / path, os.O_RDONLY)
+    fd = uncached(os.open(root / path, os.O_RDONLY))
     try:
         return os.pread(fd, size, offset)
     finally:
@@ -123,6 +145,7 @@ def snapshot(root: Path) -> tuple[dict, set]:
                 pending.append(rel)
             else:
                 with open(full, "rb") as file:
+                    uncached(file.fileno())
                     data = file.read()
                 entries[rel] = ("file" if stat.S_ISREG(info.st_mode) else oct(stat.S_IFMT(info.st_mode)),
                                 oct(stat.S_IMODE(info.st_mode)), info.st_nlink, info.st_size,
@@ -146,7 +169,18 @@ def first_difference(local: bytes, zero: bytes) -> str:
 
 # --- the machine ------------------------------------------------------------------------
 
-def differential_machine(local_root: Path, zero_root: Path) -> type[RuleBasedStateMachine]:
+def settle(mount) -> None:
+    """Everything uploaded, the cache under its target, and zero-fuse holding no
+    descriptor of an evicted chunk file: the next read of an evicted chunk faults it in."""
+    mount.zero("sync", str(mount.mnt), timeout=SETTLE_TIMEOUT_S)
+    wait_until(lambda: cache_usage(mount.cache) <= TARGET_BYTES, SETTLE_TIMEOUT_S,
+               "the worker to bring the cache under its target")
+    wait_until(lambda: deleted_chunk_files_held(mount.fuse.pid, mount.cache)[0] == 0, SETTLE_TIMEOUT_S,
+               "zero-fuse to close its descriptors on evicted chunk files")
+
+
+def differential_machine(local_root: Path, mount) -> type[RuleBasedStateMachine]:
+    zero_root = mount.mnt
     roots = (local_root, zero_root)
 
     class Differential(RuleBasedStateMachine):
@@ -155,6 +189,7 @@ def differential_machine(local_root: Path, zero_root: Path) -> type[RuleBasedSta
             for root in roots:
                 empty(root)
             self.fds: list[tuple[int | None, int | None, str]] = []  # (local fd, zero fd, path opened)
+            self.settled = False
 
         def both(self, call, *args):
             local, zero = (outcome(call, root, *args) for root in roots)
@@ -221,6 +256,14 @@ def differential_machine(local_root: Path, zero_root: Path) -> type[RuleBasedSta
         def chmod(self, path, mode):
             self.both(lambda root, p, m: os.chmod(root / p, m), path, mode)
 
+        @precondition(lambda self: not self.settled)
+        @rule()
+        def evict(self):
+            """Once per example: let the worker upload and evict, then the invariants
+            read every file back through fault-ins."""
+            settle(mount)
+            self.settled = True
+
         # extended attributes
 
         @rule(path=paths, name=st.sampled_from(XATTR_NAMES), value=xattr_values, flags=xattr_flags)
@@ -272,6 +315,7 @@ def differential_machine(local_root: Path, zero_root: Path) -> type[RuleBasedSta
             local_fd, zero_fd, path = data.draw(st.sampled_from(self.fds))
             if local_fd is None:
                 return
+            uncached(zero_fd)
             local, zero = (outcome(os.pread, fd, size, offset) for fd in (local_fd, zero_fd))
             if local != zero and local[0] == zero[0] == "ok":
                 raise AssertionError(f"pread(fd of {path!r}, {size}, {offset}): {first_difference(local[1], zero[1])}")
@@ -308,29 +352,39 @@ def differential_machine(local_root: Path, zero_root: Path) -> type[RuleBasedSta
                     if fd is not None:
                         os.close(fd)
             self.fds.clear()
+            if not self.settled:
+                # Every example reads its tree back through eviction and fault-in at least once.
+                settle(mount)
+                self.trees_agree()
 
     return Differential
 
 
-def run_differential(make_mount, tmp_path: Path, examples: int, steps: int) -> None:
-    mount = make_mount(worker=False, chunkSize="64KiB")
+def run_differential(make_mount, tmp_path: Path, examples: int, steps: int, derandomize: bool) -> None:
+    mount = make_mount(worker=True, **WORKER_CONFIG)
+    wait_worker_ready(mount)
     local = tmp_path / "local"
     local.mkdir()
     old_umask = os.umask(0o022)
     try:
         run_state_machine_as_test(
-            differential_machine(local, mount.mnt),
+            differential_machine(local, mount),
             settings=settings(max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
+                              derandomize=derandomize,
                               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                                      HealthCheck.filter_too_much]))
     finally:
         os.umask(old_umask)
+    counters = status_counters(mount.zero("status", str(mount.cache)).stdout)
+    print(f"differential: {examples} examples of up to {steps} steps; worker counters {counters}")
+    assert counters["evictions"] > 0 and counters["fault_ins"] > 0, \
+        f"the run never evicted and faulted in a chunk, so it compared nothing that went through them: {counters}"
 
 
 def test_zero_behaves_like_a_local_folder(make_mount, tmp_path):
-    run_differential(make_mount, tmp_path, examples=60, steps=30)
+    run_differential(make_mount, tmp_path, examples=60, steps=30, derandomize=True)
 
 
 @pytest.mark.soak
 def test_zero_behaves_like_a_local_folder_soak(make_mount, tmp_path):
-    run_differential(make_mount, tmp_path, examples=2000, steps=80)
+    run_differential(make_mount, tmp_path, examples=2000, steps=80, derandomize=False)

@@ -7,6 +7,9 @@ import contextlib
 import hashlib
 import os
 
+from support import zero_mounted
+from workerkit import wait_until
+
 CHUNK = 64 * 1024
 
 
@@ -93,7 +96,7 @@ def test_every_write_that_returned_survives_kill_9(make_mount):
     finally:
         with contextlib.suppress(OSError):
             still_open.close()
-    assert not os.path.ismount(fs.mnt)
+    assert not zero_mounted(fs.mnt)
 
     fs.start_fuse()
     for name, data in expected.items():
@@ -128,3 +131,20 @@ def test_a_second_crash_right_after_recovery(make_mount):
     fs.kill_fuse()
     fs.start_fuse()
     assert digest((fs.mnt / "f").read_bytes()) == digest(data)
+
+
+def test_close_clears_the_dead_mount_of_a_crashed_zero_fuse(tmp_path):
+    """The harness itself: a zero-fuse that died without unmounting leaves a mount that
+    os.path.ismount calls absent (stat fails with ENOTCONN); close() must still clear it."""
+    from support import ZeroMount
+    fs = ZeroMount(tmp_path / "fs")
+    try:
+        fs.start_fuse()
+        fs.fuse.kill()
+        fs.fuse.wait()
+        # The kernel answers stat from its attribute cache (1 s) until it asks the dead process.
+        wait_until(lambda: not os.path.ismount(fs.mnt), 10, "stat of the dead mount to fail")
+        assert zero_mounted(fs.mnt)
+    finally:
+        fs.close()
+    assert not zero_mounted(fs.mnt), "close() left the dead mount of a killed zero-fuse behind"

@@ -10,6 +10,13 @@ operation on the filesystem and the model's update, so both agree on the order.
 Every read must return the model's bytes. The run must have evicted and
 faulted in chunks (or it proved nothing); then everything is checked again
 after `zero sync`, and after an unmount and a remount.
+
+Three more races the random mix never makes, each on one file while the worker
+uploads, evicts and faults in under it: two handles writing interleaved regions
+of one file at once; a file unlinked while another thread still reads and
+writes it through its handle; and a new file renamed over a file that another
+thread holds open and reads (it keeps reading the old bytes; new opens read
+the new ones).
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ import traceback
 
 import pytest
 
-from workerkit import KIB, drop_caches, status_counters
+from support import zero_mounted
+from workerkit import KIB, State, drop_caches, settle_evicted, status_counters, wait_until, wait_worker_ready
 
 CHUNK = 64 * KIB
 CONFIG = dict(chunkSize="64KiB", targetDiskUsage="2MiB", lowWatermark=0.5, uploadDelay=0, prefetchChunks=2)
@@ -267,7 +275,7 @@ def race(make_mount, seconds: float, seed: int) -> None:
     m.zero("sync", str(m.mnt), timeout=120)
     r.verify_all("after zero sync")
     m.unmount()
-    assert not os.path.ismount(m.mnt)
+    assert not zero_mounted(m.mnt)
     m.start_fuse()
     r.verify_all("after unmount and remount")
 
@@ -280,3 +288,259 @@ def test_race_readers_writers_and_a_hard_working_worker(make_mount):
 def test_race_soak(make_mount):
     race(make_mount, seconds=float(os.environ.get("ZERO_SOAK_SECONDS", "600")),
          seed=int(os.environ.get("ZERO_RACE_SEED", str(int(time.time())))))
+
+
+# --- one file, several handles, while the worker uploads and evicts ----------------------------------
+#
+# Each test below runs its threads until the worker has evicted and faulted in chunks under them
+# (waiting on the counters, with a deadline), so the race it names really happened; then it stops
+# them and checks every byte, again after `zero sync` and eviction, and after a remount.
+
+PROGRESS_TIMEOUT_S = 90
+
+
+def uncache(fd: int) -> None:
+    """Drop the file's pages from the kernel's page cache: the next read goes to zero-fuse."""
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def read_all(fd: int, size: int, piece: int = CHUNK) -> bytes:
+    return b"".join(os.pread(fd, piece, offset) for offset in range(0, size, piece))
+
+
+def counters_of(m) -> dict[str, int]:
+    return status_counters(m.zero("status", str(m.cache)).stdout)
+
+
+class Threads:
+    """Worker threads that run a step until told to stop; the first failure stops all of them."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.failures: list[str] = []
+        self.threads: list[threading.Thread] = []
+        self.steps = collections.Counter()
+
+    def start(self, name: str, step) -> None:
+        def run():
+            try:
+                while not self.stop.is_set():
+                    step()
+                    self.steps[name] += 1
+            except BaseException:
+                self.failures.append(f"{name}: {traceback.format_exc()}")
+                self.stop.set()
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def run_until(self, predicate, what: str) -> None:
+        """Let the threads run until ``predicate`` holds (or one of them fails), then stop them."""
+        try:
+            wait_until(lambda: self.stop.is_set() or predicate(), PROGRESS_TIMEOUT_S, what, interval=0.2)
+        finally:
+            self.stop.set()
+            for thread in self.threads:
+                thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in self.threads), "a racing thread hung"
+        assert not self.failures, "\n".join(self.failures[:3])
+
+
+def moved_on(m, before: dict[str, int], evictions: int, fault_ins: int):
+    def check():
+        now = counters_of(m)
+        return (now["evictions"] - before["evictions"] >= evictions
+                and now["fault_ins"] - before["fault_ins"] >= fault_ins)
+    return check
+
+
+def verify_file(m, path, want: bytes, when: str) -> None:
+    drop_caches(path)
+    got = path.read_bytes()
+    assert len(got) == len(want) and digest(got) == digest(want), \
+        f"{path.name} {when}: {first_difference(got, want)}"
+
+
+def first_difference(got: bytes, want: bytes) -> str:
+    at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    region = got[at:at + 64]
+    return (f"size {len(got)} (expected {len(want)}), first difference at offset {at} (chunk {at // CHUNK})"
+            + ("; zeros there" if region and not any(region) else ""))
+
+
+def test_two_handles_write_interleaved_regions_of_one_file(make_mount):
+    """Two threads, each with its own handle, rewrite alternate 24 KiB regions of one 3 MiB file
+    (so both write into the same chunks) and read their own regions back, while the worker
+    uploads and evicts (2 MiB cache) and faults chunks back in under them."""
+    region, regions = 24 * KIB, 128
+    m = make_mount(worker=True, **CONFIG)
+    wait_worker_ready(m)
+    path = m.mnt / "shared.bin"
+    model = bytearray(os.urandom(region * regions))
+    path.write_bytes(model)
+    before = counters_of(m)
+    threads = Threads()
+
+    fds = [os.open(path, os.O_RDWR) for _ in (0, 1)]
+
+    def writer(k: int):
+        rng = random.Random(k)
+        fd = fds[k]
+        mine = [i for i in range(regions) if i % 2 == k]  # only this thread writes these bytes
+
+        def step():
+            for i in rng.sample(mine, 8):
+                piece = os.urandom(region)
+                assert os.pwrite(fd, piece, i * region) == region
+                model[i * region:(i + 1) * region] = piece
+            uncache(fd)
+            for i in rng.sample(mine, 4):
+                got = os.pread(fd, region, i * region)
+                want = bytes(model[i * region:(i + 1) * region])
+                assert got == want, f"handle {k}, region {i} (offset {i * region}): {first_difference(got, want)}"
+        return step
+
+    try:
+        for k in (0, 1):
+            threads.start(f"writer-{k}", writer(k))
+        threads.run_until(moved_on(m, before, evictions=16, fault_ins=4),
+                          "the worker to evict and fault in chunks of the file under the two writers")
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert min(threads.steps["writer-0"], threads.steps["writer-1"]) >= 3, threads.steps
+    want = bytes(model)
+    verify_file(m, path, want, "after the writers closed")
+    m.zero("sync", str(m.mnt), timeout=120)
+    settle_evicted(m, path)
+    verify_file(m, path, want, "after zero sync and eviction")
+    m.unmount()
+    m.start_fuse()
+    verify_file(m, path, want, "after a remount")
+
+
+def test_a_file_unlinked_while_open_is_still_read_and_written_through_its_handle(make_mount):
+    """One thread keeps writing and reading a 3 MiB file through its handle while the main
+    thread unlinks it and the worker uploads, evicts and faults its chunks in; after the
+    last close the inode, its chunks and (after gc) its objects are gone."""
+    m = make_mount(worker=True, **CONFIG)
+    wait_worker_ready(m)
+    state = State(m.cache)
+    path = m.mnt / "doomed.bin"
+    model = bytearray(os.urandom(3 * 1024 * KIB))
+    path.write_bytes(model)
+    fd = os.open(path, os.O_RDWR)
+    ino = os.fstat(fd).st_ino
+    lock = threading.Lock()
+    rng = random.Random(2)
+    threads = Threads()
+
+    def step():
+        with lock:
+            offset = rng.randrange(0, len(model) - 8 * KIB)
+            piece = os.urandom(rng.choice((100, 4 * KIB, 8 * KIB)))
+            assert os.pwrite(fd, piece, offset) == len(piece)
+            model[offset:offset + len(piece)] = piece
+            uncache(fd)
+            at = rng.randrange(0, len(model))
+            got = os.pread(fd, 2 * CHUNK, at)
+            want = bytes(model[at:at + 2 * CHUNK])
+            assert got == want, f"read through the handle at {at}: {first_difference(got, want)}"
+
+    try:
+        threads.start("reader-writer", step)
+        wait_until(lambda: threads.stop.is_set() or "remote" in state.states([ino]), PROGRESS_TIMEOUT_S,
+                   "the worker to evict some chunk of the open file")
+        os.unlink(path)
+        assert not path.exists()
+        assert os.fstat(fd).st_nlink == 0
+        before = counters_of(m)
+        threads.run_until(moved_on(m, before, evictions=8, fault_ins=4),
+                          "the worker to evict and fault in chunks of the unlinked file under its user")
+        with lock:
+            uncache(fd)
+            got = read_all(fd, len(model))
+        assert digest(got) == digest(model), f"the unlinked file read whole: {first_difference(got, bytes(model))}"
+    finally:
+        os.close(fd)
+    keys = {key for (key,) in state.query("SELECT object_key FROM chunks WHERE ino = ? AND object_key IS NOT NULL",
+                                          ino)}
+    wait_until(lambda: not state.query("SELECT 1 FROM chunks WHERE ino = ?", ino), 30,
+               "the chunks of the unlinked file to be deleted after its last close")
+    assert not [p for p in (m.cache / "chunks").rglob(f"{ino}-*")], "chunk files of the deleted inode are left"
+    assert os.listdir(m.mnt) == [], os.listdir(m.mnt)
+    m.zero("gc", str(m.cache), "--grace", "0")
+    stored = {p.name for p in m.remote.glob("*/objects/*/*")}
+    assert keys and not keys & stored, f"{len(keys & stored)} object(s) of the deleted file are left in the remote"
+    m.unmount()
+    m.start_fuse()
+    assert os.listdir(m.mnt) == []
+
+
+def test_rename_over_a_file_being_read_keeps_the_reader_on_the_old_content(make_mount):
+    """A reader holds a 3 MiB file open and keeps reading it (page cache dropped) while a new
+    file is renamed over its name and the worker uploads and evicts both: the reader reads the
+    OLD bytes exactly, every new open reads the NEW ones."""
+    m = make_mount(worker=True, **CONFIG)
+    wait_worker_ready(m)
+    target = m.mnt / "current.bin"
+    old = os.urandom(3 * 1024 * KIB)
+    new = os.urandom(3 * 1024 * KIB + 777)
+    target.write_bytes(old)
+    m.zero("sync", str(m.mnt), timeout=120)
+    state = State(m.cache)
+    fd = os.open(target, os.O_RDONLY)
+    old_ino = os.fstat(fd).st_ino
+    rng = random.Random(3)
+    threads = Threads()
+    renamed = threading.Event()
+    reads_after_rename = collections.Counter()
+
+    def reader():
+        uncache(fd)
+        at = rng.randrange(0, len(old))
+        got = os.pread(fd, 3 * CHUNK, at)
+        want = old[at:at + 3 * CHUNK]
+        assert got == want, f"the reader of the old file at {at}: {first_difference(got, want)}"
+        if renamed.is_set():
+            reads_after_rename["reader"] += 1
+
+    def opener():
+        if not renamed.is_set():
+            return
+        with open(target, "rb") as fresh:
+            uncache(fresh.fileno())
+            at = rng.randrange(0, len(new))
+            fresh.seek(at)
+            got = fresh.read(2 * CHUNK)
+        want = new[at:at + 2 * CHUNK]
+        assert got == want, f"a fresh open after the rename at {at}: {first_difference(got, want)}"
+        reads_after_rename["opener"] += 1
+
+    try:
+        threads.start("reader", reader)
+        threads.start("opener", opener)
+        staged = m.mnt / "current.bin.new"
+        with open(staged, "wb") as out:
+            out.write(new)
+        before = counters_of(m)
+        os.rename(staged, target)
+        renamed.set()
+        threads.run_until(lambda: moved_on(m, before, evictions=8, fault_ins=4)()
+                          and min(reads_after_rename["reader"], reads_after_rename["opener"]) >= 20,
+                          "the worker to evict and fault in chunks under the reader after the rename")
+        uncache(fd)
+        got = read_all(fd, len(old))
+        assert digest(got) == digest(old), f"the old file read whole: {first_difference(got, old)}"
+    finally:
+        os.close(fd)
+    wait_until(lambda: not state.query("SELECT 1 FROM chunks WHERE ino = ?", old_ino), 30,
+               "the chunks of the replaced file to be deleted after the reader closed it")
+    assert sorted(os.listdir(m.mnt)) == ["current.bin"]
+    verify_file(m, target, new, "after the rename")
+    m.zero("sync", str(m.mnt), timeout=120)
+    settle_evicted(m, target)
+    verify_file(m, target, new, "after zero sync and eviction")
+    m.unmount()
+    m.start_fuse()
+    verify_file(m, target, new, "after a remount")

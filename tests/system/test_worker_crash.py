@@ -1,9 +1,9 @@
 """kill -9 at every crash point of docs/dev/chunk_lifecycle.md, one test per row.
 
-Each case starts zero-worker (or, for the collector, `zero gc`) with
-ZERO_TEST_CRASH_AT=<step>, drives the workload that reaches the step, waits
-for the process to die by SIGKILL, restarts it without the crash point and
-checks what the lifecycle document promises:
+Each case writes its data, starts zero-worker (or, for the collector,
+`zero gc`) with ZERO_TEST_PAUSE_AT=<step>, waits for it to pause at exactly
+that step, checks what is on disk there, kills it with SIGKILL, restarts the
+worker without the pause and checks what the lifecycle document promises:
 
 - every write that returned is intact (read back after dropping the page cache);
 - nothing is left ``uploading`` or ``fetching``;
@@ -12,7 +12,9 @@ checks what the lifecycle document promises:
 - after the collector ran (``zero gc --grace 0``) the remote holds no object the
   state does not know, and every object a chunk names is in the remote.
 
-The last test kill -9s zero-fuse while the worker is uploading what it writes.
+One test checks ZERO_TEST_CRASH_AT (the worker kills itself at the step), and
+the last kill -9s zero-fuse while the worker is paused in the middle of
+uploading what it writes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ from workerkit import KIB, State, deleted_chunk_files_held, drop_caches, status_
 from zero.worker.crashpoints import STEPS
 
 CHUNK = 64 * KIB
-CONFIG = dict(chunkSize="64KiB", targetDiskUsage="1MiB", lowWatermark=0.5, uploadDelay=0)
+# faultInTimeout: a reader waits for its fault-in across a kill and a restart of the worker.
+CONFIG = dict(chunkSize="64KiB", targetDiskUsage="1MiB", lowWatermark=0.5, uploadDelay=0, faultInTimeout=60)
 DEATH_TIMEOUT_S = 45.0
 
 
@@ -148,17 +150,93 @@ def evicted_chunks(m) -> list[tuple[int, int]]:
     return State(m.cache).query("SELECT ino, idx FROM chunks WHERE state = 'remote'")
 
 
-def run_gc_crashing(m, step: str) -> subprocess.Popen:
-    return subprocess.Popen([command("zero"), "gc", str(m.cache), "--grace", "0"],
-                            env={**m.env, "ZERO_TEST_CRASH_AT": step},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+class PausePoint:
+    """A process started with ZERO_TEST_PAUSE_AT=<step> (zero/worker/crashpoints.py)
+    stops at the step and says so by writing a file; the test waits for that file,
+    looks at the state at exactly that step, then kills -9 or releases it."""
+
+    def __init__(self, m, step: str):
+        self.step = step
+        self.path = m.root / f"paused-at-{step}"
+        self.env = {"ZERO_TEST_PAUSE_AT": step, "ZERO_TEST_PAUSE_FILE": str(self.path)}
+
+    def wait(self, process: subprocess.Popen, what: str) -> None:
+        wait_until(lambda: self.path.exists() or process.poll() is not None, DEATH_TIMEOUT_S,
+                   f"{what} to pause at {self.step}")
+        assert process.poll() is None, f"{what} exited with {process.returncode} before pausing at {self.step}"
+        pid, step = self.path.read_text().split()
+        assert (int(pid), step) == (process.pid, self.step), self.path.read_text()
+
+    def release(self) -> None:
+        self.path.unlink()
+
+
+def kill_paused(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=DEATH_TIMEOUT_S) == -signal.SIGKILL
+
+
+def chunk_file(m, ino: int, idx: int) -> Path:
+    return m.cache / "chunks" / f"{ino % 256:02x}" / f"{ino}-{idx}"
+
+
+def chunk_bytes(m, expected: dict[str, bytes], ino: int, idx: int) -> bytes:
+    """What chunk ``idx`` of inode ``ino`` holds, from the bytes the test wrote."""
+    name = next(n for n in expected if os.stat(m.mnt / n).st_ino == ino)
+    return expected[name][idx * CHUNK:(idx + 1) * CHUNK]
+
+
+def check_paused_state(m, step: str, expected: dict[str, bytes]) -> None:
+    """What the row of docs/dev/chunk_lifecycle.md says is on disk right after the step
+    (read while the process is paused there; nothing else moves the chunks)."""
+    state = State(m.cache)
+    rows = state.query("SELECT ino, idx, state, object_key FROM chunks")
+    uploading = [(ino, idx) for ino, idx, st, _ in rows if st == "uploading"]
+    intents = {key for (key,) in state.query("SELECT key FROM objects WHERE key NOT IN (SELECT key FROM placements)")}
+    fetching = [(ino, idx) for ino, idx, st, _ in rows if st == "fetching"]
+    if step == "upload.started":
+        assert uploading, "no chunk is uploading at upload.started"
+        assert not intents and not object_files(m.remote), "something was recorded or sent before upload.intent"
+    elif step == "upload.intent":
+        assert uploading and intents, f"uploading {uploading}, intents {intents}"
+        assert not object_files(m.remote), "an object was sent before upload.sent"
+    elif step == "upload.sent":
+        assert uploading and intents, f"uploading {uploading}, intents {intents}"
+        assert intents <= set(object_files(m.remote)), "an object whose intent is recorded was not sent"
+        assert not state.query("SELECT 1 FROM placements"), "a placement was committed before the group finished"
+    elif step == "evict.unlinked":
+        missing = [(ino, idx) for ino, idx, st, _ in rows if st == "clean" and not chunk_file(m, ino, idx).exists()]
+        assert len(missing) == 1, f"expected one clean chunk without its file mid-eviction, found {missing}"
+        assert "remote" not in {st for _, _, st, _ in rows}, "an eviction committed before the paused one"
+    elif step == "fetch.started":
+        assert fetching, "no chunk is fetching at fetch.started"
+        assert not any((m.cache / "tmp").iterdir()), "a temporary file exists before anything was downloaded"
+    elif step == "fetch.downloaded":
+        assert fetching, "no chunk is fetching at fetch.downloaded"
+        temporary = list((m.cache / "tmp").iterdir())
+        assert temporary, "no verified temporary file at fetch.downloaded"
+        for path in temporary:
+            ino, idx = map(int, path.name.removesuffix(".fetch").split("-"))
+            assert (ino, idx) in fetching, f"{path.name} is not for a fetching chunk"
+            assert path.read_bytes() == chunk_bytes(m, expected, ino, idx), f"{path.name} holds the wrong bytes"
+    elif step == "fetch.renamed":
+        placed = [(ino, idx) for ino, idx in fetching if chunk_file(m, ino, idx).exists()]
+        assert placed, f"no fetching chunk has its file in place at fetch.renamed (fetching: {fetching})"
+        for ino, idx in placed:
+            assert chunk_file(m, ino, idx).read_bytes() == chunk_bytes(m, expected, ino, idx)
+    elif step == "gc.claimed":
+        pass  # checked by the caller, which knows which objects were doomed
+    else:
+        raise AssertionError(f"no check for the crash point {step}: add one")
 
 
 @pytest.mark.parametrize("step", STEPS)
 def test_worker_killed_at_crash_point_recovers(make_mount, step):
+    """The process pauses at exactly ``step``; the test checks the state there, kills
+    it with SIGKILL, restarts the worker and checks recovery and every byte."""
     m = make_mount(worker=False, **CONFIG)
     state = State(m.cache)
-    expected: dict[str, bytes] = {}
+    pause = PausePoint(m, step)
     reader_result: dict[str, object] = {}
     reader = None
 
@@ -171,20 +249,24 @@ def test_worker_killed_at_crash_point_recovers(make_mount, step):
         m.zero("sync", str(m.mnt), timeout=60)
         objects_before = set(object_files(m.remote))
         os.unlink(m.mnt / "doomed")
-        gc = run_gc_crashing(m, step)
-        wait_killed(gc, f"zero gc with ZERO_TEST_CRASH_AT={step}")
-        # The crash left the copies behind, with no rows: exactly the orphans the sweep must find.
-        unknown = set(object_files(m.remote)) - {k for (k,) in state.query("SELECT key FROM objects")}
-        assert unknown and unknown <= objects_before, (unknown, objects_before)
+        gc = subprocess.Popen([command("zero"), "gc", str(m.cache), "--grace", "0"], env={**m.env, **pause.env},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            pause.wait(gc, "zero gc")
+            # The copies are still there, their rows gone: exactly the orphans the sweep must find.
+            unknown = set(object_files(m.remote)) - {k for (k,) in state.query("SELECT key FROM objects")}
+            assert len(unknown) == 4 and unknown <= objects_before, (unknown, objects_before)
+        finally:
+            kill_paused(gc)
     else:
-        worker = start_worker(m, env={"ZERO_TEST_CRASH_AT": step})
-        if step.startswith("upload."):
-            expected = write_dataset(m)  # closing hands the chunks to the worker, which uploads at once
-        elif step.startswith("evict."):
-            expected = write_dataset(m, count=6)  # ~2 MiB against a 1 MiB target: uploaded, then evicted
-        elif step.startswith("fetch."):
-            expected = write_dataset(m, count=6)
+        # Everything is written before the pausing worker starts: a worker paused inside a
+        # write transaction (evict.unlinked, fetch.renamed) holds zero-fuse's writes back.
+        expected = write_dataset(m, count=6 if step.startswith(("evict.", "fetch.")) else 4)
+        if step.startswith("fetch."):
+            # ~2 MiB against a 1 MiB target: a plain worker uploads and evicts, then stops.
+            start_worker(m)
             wait_until(lambda: len(evicted_chunks(m)) >= 4, 30, "the worker to evict some chunks")
+            assert m.stop_worker() == 0, m.worker_log()[-3000:]
             # zero-fuse would serve the evicted chunk from its descriptor on the unlinked file
             # (correct, but no fault-in) until its flusher lets go of such descriptors
             wait_until(lambda: deleted_chunk_files_held(m.fuse.pid, m.cache)[0] == 0, 30,
@@ -192,31 +274,27 @@ def test_worker_killed_at_crash_point_recovers(make_mount, step):
             ino, _ = evicted_chunks(m)[0]
             name = next(n for n in expected if os.stat(m.mnt / n).st_ino == ino)
             drop_caches(m.mnt / name)
-
-            def read_back():  # waits for the fault-in across the crash and the restart
-                try:
-                    reader_result["data"] = (m.mnt / name).read_bytes()
-                except BaseException as error:
-                    reader_result["error"] = error
-            reader_result["name"] = name
-            reader = threading.Thread(target=read_back, daemon=True)
-            reader.start()
-        wait_killed(worker, f"zero-worker with ZERO_TEST_CRASH_AT={step}")
-        # What the row of the lifecycle document says is on disk right after the step:
-        if step == "upload.started":
-            assert state.query("SELECT 1 FROM chunks WHERE state = 'uploading'")
-        elif step == "upload.intent":
-            assert state.query("SELECT 1 FROM objects WHERE key NOT IN (SELECT key FROM placements)")
-        elif step == "upload.sent":
-            assert state.query("SELECT 1 FROM chunks WHERE state = 'uploading'")
-            assert object_files(m.remote)
-        elif step == "evict.unlinked":
-            missing = [(ino, idx) for ino, idx in state.query("SELECT ino, idx FROM chunks WHERE state = 'clean'")
-                       if not os.path.exists(m.cache / "chunks" / f"{ino % 256:02x}" / f"{ino}-{idx}")]
-            assert missing, "no clean chunk lost its file: the crash was not mid-eviction"
+        worker = start_worker(m, env=pause.env)
+        try:
+            if step.startswith("fetch."):
+                def read_back():  # waits for the fault-in across the pause, the kill and the restart
+                    try:
+                        reader_result["data"] = (m.mnt / name).read_bytes()
+                    except BaseException as error:
+                        reader_result["error"] = error
+                reader_result["name"] = name
+                reader = threading.Thread(target=read_back, daemon=True)
+                reader.start()
+            pause.wait(worker, "zero-worker")
+            check_paused_state(m, step, expected)
+        finally:
+            kill_paused(worker)
+            m.worker = None
+        if step == "evict.unlinked":
             # A write to that chunk before the worker is back must not re-create the file
             # empty (losing the rest of the chunk): it waits for the recovery and a fault-in.
-            ino, idx = missing[0]
+            ino, idx = next((ino, idx) for ino, idx in state.query(
+                "SELECT ino, idx FROM chunks WHERE state = 'clean'") if not chunk_file(m, ino, idx).exists())
             name = next(n for n in expected if os.stat(m.mnt / n).st_ino == ino)
             patch, at = os.urandom(100), idx * CHUNK + 1000
             patched = bytearray(expected[name])
@@ -233,10 +311,6 @@ def test_worker_killed_at_crash_point_recovers(make_mount, step):
             reader = threading.Thread(target=patch_it, daemon=True)
             reader.start()
             expected[name] = bytes(patched)
-        elif step.startswith("fetch."):
-            assert state.query("SELECT 1 FROM chunks WHERE state = 'fetching'")
-            if step == "fetch.downloaded":
-                assert any((m.cache / "tmp").iterdir()), "no verified temporary file was left"
         start_worker(m)
 
     if reader is not None:
@@ -245,6 +319,8 @@ def test_worker_killed_at_crash_point_recovers(make_mount, step):
         assert "error" not in reader_result, f"the read or write failed: {reader_result.get('error')!r}"
         if "data" in reader_result:
             assert digest(reader_result["data"]) == digest(expected[reader_result["name"]])
+        if step == "evict.unlinked":
+            assert reader_result.get("patched"), reader_result
     if step != "gc.claimed":
         wait_until(lambda: "Recovered from an unclean stop" in m.worker_log(), 30,
                    "the restarted worker to report its recovery")
@@ -256,12 +332,29 @@ def test_worker_killed_at_crash_point_recovers(make_mount, step):
         assert counters["fault_ins"] > 0, counters
 
 
+def test_crash_at_makes_the_worker_kill_itself_at_the_step(make_mount):
+    """ZERO_TEST_CRASH_AT, the other mode of the crash points: the worker dies by SIGKILL
+    at the step, with the step's state left behind, and recovers on restart."""
+    m = make_mount(worker=False, **CONFIG)
+    expected = write_dataset(m, count=2)
+    worker = start_worker(m, env={"ZERO_TEST_CRASH_AT": "upload.intent"})
+    wait_killed(worker, "zero-worker with ZERO_TEST_CRASH_AT=upload.intent")
+    m.worker = None
+    check_paused_state(m, "upload.intent", expected)
+    start_worker(m)
+    wait_until(lambda: "Recovered from an unclean stop" in m.worker_log(), 30,
+               "the restarted worker to report its recovery")
+    finish_and_check(m, expected)
+
+
 def test_fuse_killed_mid_upload_with_worker_running(make_mount):
-    """kill -9 zero-fuse while writers are busy and the worker uploads (and evicts) what they
-    wrote: every file whose close returned is intact after the remount, nothing is left
-    half-done, and the worker carries on."""
-    m = make_mount(worker=True, **CONFIG)
+    """kill -9 zero-fuse while writers are busy and the worker is in the middle of an upload
+    (paused at upload.sent: objects stored, chunks still uploading): every file whose close
+    returned is intact after the remount, nothing is left half-done, and the worker carries on."""
+    m = make_mount(worker=False, **CONFIG)
     state = State(m.cache)
+    pause = PausePoint(m, "upload.sent")
+    worker = start_worker(m, env=pause.env)
     done: dict[str, bytes] = {}
     done_lock = threading.Lock()
     stop = threading.Event()
@@ -293,9 +386,9 @@ def test_fuse_killed_mid_upload_with_worker_running(make_mount):
     for thread in threads:
         thread.start()
     try:
-        wait_until(lambda: state.query("SELECT 1 FROM chunks WHERE state = 'uploading'")
-                   and status_counters(m.zero("status", str(m.cache)).stdout)["uploads"] >= 8,
-                   60, "the worker to be uploading while the writers write")
+        pause.wait(worker, "zero-worker")
+        assert state.query("SELECT 1 FROM chunks WHERE state = 'uploading'"), "paused at upload.sent, nothing uploading"
+        wait_until(lambda: len(done) >= 4, 60, "the writers to close four files")
     finally:
         stop.set()
         # kill -9 without unmounting yet, so that the writers fail on the dead mount
@@ -306,10 +399,13 @@ def test_fuse_killed_mid_upload_with_worker_running(make_mount):
             thread.join(timeout=30)
         with contextlib.suppress(OSError):
             held.close()
+        pause.release()  # the worker finishes its upload with zero-fuse dead
     assert not errors, errors
     done["held-open"] = held_data
     m.kill_fuse()  # clears the dead mount
-    assert len(done) >= 4, f"only {len(done)} files were written before the kill"
+    wait_until(lambda: not state.query("SELECT 1 FROM chunks WHERE state = 'uploading'"), 30,
+               "the released worker to finish the upload it was in")
+    assert status_counters(m.zero("status", str(m.cache)).stdout)["uploads"] > 0
 
     m.start_fuse()
     assert "Recovered from an unclean stop: released" in m.fuse_log()  # at least held-open's lease
