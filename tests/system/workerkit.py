@@ -116,8 +116,10 @@ def status_chunk_states(status_text: str) -> dict[str, int]:
 
 
 def remote_objects(remote: Path) -> list[Path]:
+    """Chunk objects in a local-folder remote (<fs_id>/objects/…): not its marker, not temporary files."""
     return [path for path in Path(remote).rglob("*")
-            if path.is_file() and ".tmp" not in path.relative_to(remote).parts]
+            if path.is_file() and ".tmp" not in path.relative_to(remote).parts
+            and "objects" in path.relative_to(remote).parts]
 
 
 def object_path(remote: Path, object_key: str) -> Path:
