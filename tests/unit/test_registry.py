@@ -31,7 +31,7 @@ def test_every_kind_is_registered_once_with_its_class():
 def test_unknown_type_is_named_with_the_known_ones():
     message = error_of("remotes:\n  - {name: a, type: local, path: /a}\n  - {name: b, type: ftp, path: /b}\n")
     assert message.startswith("remotes[1].type:")
-    assert "'ftp'" in message and "b2, local, s3" in message
+    assert "'ftp'" in message and "b2, local, rclone, s3" in message
 
 
 def test_missing_required_key_is_named():

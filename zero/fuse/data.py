@@ -14,7 +14,7 @@ import os
 import time
 
 from zero.config import Config
-from zero.errors import ZeroError
+from zero.errors import WorkerUnavailable, ZeroError
 from zero.fuse.chunkfiles import ChunkFiles
 from zero.fuse.flusher import Flusher
 from zero.fuse.inodes import Handle, Inode
@@ -177,9 +177,12 @@ class DataPath:
         self.database.durable_checkpoint()
         if versions and self.config.fsync_waits_for_upload:
             if self.worker.worker_pid() is None:
-                log.warning("fsync of inode %d: the data is safe in the local cache, but zero-worker is not "
-                            "running, so it is not uploaded yet", inode.ino)
-                return
+                # fsyncWaitsForUpload promises the remotes; success here would be a lie.
+                raise WorkerUnavailable(
+                    f"fsync of inode {inode.ino}: the data is safe in the local cache, but zero-worker is not "
+                    f"running, so it is not in the remotes as fsyncWaitsForUpload promises; start it with: "
+                    f"zero-worker {self.files.cache.root} (or set fsyncWaitsForUpload: false to let fsync "
+                    f"return once the data is safe locally)")
             self.worker.wait_uploaded(inode.ino, versions)
 
     # --- what the file costs locally ----------------------------------------------------------
