@@ -179,7 +179,7 @@ def test_a_second_zero_fuse_on_the_same_cache_names_the_first(tmp_path, make_mou
 
 
 def test_a_stale_mount_is_cleared_and_remounted(tmp_path):
-    fs = ZeroMount(tmp_path / "fs")
+    fs = ZeroMount(tmp_path / "fs", fsyncWaitsForUpload=False)  # no worker: fsync promises the cache only
     data = os.urandom(300_000)
     try:
         fs.start_fuse()
