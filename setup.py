@@ -18,6 +18,7 @@ setup(
         "boto3>=1.34",
         "b2sdk>=2.5,<3",
         "tenacity>=8.2",
+        "argon2-cffi>=23.1",
     ],
     extras_require={
         "test": [

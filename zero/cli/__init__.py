@@ -4,6 +4,7 @@
     zero pin <path>...     keep files local ("available offline")
     zero unpin <path>...
     zero sync <mountpoint> upload everything written so far, then return
+    zero key export|change-passphrase <cache>
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from zero import config as config_module
 from zero import logsetup
 from zero.cli.gc import gc
+from zero.cli.key import change_passphrase, export
 from zero.cli.pins import pin, unpin
 from zero.cli.status import status
 from zero.cli.sync import sync
@@ -44,6 +46,17 @@ def main(argv=None) -> int:
     command.add_argument("location", help="the cache folder or the mountpoint")
     command.add_argument("--grace", type=float, help="seconds an object must be unused first (default: gcGracePeriod)")
     command.set_defaults(run=gc)
+    command = commands.add_parser("key", help="the secret that opens the keys stored in the remotes")
+    key_commands = command.add_subparsers(dest="key_command", required=True)
+    command = key_commands.add_parser("export", help="print the recovery key (also grouped for paper)")
+    command.add_argument("location", help="the cache folder or the mountpoint")
+    command.set_defaults(run=export)
+    command = key_commands.add_parser("change-passphrase", help="seal the keys with a new passphrase "
+                                      "(no data is re-encrypted)")
+    command.add_argument("location", help="the cache folder or the mountpoint")
+    command.add_argument("--new-passphrase-file", help="read the new passphrase from this file "
+                         "(default: $ZERO_NEW_PASSPHRASE, else asked twice)")
+    command.set_defaults(run=change_passphrase)
     args = parser.parse_args(argv)
     logsetup.configure("zero", "WARNING")
     try:

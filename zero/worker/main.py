@@ -58,6 +58,8 @@ def run(args) -> int:
     listener = wakeup.WakeListener(cache.wake, wakeup.WORKER)
     try:
         recover(context)
+        from zero.meta.keyring import ensure_published
+        ensure_published(context.database, context.pool.remotes, config)  # the keys, sealed, in every remote
         listener.start()
         names = ", ".join(f"{remote.name} ({remote!r})" for remote in context.pool.remotes)
         log.info("Worker started for %s: remotes %s; keeping the cache under %d MiB", cache.root, names,
