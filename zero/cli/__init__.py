@@ -5,6 +5,8 @@
     zero unpin <path>...
     zero sync <mountpoint> upload everything written so far, then return
     zero key export|change-passphrase <cache>
+    zero restore <cache>   rebuild a lost machine's state from the remotes
+    zero snapshots [cache or config]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from zero import logsetup
 from zero.cli.gc import gc
 from zero.cli.key import change_passphrase, export
 from zero.cli.pins import pin, unpin
+from zero.cli.restore import restore, snapshots
 from zero.cli.status import status
 from zero.cli.sync import sync
 from zero.errors import ZeroError
@@ -57,6 +60,18 @@ def main(argv=None) -> int:
     command.add_argument("--new-passphrase-file", help="read the new passphrase from this file "
                          "(default: $ZERO_NEW_PASSPHRASE, else asked twice)")
     command.set_defaults(run=change_passphrase)
+    command = commands.add_parser("restore", help="rebuild the state from the metadata in the remotes "
+                                  "(a new machine, or a lost cache)")
+    command.add_argument("cache", help="the new cache folder (must not hold a state)")
+    command.add_argument("--recovery-key-file", help="a file holding the recovery key (default: "
+                         "$ZERO_RECOVERY_KEY, the configured passphrase, else asked)")
+    command.add_argument("--at", help="restore the newest point at or before this time (see zero snapshots)")
+    command.add_argument("--fs-id", help="which filesystem, when the remotes hold several")
+    command.set_defaults(run=restore)
+    command = commands.add_parser("snapshots", help="list the restore points in the remotes")
+    command.add_argument("location", nargs="?", help="a cache folder or a config file (default: the config)")
+    command.add_argument("--fs-id", help="which filesystem, when the remotes hold several")
+    command.set_defaults(run=snapshots)
     args = parser.parse_args(argv)
     logsetup.configure("zero", "WARNING")
     try:
