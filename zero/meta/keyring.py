@@ -129,8 +129,8 @@ def publish(database, remotes, fs_id: str, envelope: bytes, force: bool = False)
         try:
             remote.put(key, envelope)
         except RemoteUnavailable as error:
-            log.warning("Could not store the sealed keys on remote %r yet (%s); retrying at the next start or "
-                        "backup", remote.name, error)
+            log.warning("Could not store the sealed keys on remote %r yet (%s); zero-worker tries again at its next "
+                        "start", remote.name, error)
             continue
         done.add(remote.name)
     with database.write() as connection:
