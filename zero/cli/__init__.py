@@ -4,6 +4,9 @@
     zero pin <path>...     keep files local ("available offline")
     zero unpin <path>...
     zero sync <mountpoint> upload everything written so far, then return
+    zero key export|change-passphrase <cache>
+    zero restore <cache>   rebuild a lost machine's state from the remotes
+    zero snapshots [cache or config]
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zero import wiring
-from zero import logsetup
+from zero import logsetup, wiring
 from zero.cli.drain import drain
 from zero.cli.gc import gc
+from zero.cli.key import change_passphrase, export
 from zero.cli.pins import pin, unpin
+from zero.cli.restore import restore, snapshots
 from zero.cli.status import status
 from zero.cli.sync import sync
 from zero.errors import ZeroError
@@ -49,6 +53,29 @@ def main(argv=None) -> int:
     command.add_argument("remote", help="the remote's name in the config")
     command.add_argument("location", help="the cache folder or the mountpoint")
     command.set_defaults(run=drain)
+    command = commands.add_parser("key", help="the secret that opens the keys stored in the remotes")
+    key_commands = command.add_subparsers(dest="key_command", required=True)
+    command = key_commands.add_parser("export", help="print the recovery key (also grouped for paper)")
+    command.add_argument("location", help="the cache folder or the mountpoint")
+    command.set_defaults(run=export)
+    command = key_commands.add_parser("change-passphrase", help="seal the keys with a new passphrase "
+                                      "(no data is re-encrypted)")
+    command.add_argument("location", help="the cache folder or the mountpoint")
+    command.add_argument("--new-passphrase-file", help="read the new passphrase from this file "
+                         "(default: $ZERO_NEW_PASSPHRASE, else asked twice)")
+    command.set_defaults(run=change_passphrase)
+    command = commands.add_parser("restore", help="rebuild the state from the metadata in the remotes "
+                                  "(a new machine, or a lost cache)")
+    command.add_argument("cache", help="the new cache folder (must not hold a state)")
+    command.add_argument("--recovery-key-file", help="a file holding the recovery key (default: "
+                         "$ZERO_RECOVERY_KEY, the configured passphrase, else asked)")
+    command.add_argument("--at", help="restore the newest point at or before this time (see zero snapshots)")
+    command.add_argument("--fs-id", help="which filesystem, when the remotes hold several")
+    command.set_defaults(run=restore)
+    command = commands.add_parser("snapshots", help="list the restore points in the remotes")
+    command.add_argument("location", nargs="?", help="a cache folder or a config file (default: the config)")
+    command.add_argument("--fs-id", help="which filesystem, when the remotes hold several")
+    command.set_defaults(run=snapshots)
     args = parser.parse_args(argv)
     logsetup.configure("zero", "WARNING")
     try:

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Row, delete, func, select, update
 from zero.errors import StateConflict
 from zero.state import schema
 from zero.state.chunkstate import (
-    CREATED, EVICTABLE, LOCAL, NEEDS_FETCH, UNUPLOADED, ChunkState, Owner, StateWriteGuard, check_move,
+    CREATED, EVICTABLE, LOCAL, NEEDS_FETCH, RESTORED, UNUPLOADED, ChunkState, Owner, StateWriteGuard, check_move,
 )
 
 FUSE = Owner.FUSE
@@ -307,6 +307,17 @@ def finish_fetch(connection: Connection, ino: int, idx: int, stored_bytes: int) 
 
 def abort_fetch(connection: Connection, ino: int, idx: int) -> None:
     transition(connection, WORKER, [F], R, ino=ino, idx=idx)
+
+
+def insert_restored(connection: Connection, rows: Iterable[tuple[int, int, str]]) -> int:
+    """`zero restore`: chunks (ino, idx, object_key) read back from a metadata
+    backup enter the state machine as RESTORED (only in a remote), to be
+    faulted in on first read. Replaces a row a later journal segment rewrote."""
+    params = [(ino, idx, RESTORED.value, object_key) for ino, idx, object_key in rows]
+    connection.exec_driver_sql(
+        "INSERT OR REPLACE INTO chunks (ino, idx, state, version, leased, object_key, stored_bytes, last_access, "
+        "pinned) VALUES (?, ?, ?, 0, 0, ?, 0, 0, 0)", params)
+    return len(params)
 
 
 def recover_interrupted(connection: Connection) -> dict[str, int]:

@@ -46,6 +46,8 @@ TRANSITIONS: dict[tuple[ChunkState, ChunkState], frozenset[Owner]] = {
 
 # The state a chunk row is created in, by its owner: fuse's first write to a hole.
 CREATED = {Owner.FUSE: D}
+# The state `zero restore` creates every chunk row in: its content is only in a remote.
+RESTORED = R
 
 # Named groups: callers ask these questions instead of spelling out states.
 UNUPLOADED = frozenset({D, U})      # the content exists only in the cache

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, create_engine, event, exc, insert, select, up
 from sqlalchemy.pool import QueuePool
 
 from zero.errors import CacheFormatError, DatabaseBusy, DiskFull
-from zero.state import schema
+from zero.state import changelog, schema
 from zero.state.chunkstate import StateWriteGuard
 
 BUSY_TIMEOUT_S = 60.0
@@ -158,6 +158,7 @@ def open_database(path: Path, chunk_size_bytes: int | None = None, root_uid: int
                 _upgrade(connection, version)
             return database
         schema.metadata.create_all(connection)
+        changelog.install_triggers(connection)
         now = time.time_ns()
         for key, value in {
             "schema_version": str(schema.SCHEMA_VERSION),
@@ -180,6 +181,7 @@ def _upgrade(connection: Connection, version: int) -> None:
     change so far only added tables, which create_all adds and leaves the
     rest alone."""
     schema.metadata.create_all(connection)
+    changelog.install_triggers(connection)
     set_meta(connection, "schema_version", str(schema.SCHEMA_VERSION))
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from sqlalchemy import (
     Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, PrimaryKeyConstraint, String, Table,
+    UniqueConstraint,
 )
 
 from zero.state.chunkstate import ChunkState  # noqa: F401  (the states the chunks.state column holds)
 
-SCHEMA_VERSION = 2  # 2: the remotes table
+SCHEMA_VERSION = 3  # 2: the remotes table; 3: the metadata backup's changelog, requests and points
 
 metadata = MetaData()
 
@@ -148,4 +149,35 @@ remotes = Table(
     comment="What the worker knows of each configured remote: identity and health. Written by the worker "
             "(and `zero drain`); `zero status` reads it. Invariant 2: only healthy remotes count as "
             "durable copies when a chunk is evicted.",
+)
+
+changelog = Table(
+    "changelog", metadata,
+    Column("seq", Integer, primary_key=True, comment="increases with every change (AUTOINCREMENT: never reused)"),
+    Column("tbl", String, nullable=False, comment="the backed-up table whose row changed"),
+    Column("k1", LargeBinary, nullable=False, comment="the row's key, first part (as stored: an integer, text or bytes)"),
+    Column("k2", LargeBinary, nullable=False, comment="second part of the key, 0 for one-part keys"),
+    UniqueConstraint("tbl", "k1", "k2"),
+    sqlite_autoincrement=True,
+    comment="Keys of backed-up rows changed since the last metadata backup. Written only by the triggers that "
+            "zero.state.changelog installs (so every writer is covered); one row per key, renumbered on each "
+            "change. The worker trims what a segment in the remotes covers.",
+)
+
+backup_requests = Table(
+    "backup_requests", metadata,
+    Column("changelog_seq", Integer, primary_key=True, comment="back up at least up to this changelog seq"),
+    Column("requested_at", Float, nullable=False),
+    comment="fsync (fsyncWaitsForUpload) asks the worker for a metadata segment now. fuse inserts, the worker "
+            "deletes what a segment covered; concurrent requests share one segment.",
+)
+
+backup_points = Table(
+    "backup_points", metadata,
+    Column("sequence", Integer, primary_key=True, comment="the segment's number in the remotes"),
+    Column("kind", String, nullable=False, comment="snapshot (kept by snapshotRetention) | journal (the newest only)"),
+    Column("begin_at", Float, nullable=False, comment="unix time before the segment's read transaction"),
+    Column("end_at", Float, nullable=False, comment="unix time after it"),
+    comment="The points a restore can return to. Written by the worker. Invariant: GC never deletes an object "
+            "that was referenced at one of them (changelog.referenced_by_retained_snapshots).",
 )

@@ -39,6 +39,7 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     from zero.worker.recovery import recover
+    from zero.meta.keyring import ensure_published
     from zero.worker.remotes import RemoteKeeper
     from zero.worker.service import Worker
 
@@ -61,6 +62,9 @@ def run(args) -> int:
         recover(context)
         keeper = RemoteKeeper(context)
         keeper.start()  # refuses a config that strands data; marks each remote's health
+        # The keys, sealed, in every remote that is ours and answering (never into a stranger).
+        ensure_published(context.database, [remote for remote in context.pool.remotes
+                                            if remote.name in context.pool.durable_names()], config)
         listener.start()
         names = ", ".join(f"{remote.name} ({remote!r})" for remote in context.pool.remotes)
         log.info("Worker started for %s: remotes %s; keeping the cache under %d MiB", cache.root, names,

@@ -22,6 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from zero import wakeup
 from zero.errors import RemoteUnavailable
+from zero.meta.backup import BackupThread
 from zero.state import chunks, db as state_db
 from zero.worker.collector import Collector
 from zero.worker.context import WorkerContext
@@ -52,6 +53,7 @@ class Worker:
         self.evictor = Evictor(context)
         self.fetcher = Fetcher(context)
         self.collector = Collector(context)
+        self.meta_backup = BackupThread(context, listener)  # metadata to the remotes (zero/meta/backup.py)
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._scheduler = BackgroundScheduler(daemon=True)
@@ -69,6 +71,7 @@ class Worker:
         self._scheduler.add_job(self._collect_safely, "interval", seconds=GC_INTERVAL_S, id="gc")
         self._scheduler.add_job(self._probe_remotes, "interval", seconds=PROBE_INTERVAL_S, id="remotes")
         self._scheduler.start()
+        self.meta_backup.start()
         self.heartbeat()
 
     def stop(self) -> None:
@@ -77,6 +80,7 @@ class Worker:
         for thread in self._threads:
             thread.join(timeout=120)
         self.uploader.close()
+        self.meta_backup.stop()  # after the uploads: its last segment names them
         self._scheduler.shutdown(wait=False)
         self.heartbeat(stopped=True)
 

@@ -1,0 +1,130 @@
+"""Lose the machine, lose nothing: write a tree, let the metadata reach the
+remote, kill -9 both processes and delete the cache folder; then on new
+folders with only the config and the recovery key (then only the passphrase)
+`zero restore`, mount, and find the tree identical: contents, modes, mtimes,
+xattrs, link counts, symlinks, odd names."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+from support import EXPECTED_WARNINGS, ZeroMount
+from workerkit import State, wait_until
+
+MIB = 1024 * 1024
+STDLIB = Path(os.__file__).parent
+PASSPHRASE = "a long passphrase for the test"
+ODD_NAMES = ["with space", "caf\u00e9", "new\nline", os.fsdecode(b"bytes-\xff\xfe"), "-starts-with-dash", "x" * 255]
+
+
+def build_source(folder: Path) -> None:
+    """What the user had: part of the stdlib, a big file, links, odd names (on a local disk, to diff against)."""
+    folder.mkdir()
+    for package in ("json", "email", "asyncio"):
+        subprocess.run(["cp", "-a", str(STDLIB / package), str(folder / package)], check=True)
+    with open(folder / "big.bin", "wb") as big:
+        big.write(os.urandom(50 * MIB))
+    os.symlink("json/__init__.py", folder / "link-to-json")
+    os.symlink("/nonexistent/dangling", folder / "dangling")
+    odd = folder / "odd"
+    odd.mkdir(mode=0o750)
+    for number, name in enumerate(ODD_NAMES):
+        (odd / name).write_bytes(f"file {number}\n".encode())
+    os.chmod(odd / "with space", 0o600)
+
+
+def add_links_and_xattrs(tree: Path) -> None:
+    """What cp -a cannot bring from a local disk: made in the mount itself."""
+    os.link(tree / "big.bin", tree / "big-hardlink")
+    os.link(tree / "odd" / "caf\u00e9", tree / "json" / "caf\u00e9-link")
+    os.setxattr(tree / "big.bin", "user.origin", b"lose-the-machine")
+    os.setxattr(tree / "odd", "user.binary", bytes(range(256)))
+
+
+def describe(tree: Path) -> dict[str, tuple]:
+    """Everything that must survive, per path: type and mode, size, mtime, link count, xattrs, link target."""
+    found = {}
+    for folder, dirs, files in os.walk(tree):
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            st = os.lstat(path)
+            xattrs = {} if stat.S_ISLNK(st.st_mode) else {
+                attr: os.getxattr(path, attr) for attr in os.listxattr(path)}
+            target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+            found[str(path.relative_to(tree))] = (st.st_mode, st.st_size if not stat.S_ISDIR(st.st_mode) else 0,
+                                                  st.st_mtime_ns, st.st_nlink, xattrs, target)
+    return found
+
+
+def diff(source: Path, tree: Path) -> str:
+    result = subprocess.run(["diff", "-r", "--no-dereference", str(source), str(tree)], capture_output=True,
+                            timeout=120)
+    return result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
+
+
+def restored_mount(root: Path, remote: Path, *restore_args: str, **config) -> ZeroMount:
+    mount = ZeroMount(root, remotes=[{"name": "local", "type": "local", "path": str(remote)}], **config)
+    result = mount.zero("restore", str(mount.cache), *restore_args, timeout=120)
+    assert "Restored filesystem" in result.stdout
+    mount.start_worker()
+    mount.start_fuse()
+    return mount
+
+
+def test_lose_the_machine(tmp_path):
+    source = tmp_path / "source"
+    build_source(source)
+    mounts = []
+    try:
+        first = ZeroMount(tmp_path / "first", metadataBackupInterval=1)
+        mounts.append(first)
+        first.start_worker()
+        first.start_fuse()
+        tree = first.mnt / "tree"
+        subprocess.run(["cp", "-a", str(source), str(tree)], check=True, timeout=120)
+        add_links_and_xattrs(tree)
+        with open(tree / "json" / "decoder.py", "rb+") as fsynced:  # part of it fsynced: data in the remote
+            os.fsync(fsynced.fileno())
+        expected = describe(tree)
+        keyfile = wait_until(lambda: next(first.root.glob("recovery-*.key"), None), 30, "the recovery key file")
+        exported = first.zero("key", "export", str(first.cache)).stdout
+        assert keyfile.read_text().strip() in exported
+        # The rest: everything uploaded, then a journal segment covering every change.
+        first.zero("sync", str(first.mnt), timeout=180)
+        state = State(first.cache)
+        wait_until(lambda: state.query("SELECT count(*) FROM changelog")[0][0] == 0
+                   and not state.dirty_chunk_files(), 120, "a metadata segment covering every change")
+
+        first.kill_worker()
+        first.kill_fuse()
+        shutil.rmtree(first.cache)
+        saved_key = tmp_path / "paper-copy.key"
+        shutil.copy(keyfile, saved_key)
+        keyfile.unlink()  # the machine is gone; only the paper copy is left
+
+        # A new machine with only the config's remotes and the recovery key.
+        second = restored_mount(tmp_path / "second", first.remote, "--recovery-key-file", str(saved_key))
+        mounts.append(second)
+        assert describe(second.mnt / "tree") == expected
+        assert diff(source, second.mnt / "tree").count("\n") == 2  # only the two hard links made in the mount
+        # Seal the keys with a passphrase instead (no data re-encrypted); the next machine needs only that.
+        second.env["ZERO_NEW_PASSPHRASE"] = PASSPHRASE
+        second.zero("key", "change-passphrase", str(second.cache))
+        second.close()
+
+        third = restored_mount(tmp_path / "third", first.remote, passphrase=PASSPHRASE)
+        mounts.append(third)
+        assert describe(third.mnt / "tree") == expected
+        assert (third.mnt / "tree" / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
+        listing = third.zero("snapshots", str(third.cache)).stdout
+        assert "snapshot" in listing and "the newest point" in listing
+    finally:
+        problems = []
+        for mount in mounts:
+            mount.close()
+            problems += mount.unexpected_log_lines(EXPECTED_WARNINGS)
+    assert not problems, "zero logged unexpected warnings or errors:\n" + "\n".join(problems)

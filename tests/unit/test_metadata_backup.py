@@ -1,0 +1,331 @@
+"""The metadata backup and restore, driven by hand on real SQLite files and
+local-folder remotes: the worker's context is built by zero-worker's own
+build_context, chunks are uploaded by the real Uploader, nothing sleeps."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from zero import wakeup
+from zero.cachedir import CacheDir
+from zero.config import Config, RemoteSpec
+from zero.errors import ObjectCorrupt, RemoteUnavailable, RestoreError, WorkerUnavailable, WrongSecret
+from zero.meta import backup, keyring, keys, restore, retention
+from zero.meta.backup import MetadataBackup
+from zero.remote import layout
+from zero.state import changelog, chunks, namespace, objects
+from zero.state import db as state_db
+from zero.wiring import build_context
+from zero.worker.remotes import RemoteKeeper
+from zero.worker.uploader import Uploader
+
+CHUNK = 64 * 1024
+CHEAP = keys.KdfParams(time_cost=1, memory_kib=64, parallelism=1)
+PASSPHRASE = keyring.Secret(keys.PASSPHRASE, "correct horse battery", "test")
+
+
+@pytest.fixture
+def make_context(tmp_path):
+    made = []
+
+    def factory(name="fs", remotes=("a",)):
+        root = tmp_path / name
+        cache = CacheDir(root / "cache")
+        cache.prepare()
+        config = Config(source="test", passphrase=PASSPHRASE.value, chunk_size_bytes=CHUNK, upload_delay_s=0,
+                        remotes=tuple(RemoteSpec(r, "local", {"path": str(tmp_path / f"remote-{r}")})
+                                      for r in remotes))
+        context = build_context(config, cache)
+        RemoteKeeper(context).start()  # as zero-worker does: each remote gets its marker
+        keyring.ensure_published(context.database, context.pool.remotes, config, CHEAP)
+        made.append(context)
+        return context
+
+    yield factory
+    for context in made:
+        context.database.dispose()
+
+
+@pytest.fixture
+def context(make_context):
+    return make_context()
+
+
+def make_inode(context, name: bytes, mode=stat.S_IFREG | 0o644, parent=namespace.ROOT_INO, target=None) -> int:
+    with context.database.write() as connection:
+        ino = namespace.insert_inode(connection, mode=mode, uid=1000, gid=1000, nlink=1, size=0, atime_ns=1,
+                                     mtime_ns=2, ctime_ns=3, rdev=0, target=target)
+        namespace.insert_dentry(connection, parent, name, ino)
+    return ino
+
+
+def write_chunk(context, ino: int, idx: int, data: bytes) -> None:
+    """As zero-fuse writes and closes: lease, write the cache file, release."""
+    with context.database.write() as connection:
+        chunks.take_lease(connection, ino, idx)
+    path = context.cache.chunk_path(ino, idx)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Path(path).write_bytes(data)
+    with context.database.write() as connection:
+        chunks.release_leases(connection, ino, [idx])
+        namespace.update_inode(connection, ino, size=max(len(data) + idx * CHUNK, 0))
+
+
+def upload_all(context) -> None:
+    uploader = Uploader(context)
+    for row in uploader.due(hurry=True):
+        assert uploader.upload(row)
+
+
+def backed_up_tables(database) -> dict[str, set]:
+    with database.read() as connection:
+        return {table: set(changelog.all_rows(connection, table)) for table in changelog.BACKED_UP}
+
+
+def restore_into(tmp_path, context, name="restored", secret=PASSPHRASE, **kwargs):
+    path = tmp_path / name / "state.sqlite3"
+    result = restore.restore(path, context.pool.remotes, secret, **kwargs)
+    return result, state_db.open_database(path)
+
+
+def meta_keys(context, remote_index=0) -> list[str]:
+    return sorted(key for key, _s, _m in context.pool.remotes[remote_index].list(layout.meta_prefix(context.fs_id)))
+
+
+def build_tree(context) -> dict[str, int]:
+    folder = make_inode(context, b"dir", mode=stat.S_IFDIR | 0o750)
+    data = make_inode(context, b"data.bin", parent=folder)
+    write_chunk(context, data, 0, b"a" * CHUNK)
+    write_chunk(context, data, 1, b"tail")
+    make_inode(context, b"link", mode=stat.S_IFLNK | 0o777, target=b"dir/data.bin")
+    odd = make_inode(context, "odd name \u00e9\n".encode() + b"\xff")
+    with context.database.write() as connection:
+        namespace.insert_dentry(connection, namespace.ROOT_INO, b"hard", odd)
+        namespace.update_inode(connection, odd, nlink=2)
+        namespace.set_xattr(connection, odd, b"user.tag", b"\x00value")
+    upload_all(context)
+    return {"dir": folder, "data": data, "odd": odd}
+
+
+# --- round trips ---------------------------------------------------------------------------------
+
+
+def test_snapshot_then_journal_restores_the_same_tables(tmp_path, context):
+    inos = build_tree(context)
+    worker = MetadataBackup(context)
+    assert worker.back_up() == 1
+    assert meta_keys(context) == [layout.snapshot_key(context.fs_id, 1)]
+    # Changes after the snapshot: a rename, a delete, a rewrite, an xattr gone, a dirty chunk never uploaded.
+    with context.database.write() as connection:
+        namespace.delete_dentry(connection, namespace.ROOT_INO, b"hard")
+        namespace.insert_dentry(connection, inos["dir"], b"moved", inos["odd"])
+        namespace.remove_xattr(connection, inos["odd"], b"user.tag")
+        namespace.delete_dentry(connection, namespace.ROOT_INO, b"link")
+        namespace.delete_inode(connection, namespace.lookup(connection, namespace.ROOT_INO, b"link") or 0)
+    write_chunk(context, inos["data"], 1, b"new tail")
+    upload_all(context)
+    write_chunk(context, inos["odd"], 0, b"never uploaded")
+    assert worker.back_up() == 2
+    assert layout.journal_key(context.fs_id, 2) in meta_keys(context)
+
+    result, restored = restore_into(tmp_path, context)
+    try:
+        assert (result.snapshot, result.journals) == (1, [2])
+        expected = backed_up_tables(context.database)
+        assert backed_up_tables(restored) == expected
+        assert (inos["odd"], 0, None) not in expected["chunks"]
+        with restored.read() as connection:
+            assert chunks.counts_by_state(connection) == {"remote": (2, 0)}
+            settings = state_db.format_settings(restored)
+            assert changelog.current_sequence(connection) == 0
+        original = state_db.format_settings(context.database)
+        for key in ("fs_id", "hash_key", "encryption_key", "chunk_size"):
+            assert settings[key] == original[key]
+        assert settings[backup.SEQUENCE_META] == "2" and settings[backup.NEEDS_SNAPSHOT_META] == "1"
+    finally:
+        restored.dispose()
+
+
+def test_a_journal_costs_what_changed_not_the_namespace(context):
+    folder = make_inode(context, b"many", mode=stat.S_IFDIR | 0o755)
+    with context.database.write() as connection:
+        for number in range(3000):
+            ino = namespace.insert_inode(connection, mode=stat.S_IFREG | 0o644, uid=0, gid=0, nlink=1, size=0,
+                                         atime_ns=0, mtime_ns=0, ctime_ns=0, rdev=0, target=None)
+            namespace.insert_dentry(connection, folder, f"file-{number:05d}".encode(), ino)
+    worker = MetadataBackup(context)
+    worker.back_up()
+    with context.database.write() as connection:
+        namespace.update_inode(connection, ino, size=7, mtime_ns=99)
+    assert worker.back_up() == 2
+    remote = context.pool.remotes[0]
+    snapshot_bytes = remote.head(layout.snapshot_key(context.fs_id, 1))
+    journal_bytes = remote.head(layout.journal_key(context.fs_id, 2))
+    assert journal_bytes < 1024 and journal_bytes * 5 < snapshot_bytes
+    assert worker.back_up() is None  # nothing changed: nothing uploaded
+
+
+def test_a_fresh_state_backs_up_nothing_but_its_first_snapshot(context):
+    worker = MetadataBackup(context)
+    assert worker.back_up() == 1
+    assert worker.back_up() is None
+
+
+# --- fsync's requests ------------------------------------------------------------------------------
+
+
+def test_concurrent_fsync_requests_share_one_segment(context):
+    worker = MetadataBackup(context)
+    worker.back_up()
+    listener = wakeup.WakeListener(context.cache.wake, wakeup.FUSE)  # poked by hand below
+    asked = threading.Semaphore(0)
+    errors = []
+
+    def fsync(name):
+        make_inode(context, name)
+        try:
+            backup.wait_backed_up(context.database, listener, asked.release, timeout_s=60)
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=fsync, args=(f"f{n}".encode(),)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for _ in threads:
+        assert asked.acquire(timeout=60)  # each fsync has filed its request and woken the "worker"
+    assert worker.back_up() == 2
+    listener.poke()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors and not any(thread.is_alive() for thread in threads)
+    assert set(meta_keys(context)) == {layout.snapshot_key(context.fs_id, 1), layout.journal_key(context.fs_id, 2)}
+    with context.database.read() as connection:
+        assert not changelog.has_requests(connection)
+
+
+def test_waiting_without_a_worker_times_out_with_the_reason(context):
+    make_inode(context, b"f")
+    listener = wakeup.WakeListener(context.cache.wake, wakeup.FUSE)
+    with pytest.raises(WorkerUnavailable, match="no worker here"):
+        backup.wait_backed_up(context.database, listener, lambda: None, timeout_s=0.01,
+                              why_no_answer=lambda: "no worker here")
+
+
+def test_nothing_to_wait_for_returns_at_once(context):
+    MetadataBackup(context).back_up()
+    listener = wakeup.WakeListener(context.cache.wake, wakeup.FUSE)
+    backup.wait_backed_up(context.database, listener, lambda: pytest.fail("woke the worker"), timeout_s=0)
+
+
+# --- remotes failing ---------------------------------------------------------------------------------
+
+
+def test_a_missed_remote_makes_the_next_segment_a_snapshot(make_context, monkeypatch):
+    context = make_context(remotes=("a", "b"))
+    worker = MetadataBackup(context)
+    worker.back_up()
+    make_inode(context, b"x")
+
+    def refuse(key, data):
+        raise RemoteUnavailable("unplugged")
+
+    monkeypatch.setattr(context.pool.remotes[1], "put", refuse)
+    assert worker.back_up() == 2
+    monkeypatch.undo()
+    make_inode(context, b"y")
+    assert worker.back_up() == 3
+    assert layout.snapshot_key(context.fs_id, 3) in meta_keys(context, 1)
+    # Pruning dropped the journals each remote's newest snapshot supersedes.
+    assert layout.journal_key(context.fs_id, 2) not in meta_keys(context, 0)
+
+
+def test_no_remote_taking_it_changes_nothing(context, monkeypatch):
+    worker = MetadataBackup(context)
+    worker.back_up()
+    make_inode(context, b"x")
+    monkeypatch.setattr(context.pool.remotes[0], "put", lambda key, data: (_ for _ in ()).throw(
+        RemoteUnavailable("down")))
+    with pytest.raises(RemoteUnavailable, match="no remote took"):
+        worker.back_up()
+    monkeypatch.undo()
+    with context.database.read() as connection:
+        assert changelog.has_changes(connection)
+    assert worker.back_up() == 2
+
+
+# --- restore's refusals ---------------------------------------------------------------------------------
+
+
+def test_restore_refuses_an_existing_state_and_a_wrong_secret(tmp_path, context):
+    MetadataBackup(context).back_up()
+    with pytest.raises(RestoreError, match="never overwrites"):
+        restore.restore(context.database.path, context.pool.remotes, PASSPHRASE)
+    with pytest.raises(WrongSecret):
+        restore.restore(tmp_path / "x" / "state.sqlite3", context.pool.remotes,
+                        keyring.Secret(keys.PASSPHRASE, "wrong", "test"))
+    assert not (tmp_path / "x" / "state.sqlite3").exists()
+
+
+def test_a_tampered_journal_is_refused(tmp_path, context):
+    worker = MetadataBackup(context)
+    worker.back_up()
+    make_inode(context, b"x")
+    worker.back_up()
+    path = Path(context.pool.remotes[0].root) / layout.journal_key(context.fs_id, 2)
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 1
+    path.write_bytes(bytes(blob))
+    with pytest.raises(RestoreError, match="journal 2 could not be read"):
+        restore.restore(tmp_path / "r" / "state.sqlite3", context.pool.remotes, PASSPHRASE)
+
+
+def test_restore_at_an_older_snapshot(tmp_path, context):
+    clock = [1_000_000.0]
+    worker = MetadataBackup(context, clock=lambda: clock[0])
+    make_inode(context, b"old")
+    worker.back_up()
+    old_tables = backed_up_tables(context.database)
+    clock[0] += 2 * backup.SNAPSHOT_EVERY_S
+    make_inode(context, b"new")
+    assert worker.back_up() == 2  # an hour later: a snapshot again
+    found = restore.catalog(context.pool.remotes, context.fs_id)
+    assert sorted(found.snapshots) == [1, 2]
+    # Remote mtimes are real time; plan on the catalog directly with the snapshot times.
+    found.snapshots = {1: (100.0, ["a"]), 2: (200.0, ["a"])}
+    assert found.plan(at=150.0) == (1, [])
+    assert found.plan() == (2, [])
+    with pytest.raises(RestoreError, match="at or before"):
+        found.plan(at=50.0)
+    assert old_tables["dentries"] != backed_up_tables(context.database)["dentries"]
+
+
+# --- retention and the collector's rule -------------------------------------------------------------------
+
+
+def test_retention_keeps_one_per_period():
+    hour = 3600.0
+    snapshots = [(n, 1_700_000_000.0 + n * hour / 2) for n in range(1, 200)]  # two an hour
+    kept = retention.retained(snapshots, (("hourly", 4), ("daily", 2)))
+    assert 199 in kept
+    assert len(kept) <= 6 and len(kept) >= 4
+    assert retention.retained(snapshots, ()) == {199}
+    assert retention.retained([], (("hourly", 4),)) == set()
+
+
+def test_objects_a_retained_point_references_are_protected(context):
+    with context.database.write() as connection:
+        for key, created, unreferenced in (("before", 10.0, 150.0), ("after", 300.0, 400.0),
+                                           ("long-gone", 10.0, 20.0 - changelog.POINT_MARGIN_S)):
+            objects.record_intent(connection, key, 1)
+            connection.exec_driver_sql("UPDATE objects SET created = ?, unreferenced_since = ? WHERE key = ?",
+                                       (created, unreferenced, key))
+        changelog.record_point(connection, 1, "snapshot", 100.0, 101.0)
+        assert changelog.referenced_by_retained_snapshots(connection, ["before", "after", "long-gone"]) == {"before"}
+        changelog.forget_points(connection, [1])
+        assert changelog.referenced_by_retained_snapshots(connection, ["before"]) == set()

@@ -1,0 +1,109 @@
+"""`zero restore <cache>` and `zero snapshots`: the metadata in the remotes,
+listed and brought back on a new machine."""
+
+from __future__ import annotations
+
+import datetime
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from zero import config as config_module
+from zero.cachedir import CacheDir
+from zero.errors import ZeroError
+
+RECOVERY_KEY_ENV = "ZERO_RECOVERY_KEY"
+
+
+def parse_time(text: str | None) -> float | None:
+    """--at: an ISO 8601 time (local time unless it names a zone) or unix seconds."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ZeroError(f"--at {text!r}: expected a time like 2026-11-26T14:00 or unix seconds") from None
+
+
+def _secret(args, config, remotes, fs_id):
+    from zero.meta import keyring, keys
+
+    if args.recovery_key_file:
+        return keyring.read_recovery_key(Path(args.recovery_key_file).expanduser())
+    if os.environ.get(RECOVERY_KEY_ENV):
+        return keyring.Secret(keys.RECOVERY_KEY, keys.normalize_recovery_key(os.environ[RECOVERY_KEY_ENV]),
+                              f"${RECOVERY_KEY_ENV}")
+    secret = keyring.configured_passphrase(config)
+    if secret is not None:
+        return secret
+    sealed_with = keys.parse_envelope(keyring.fetch_envelope(remotes, fs_id)).sealed_with
+    if not sys.stdin.isatty():
+        raise ZeroError("the keys are sealed with a " + sealed_with.replace("-", " ") + ": give it with "
+                        "--recovery-key-file, $ZERO_RECOVERY_KEY, or passphrase/passphraseFile/$ZERO_PASSPHRASE")
+    if sealed_with == keys.PASSPHRASE:
+        return keyring.Secret(keys.PASSPHRASE, getpass.getpass("Passphrase: "), "the prompt")
+    return keyring.Secret(keys.RECOVERY_KEY, keys.normalize_recovery_key(getpass.getpass("Recovery key: ")),
+                          "the prompt")
+
+
+def restore(args, config) -> int:
+    from tqdm import tqdm
+
+    from zero.fsutil import durable_write
+    from zero.meta import keyring, keys, restore as restoring
+    from zero.wiring import build_remotes
+
+    remotes = build_remotes(config)
+    fs_id = restoring.choose_fs_id(remotes, args.fs_id)
+    secret = _secret(args, config, remotes, fs_id)
+    cache = CacheDir(args.cache)
+    cache.prepare()
+    result = restoring.restore(config.database_path(cache.root), remotes, secret, fs_id=fs_id,
+                               at=parse_time(args.at), progress=lambda **kw: tqdm(file=sys.stderr, **kw))
+    if secret.kind == keys.RECOVERY_KEY:
+        path = keyring.recovery_key_path(config, fs_id)
+        if not path.exists():  # this machine now keeps it where `zero key export` looks
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            durable_write(str(path), (keys.for_paper(secret.value) + "\n").encode())
+    print(f"Restored filesystem {fs_id} into {cache.root}: snapshot {result.snapshot} and "
+          f"{len(result.journals)} journal segment(s), {result.rows} rows. Mount it with: "
+          f"zero-fuse <mountpoint> {cache.root}  (and zero-worker {cache.root}); data comes back as it is read.")
+    return 0
+
+
+def snapshots(args, config) -> int:
+    from zero.meta import restore as restoring
+    from zero.wiring import build_remotes
+
+    fs_id = args.fs_id
+    if args.location:
+        location = Path(args.location).expanduser()
+        if location.is_file():
+            config = config_module.load(str(location))
+        elif not fs_id:
+            from zero.cli.common import find_cache, open_state
+            from zero.state import db as state_db
+            database = open_state(find_cache(args.location)[0], config)
+            try:
+                fs_id = state_db.format_settings(database)["fs_id"]
+            finally:
+                database.dispose()
+    remotes = build_remotes(config)
+    fs_id = restoring.choose_fs_id(remotes, fs_id)
+    found = restoring.catalog(remotes, fs_id)
+    if not found.snapshots:
+        print(f"No metadata snapshot of filesystem {fs_id} in {', '.join(found.reachable) or 'any reachable remote'}")
+        return 1
+    newest_snapshot, journals = found.plan()
+    print(f"Filesystem {fs_id}: restore points (zero restore --at TIME picks the newest at or before TIME)")
+    for sequence in sorted(found.snapshots):
+        taken_at, holders = found.snapshots[sequence]
+        when = datetime.datetime.fromtimestamp(taken_at).isoformat(timespec="seconds")
+        extra = f" + {len(journals)} journal segment(s), the newest point" if sequence == newest_snapshot else ""
+        print(f"  {when}  snapshot {sequence}{extra}  on {', '.join(holders)}")
+    return 0

@@ -1,0 +1,1 @@
+"""Metadata and keys in the remotes: sealed keys, continuous backup, restore."""
