@@ -43,7 +43,7 @@ def test_fsync_without_a_worker_and_without_the_promise_succeeds(make_mount):
 def test_fsync_while_every_remote_is_gone_fails_after_the_timeout(make_mount):
     m = make_mount(worker=True, faultInTimeout=3, uploadDelay=0,
                    allowed_log=("Remote 'local' is unavailable", "Remote 'local' is not answering", "fsync failed",
-                                "did not upload"))
+                                "did not upload", "Could not store the last metadata changes"))
     os.rename(m.remote, m.root / "remote-away")
     assert fsync_outcome(m.mnt / "f") == errno.EIO
     assert "did not upload" in m.fuse_log()

@@ -6,6 +6,7 @@ xattrs, link counts, symlinks, odd names."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -122,6 +123,38 @@ def test_lose_the_machine(tmp_path):
         assert (third.mnt / "tree" / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
         listing = third.zero("snapshots", str(third.cache)).stdout
         assert "snapshot" in listing and "the newest point" in listing
+    finally:
+        problems = []
+        for mount in mounts:
+            mount.close()
+            problems += mount.unexpected_log_lines(EXPECTED_WARNINGS)
+    assert not problems, "zero logged unexpected warnings or errors:\n" + "\n".join(problems)
+
+
+def test_what_fsync_returned_for_survives_a_kill_right_after_it(tmp_path):
+    """fsync with fsyncWaitsForUpload covers the data and the metadata naming it: kill -9 both
+    processes the moment fsync returns, lose the cache, restore: the file is there, whole. The
+    periodic backup is set to an hour, so only fsync's own request can have sent the metadata."""
+    mounts = []
+    try:
+        first = ZeroMount(tmp_path / "first", metadataBackupInterval=3600)
+        mounts.append(first)
+        first.start_worker()
+        first.start_fuse()
+        keyfile = wait_until(lambda: next(first.root.glob("recovery-*.key"), None), 30, "the recovery key file")
+        (first.mnt / "projects" / "thesis").mkdir(parents=True)
+        data = os.urandom(3 * MIB + 123)
+        fd = os.open(first.mnt / "projects" / "thesis" / "chapter-1.tex", os.O_WRONLY | os.O_CREAT, 0o644)
+        assert os.write(fd, data) == len(data)
+        os.fsync(fd)
+        first.kill_worker()  # the moment fsync returned
+        first.kill_fuse()
+        with contextlib.suppress(OSError):
+            os.close(fd)  # on a dead mount
+        shutil.rmtree(first.cache)
+        second = restored_mount(tmp_path / "second", first.remote, "--recovery-key-file", str(keyfile))
+        mounts.append(second)
+        assert (second.mnt / "projects" / "thesis" / "chapter-1.tex").read_bytes() == data
     finally:
         problems = []
         for mount in mounts:

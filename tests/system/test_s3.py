@@ -88,7 +88,7 @@ def write_file(path, size: int) -> str:
     return sha256_of(path)
 
 
-def test_a_file_four_times_the_cache_goes_through_s3_and_the_bucket_holds_no_plaintext(make_mount, s3):
+def test_a_file_four_times_the_cache_goes_through_s3_and_the_bucket_holds_no_plaintext(s3, make_mount):
     bucket = s3.bucket()
     m = make_mount(remotes=[s3.remote("s3", bucket)], chunkSize="256KiB", uploadDelay=0,
                    targetDiskUsage="4MiB", lowWatermark=0.5)
@@ -103,7 +103,7 @@ def test_a_file_four_times_the_cache_goes_through_s3_and_the_bucket_holds_no_pla
         assert KNOWN not in blob and KNOWN[:16] not in blob, f"{key} holds plaintext"
 
 
-def test_the_s3_server_dies_mid_upload_and_comes_back_and_nothing_is_lost(make_mount, s3):
+def test_the_s3_server_dies_mid_upload_and_comes_back_and_nothing_is_lost(s3, make_mount):
     bucket = s3.bucket()
     m = make_mount(remotes=[s3.remote("s3", bucket)], chunkSize="256KiB", uploadDelay=0,
                    targetDiskUsage="64MiB", allowed_log=("Remote 's3' is not answering", "is healthy again",
@@ -132,7 +132,7 @@ def test_the_s3_server_dies_mid_upload_and_comes_back_and_nothing_is_lost(make_m
         assert sha256_of(m.mnt / name) == digest, f"{name} is not identical after S3 came back"
 
 
-def test_with_two_replicas_one_bucket_wiped_every_file_still_reads_back(make_mount, s3):
+def test_with_two_replicas_one_bucket_wiped_every_file_still_reads_back(s3, make_mount):
     first, second = s3.bucket(), s3.bucket()
     m = make_mount(remotes=[s3.remote("first", first), s3.remote("second", second)], replicas=2,
                    chunkSize="256KiB", uploadDelay=0, targetDiskUsage="2MiB", lowWatermark=0.5,
@@ -150,7 +150,7 @@ def test_with_two_replicas_one_bucket_wiped_every_file_still_reads_back(make_mou
         assert sha256_of(m.mnt / name) == digest, f"{name} did not read back from the surviving replica"
 
 
-def test_three_remotes_with_quotas_one_two_three_fill_in_proportion(make_mount, s3):
+def test_three_remotes_with_quotas_one_two_three_fill_in_proportion(s3, make_mount):
     buckets = [s3.bucket() for _ in range(3)]
     remotes = [s3.remote(f"r{quota}", bucket, quota=f"{quota}MiB") for quota, bucket in zip((1, 2, 3), buckets)]
     m = make_mount(remotes=remotes, chunkSize="64KiB", uploadDelay=0)
@@ -162,30 +162,35 @@ def test_three_remotes_with_quotas_one_two_three_fill_in_proportion(make_mount, 
         assert abs(count - share) <= 3, f"objects per remote {counts} are not in proportion 1:2:3"
 
 
-def test_a_flaky_network_to_s3_loses_nothing_and_logs_health_changes_not_attempts(make_mount, s3):
+@pytest.fixture
+def flaky_proxy(s3):
+    """A fault-injecting proxy in front of the S3 server, stopped after the mount (requested before it)."""
     from faultproxy import FaultProxy
 
-    bucket = s3.bucket()
     proxy = FaultProxy(s3.port)
     proxy.start()
-    try:
-        remote = s3.remote("s3", bucket)
-        remote["endpoint"] = proxy.endpoint
-        m = make_mount(remotes=[remote], chunkSize="256KiB", uploadDelay=0, targetDiskUsage="2MiB",
-                       lowWatermark=0.5, faultInTimeout=120,
-                       allowed_log=("Remote 's3' is not answering", "Remote 's3' is unavailable"))
-        digests = {f"f{index}.bin": write_file(m.mnt / f"f{index}.bin", 2 * MIB) for index in range(4)}
-        m.zero("sync", str(m.mnt), timeout=600)
-        wait_until(lambda: State(m.cache).states().get("remote", 0) >= 16, 300, "most chunks to be evicted")
-        settle_evicted(m)
-        for name, digest in digests.items():
-            assert sha256_of(m.mnt / name) == digest, f"{name} is not identical over a flaky network"
-        assert sum(proxy.injected.values()) >= 10, f"too few faults were injected to prove anything: {proxy.injected}"
-        assert all(proxy.injected.values()), f"every kind of fault should have happened: {proxy.injected}"
-        lines = (m.worker_log() + m.fuse_log()).splitlines()
-        noisy = [line for line in lines if " WARNING " in line or " ERROR " in line]
-        assert len(noisy) <= 20, f"{len(noisy)} warnings for {sum(proxy.injected.values())} faults:\n" + \
-            "\n".join(noisy[:30])
-    finally:
-        proxy.enabled = False
-        proxy.stop()
+    yield proxy
+    proxy.enabled = False
+    proxy.stop()
+
+
+def test_a_flaky_network_to_s3_loses_nothing_and_logs_health_changes_not_attempts(s3, flaky_proxy, make_mount):
+    proxy = flaky_proxy
+    bucket = s3.bucket()
+    remote = s3.remote("s3", bucket)
+    remote["endpoint"] = proxy.endpoint
+    m = make_mount(remotes=[remote], chunkSize="256KiB", uploadDelay=0, targetDiskUsage="2MiB",
+                   lowWatermark=0.5, faultInTimeout=120,
+                   allowed_log=("Remote 's3' is not answering", "Remote 's3' is unavailable"))
+    digests = {f"f{index}.bin": write_file(m.mnt / f"f{index}.bin", 2 * MIB) for index in range(4)}
+    m.zero("sync", str(m.mnt), timeout=600)
+    wait_until(lambda: State(m.cache).states().get("remote", 0) >= 16, 300, "most chunks to be evicted")
+    settle_evicted(m)
+    for name, digest in digests.items():
+        assert sha256_of(m.mnt / name) == digest, f"{name} is not identical over a flaky network"
+    assert sum(proxy.injected.values()) >= 10, f"too few faults were injected to prove anything: {proxy.injected}"
+    assert all(proxy.injected.values()), f"every kind of fault should have happened: {proxy.injected}"
+    lines = (m.worker_log() + m.fuse_log()).splitlines()
+    noisy = [line for line in lines if " WARNING " in line or " ERROR " in line]
+    assert len(noisy) <= 20, f"{len(noisy)} warnings for {sum(proxy.injected.values())} faults:\n" + \
+        "\n".join(noisy[:30])

@@ -175,15 +175,21 @@ class DataPath:
             with self.database.read() as connection:
                 versions = chunks.unuploaded_versions(connection, inode.ino)
         self.database.durable_checkpoint()
-        if versions and self.config.fsync_waits_for_upload:
-            if self.worker.worker_pid() is None:
+        if not self.config.fsync_waits_for_upload:
+            return
+        if self.worker.worker_pid() is None:
+            if versions or self.worker.metadata_pending():
                 # fsyncWaitsForUpload promises the remotes; success here would be a lie.
                 raise WorkerUnavailable(
                     f"fsync of inode {inode.ino}: the data is safe in the local cache, but zero-worker is not "
                     f"running, so it is not in the remotes as fsyncWaitsForUpload promises; start it with: "
                     f"zero-worker {self.files.cache.root} (or set fsyncWaitsForUpload: false to let fsync "
                     f"return once the data is safe locally)")
+            return
+        if versions:
             self.worker.wait_uploaded(inode.ino, versions)
+        # The data is in the remotes; now the metadata that names it (a restore on a new machine finds it).
+        self.worker.wait_backed_up()
 
     # --- what the file costs locally ----------------------------------------------------------
 

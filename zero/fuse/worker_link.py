@@ -16,7 +16,8 @@ from zero import wakeup
 from zero.cachedir import CacheDir
 from zero.errors import WorkerUnavailable
 from zero.locking import holder_pid
-from zero.state import chunks, requests
+from zero.meta import backup
+from zero.state import changelog, chunks, requests
 from zero.state.chunks import Readiness
 from zero.state.db import Database
 
@@ -144,6 +145,17 @@ class WorkerLink:
                         lambda: WorkerUnavailable(self.why_no_answer(
                             f"upload {len(pending)} chunk(s) of inode {ino}")),
                         recheck_s=RECHECK_S)
+
+    def metadata_pending(self) -> bool:
+        """Whether namespace changes wait for their metadata backup."""
+        with self.database.read() as connection:
+            return changelog.has_changes(connection)
+
+    def wait_backed_up(self) -> None:
+        """Return once a metadata segment in the remotes covers every change made so far
+        (concurrent fsyncs share one segment)."""
+        backup.wait_backed_up(self.database, self.listener, self.wake_worker, self.timeout_s,
+                              why_no_answer=lambda: self.why_no_answer("back up the metadata naming the file"))
 
     def why_no_answer(self, what: str) -> str:
         if self.worker_pid() is None:

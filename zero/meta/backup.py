@@ -81,20 +81,26 @@ class MetadataBackup:
         end_at = self.clock()
         blob = self.context.codec.seal(encode(segment))
         key = (layout.snapshot_key if snapshot else layout.journal_key)(self.context.fs_id, sequence)
-        stored, refused = [], []
+        stored, refused, skipped = [], [], []
+        usable = self.context.pool.durable_names()
         for remote in self.context.pool.remotes:
+            if remote.name not in usable:
+                # Not ours, or not answering: never written into (the pool logged why, once).
+                skipped.append(f"{remote.name} ({self.context.pool.health(remote.name)})")
+                continue
             try:
                 remote.put(key, blob)
                 stored.append(remote.name)
             except RemoteUnavailable as error:
                 refused.append(f"{remote.name} ({error})")
         if not stored:
-            raise RemoteUnavailable(f"no remote took metadata {segment.kind} {sequence}: {'; '.join(refused)}")
+            raise RemoteUnavailable(f"no remote took metadata {segment.kind} {sequence}: "
+                                    f"{'; '.join(refused + skipped)}")
         with self.context.database.write() as connection:
             state_db.set_meta(connection, SEQUENCE_META, str(sequence))
             state_db.set_meta(connection, COVERED_META, str(max(covered, int(settings.get(COVERED_META, 0)))))
             # A remote that missed this segment cannot replay the next journals alone: snapshot next time.
-            state_db.set_meta(connection, NEEDS_SNAPSHOT_META, "1" if refused else "0")
+            state_db.set_meta(connection, NEEDS_SNAPSHOT_META, "1" if refused or skipped else "0")
             if snapshot:
                 state_db.set_meta(connection, SNAPSHOT_META, str(sequence))
             changelog.trim(connection, covered)
@@ -122,7 +128,10 @@ class MetadataBackup:
         with self.context.database.write() as connection:
             changelog.forget_points(connection, set(known) - keep)
         deleted = 0
+        usable = self.context.pool.durable_names()
         for remote in self.context.pool.remotes:
+            if remote.name not in usable:
+                continue  # never delete from a remote that is not ours or not answering
             try:
                 listing = list(remote.list(layout.meta_prefix(fs_id)))
                 snapshots = {}

@@ -10,7 +10,7 @@ import time
 
 from sqlalchemy import Connection, Row, delete, exists, func, insert, select, update
 
-from zero.state import schema
+from zero.state import changelog, schema
 
 _o = schema.objects
 _p = schema.placements
@@ -57,6 +57,9 @@ def claim_garbage(connection: Connection, older_than: float, limit: int = 500) -
     keys = [row.key for row in connection.execute(
         select(_o.c.key).where(_o.c.unreferenced_since.is_not(None), _o.c.unreferenced_since < older_than,
                                ~referenced).limit(limit))]
+    # A retained restore point (a kept snapshot, the newest segment) may still name them.
+    kept = changelog.referenced_by_retained_snapshots(connection, keys)
+    keys = [key for key in keys if key not in kept]
     claimed = []
     for key in keys:
         claimed.append((key, remotes_holding(connection, key)))
