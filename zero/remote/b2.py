@@ -23,7 +23,7 @@ from b2sdk.v2 import exception as b2_errors
 from b2sdk._internal.b2http import B2Http
 
 from zero.errors import AuthFailed, ConfigError, ObjectMissing, RemoteError, RemoteUnavailable
-from zero.remote.base import Option, Remote, check_key, text
+from zero.remote.base import Option, Remote, check_key, key_prefix, text
 
 _MIB = 1024 * 1024
 _MILLISECONDS_PER_SECOND = 1000.0
@@ -45,13 +45,6 @@ class _OneTryB2Api(B2Api):
     SESSION_CLASS = staticmethod(_OneTrySession)
 
 
-def _prefix(key: str, value: Any) -> str:
-    value = text(key, value)
-    if value.startswith("/") or "//" in value or "\\" in value:
-        raise ConfigError(f"{key}: a prefix like 'zero/' has no leading '/', no '//' and no backslash, got {value!r}")
-    return value if value.endswith("/") else value + "/"
-
-
 class B2Remote(Remote):
     kind = "b2"
     options = (
@@ -61,7 +54,7 @@ class B2Remote(Remote):
                help="the application key; better given as applicationKeyEnv or applicationKeyFile"),
         Option("bucketId", "bucket_id", help="the bucket's id (give this or bucket)"),
         Option("bucket", "bucket", help="the bucket's name (give this or bucketId)"),
-        Option("prefix", "prefix", parse=_prefix, help="a folder inside the bucket to keep zero's keys in"),
+        Option("prefix", "prefix", parse=key_prefix, help="a folder inside the bucket to keep zero's keys in"),
     )
     realm = "production"
     large_file_part_bytes = 64 * _MIB  # objects bigger than this go up in parts of about this size

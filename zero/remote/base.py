@@ -36,6 +36,14 @@ def url(key: str, value: Any) -> str:
     return value
 
 
+def key_prefix(key: str, value: Any) -> str:
+    """A folder inside a bucket for zero's keys, such as 'zero/' (the trailing '/' added)."""
+    value = text(key, value)
+    if value.startswith("/") or "//" in value or "\\" in value:
+        raise ConfigError(f"{key}: a prefix like 'zero/' has no leading '/', no '//' and no backslash, got {value!r}")
+    return value if value.endswith("/") else value + "/"
+
+
 @dataclass(frozen=True)
 class Option:
     """One key a kind of remote takes in config.yml.

@@ -20,7 +20,7 @@ import botocore.config
 import botocore.exceptions
 
 from zero.errors import AuthFailed, ConfigError, ObjectMissing, RemoteError, RemoteUnavailable
-from zero.remote.base import Option, Remote, boolean, check_key, text, url
+from zero.remote.base import Option, Remote, boolean, check_key, key_prefix, text, url
 
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _AUTH_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
@@ -28,13 +28,6 @@ _AUTH_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNot
 _TRANSIENT_CODES = frozenset({"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "InternalError",
                               "ServiceUnavailable", "RequestLimitExceeded", "503", "500"})
 _TOO_MANY_REQUESTS = 429
-
-
-def _prefix(key: str, value: Any) -> str:
-    value = text(key, value)
-    if value.startswith("/") or "//" in value or "\\" in value:
-        raise ConfigError(f"{key}: a prefix like 'zero/' has no leading '/', no '//' and no backslash, got {value!r}")
-    return value if value.endswith("/") else value + "/"
 
 
 class S3Remote(Remote):
@@ -46,7 +39,7 @@ class S3Remote(Remote):
                     "AWS when left out"),
         Option("region", "region", help="the bucket's region, e.g. eu-west-1 (from the profile or environment "
                                         "when left out)"),
-        Option("prefix", "prefix", parse=_prefix, help="a folder inside the bucket to keep zero's keys in"),
+        Option("prefix", "prefix", parse=key_prefix, help="a folder inside the bucket to keep zero's keys in"),
         Option("pathStyle", "path_style", parse=boolean,
                help="address the bucket as <endpoint>/<bucket> rather than <bucket>.<endpoint>; "
                     "many self-hosted stores need true"),
