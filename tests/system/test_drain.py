@@ -63,3 +63,33 @@ def test_removing_a_remote_that_holds_the_only_copy_is_refused(make_mount, tmp_p
     log = m.worker_log()
     assert "zero drain first" in log and "file(s) that are not in the cache" in log, log
     m.worker = None
+
+
+def test_rebalance_spreads_what_one_remote_took_alone(make_mount, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    remotes = [{"name": "first", "type": "local", "path": str(first)},
+               {"name": "second", "type": "local", "path": str(second), "quota": "1KiB"}]  # nothing fits there
+    m = make_mount(remotes=remotes, chunkSize="64KiB", uploadDelay=0, targetDiskUsage="1MiB", lowWatermark=0.5)
+    (m.mnt / "data.bin").write_bytes(os.urandom(40 * 64 * 1024))
+    digest = sha256_of(m.mnt / "data.bin")
+    m.zero("sync", str(m.mnt))
+    placed = lambda name: State(m.cache).query("SELECT count(*) FROM placements WHERE remote = ?", name)[0][0]
+    assert placed("second") == 0 and placed("first") == 40
+    # The user lifts the quota; rebalance moves what is already stored.
+    m.unmount()
+    m.stop_worker()
+    config = yaml.safe_load(m.config_path.read_text())
+    for remote in config["remotes"]:
+        remote.pop("quota", None)
+    m.config_path.write_text(yaml.safe_dump(config))
+    result = m.zero("rebalance", str(m.cache))
+    assert "moved" in result.stdout
+    assert abs(placed("first") - placed("second")) <= 2, (placed("first"), placed("second"))
+    assert placed("first") + placed("second") == 40
+    chunk_files = lambda folder: [p for p in folder.rglob("*") if p.is_file() and "objects" in p.parts]
+    assert len(chunk_files(first)) == placed("first") and len(chunk_files(second)) == placed("second")
+    m.start_worker()
+    m.start_fuse()
+    wait_until(lambda: State(m.cache).states().get("remote", 0) >= 30, 60, "most chunks to be evicted")
+    settle_evicted(m)
+    assert sha256_of(m.mnt / "data.bin") == digest

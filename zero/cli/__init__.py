@@ -19,6 +19,7 @@ from zero.cli.drain import drain
 from zero.cli.gc import gc
 from zero.cli.key import change_passphrase, export
 from zero.cli.pins import pin, unpin
+from zero.cli.rebalance import rebalance
 from zero.cli.restore import restore, snapshots
 from zero.cli.status import status
 from zero.cli.sync import sync
@@ -53,6 +54,9 @@ def main(argv=None) -> int:
     command.add_argument("remote", help="the remote's name in the config")
     command.add_argument("location", help="the cache folder or the mountpoint")
     command.set_defaults(run=drain)
+    command = commands.add_parser("rebalance", help="move objects from the fullest remotes to the emptiest")
+    command.add_argument("location", help="the cache folder or the mountpoint")
+    command.set_defaults(run=rebalance)
     command = commands.add_parser("key", help="the secret that opens the keys stored in the remotes")
     key_commands = command.add_subparsers(dest="key_command", required=True)
     command = key_commands.add_parser("export", help="print the recovery key (also grouped for paper)")

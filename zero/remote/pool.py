@@ -158,16 +158,17 @@ class RemotePool:
 
     # --- the protocol -------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes, holders: Sequence[str] = ()) -> list[str]:
+    def put(self, key: str, data: bytes, holders: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
         """Store copies until ``replicas`` usable remotes hold one, counting the
-        ``holders`` that already do; returns the names that took a new copy, for
+        ``holders`` that already do and never choosing ``exclude`` (a remote an
+        object is moved off); returns the names that took a new copy, for
         the placement rows. Raises RemoteUnavailable if too few could; the copies
         made are then orphans for the collector (or a dedup hit next time)."""
         have = [name for name in holders if name in self._members and self._members[name].writable]
         wanted = self.replicas - len(have)
         with self._lock:
             candidates = sorted((member for name, member in self._members.items()
-                                 if member.writable and name not in holders
+                                 if member.writable and name not in holders and name not in exclude
                                  and (member.quota_bytes is None or member.used_bytes + len(data) <= member.quota_bytes)),
                                 key=Member.fullness)
         stored: list[str] = []
