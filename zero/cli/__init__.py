@@ -4,6 +4,7 @@
     zero pin <path>...     keep files local ("available offline")
     zero unpin <path>...
     zero sync <mountpoint> upload everything written so far, then return
+    zero mount <mountpoint> <cache> [-d]   zero-worker and zero-fuse together; zero umount <mountpoint>
 """
 
 from __future__ import annotations
@@ -22,6 +23,24 @@ from zero.errors import ZeroError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+
+
+def _add_service_commands(commands) -> None:
+    from zero.cli import mount, umount
+    from zero.cli.systemd import add_arguments as systemd_arguments, systemd_unit
+
+    command = commands.add_parser("mount", help="start zero-worker and zero-fuse together; Ctrl-C (or zero umount) "
+                                                "stops both")
+    mount.add_arguments(command)
+    command.set_defaults(run=mount.mount)
+    command = commands.add_parser("umount", help="unmount, let the worker take over what is dirty, stop it")
+    command.add_argument("mountpoint")
+    command.add_argument("--lazy", action="store_true", help="detach a busy mount now (umount -l)")
+    command.add_argument("--timeout", type=float, default=umount.STOP_TIMEOUT_S, help="seconds to wait for each process")
+    command.set_defaults(run=umount.umount)
+    command = commands.add_parser("systemd-unit", help="print a systemd unit that mounts zero at boot or login")
+    systemd_arguments(command)
+    command.set_defaults(run=systemd_unit)
 
 
 def main(argv=None) -> int:
@@ -49,6 +68,7 @@ def main(argv=None) -> int:
     command.add_argument("remote", help="the remote's name in the config")
     command.add_argument("location", help="the cache folder or the mountpoint")
     command.set_defaults(run=drain)
+    _add_service_commands(commands)
     args = parser.parse_args(argv)
     logsetup.configure("zero", "WARNING")
     try:
