@@ -85,6 +85,7 @@ class Config:
     gc_grace_period_s: float = 3600.0
     min_free_disk_bytes: int = 256 * MIB
     log_level: str = "INFO"
+    metrics_address: str = "127.0.0.1:9567"  # zero-worker's Prometheus endpoint; "" for none
     extra: dict[str, Any] = field(default_factory=dict)
 
     def database_path(self, cache_dir: Path) -> Path:
@@ -122,6 +123,15 @@ def _parse_log_level(key: str, value: Any) -> str:
     return level
 
 
+def _parse_address(key: str, value: Any) -> str:
+    if value == "":
+        return ""
+    host, _, port = str(value).rpartition(":")
+    if not isinstance(value, str) or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: expected host:port such as 127.0.0.1:9567, or \"\" for none (got {value!r})")
+    return value
+
+
 # The original Zero's B2 keys, at the top level: together they become one
 # remote named "b2". The secret may come from a variable or a file, as in any
 # remote (see zero.remote.registry).
@@ -143,6 +153,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "gcGracePeriod": ("gc_grace_period_s", _number),
     "minFreeDisk": ("min_free_disk_bytes", lambda k, v: parse_size(k, v, bare_number_unit=GIB)),
     "logLevel": ("log_level", _parse_log_level),
+    "metricsAddress": ("metrics_address", _parse_address),
 }
 
 def _parse_remotes(value: Any) -> tuple[RemoteSpec, ...]:

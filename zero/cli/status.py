@@ -36,6 +36,27 @@ def status(args, config) -> int:
     dirty_bytes = cache.bytes_of(unuploaded)
     fuse_pid = holder_pid(cache.lock_path("fuse"))
     worker_pid = holder_pid(cache.lock_path("worker"))
+    if getattr(args, "json", False):
+        print(json.dumps({
+            "cache": str(cache.root), "files": totals["files"], "logical_bytes": totals["logical_bytes"],
+            "cache_bytes": usage, "target_bytes": target, "over_target_bytes": max(0, usage - target),
+            "chunks": {state.value: by_state.get(state.value, (0, 0))[0] for state in ChunkState},
+            "backlog": {"bytes": dirty_bytes, "chunks": len(unuploaded)},
+            "remote_objects": remote_totals["objects"], "remote_stored_bytes": remote_totals["stored_bytes"],
+            "remotes": [{"name": row.name, "health": row.health, "since": row.since, "draining": bool(row.draining),
+                         "objects": held_objects.get(row.name, 0), "stored_bytes": held.get(row.name, 0),
+                         "last_error": row.last_error} for row in remote_rows],
+            "totals": count,
+            "fuse": {"running": fuse_pid is not None, "pid": fuse_pid},
+            "worker": {"running": worker_pid is not None, "pid": worker_pid,
+                       "heartbeat_at": worker_status.get("at") if worker_pid else None,
+                       "upload_rate_bytes_per_s": worker_status.get("upload_rate_bytes_per_s", 0.0) if worker_pid else 0.0,
+                       "metrics_address": worker_status.get("metrics_address") if worker_pid else None,
+                       "settings": worker_status.get("settings") if worker_pid else None},
+            "pins": [{"inode": ino, "path": path.decode("utf-8", "surrogateescape") if path else None,
+                      "logical_bytes": logical, "cache_bytes": local} for ino, path, (logical, local) in pinned],
+        }, indent=2))
+        return 0
     lines = [f"zero status of {cache.root}",
              f"  files:      {totals['files']} files, {human(totals['logical_bytes'])}",
              f"  cache:      {human(usage)} used of {human(target)} target ({100 * usage / target:.0f}%)"]

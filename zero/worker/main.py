@@ -66,16 +66,30 @@ def run(args) -> int:
         log.info("Worker started for %s: remotes %s; keeping the cache under %d MiB", cache.root, names,
                  config.target_disk_usage_bytes >> 20)
         worker = Worker(context, listener, keeper)
+        metrics = start_metrics(context, worker)
         worker.start()
         stop.wait()
         log.info("Stopping: finishing the uploads and fault-ins under way")
         worker.stop()
+        metrics.stop()
     finally:
         listener.stop()
         context.database.dispose()
         lock.release()
     log.info("Worker stopped cleanly")
     return 0
+
+
+def start_metrics(context, worker):
+    from zero.worker.metrics import Metrics, parse_address
+
+    metrics = Metrics(context)
+    metrics.instrument()
+    address = parse_address(context.config.metrics_address)
+    if address is not None:
+        metrics.start(address)
+    worker.published["metrics_address"] = context.config.metrics_address if metrics.listening else ""
+    return metrics
 
 
 if __name__ == "__main__":
