@@ -105,8 +105,8 @@ def _line(row) -> str:
             f"{human(row['upload_per_s']) + '/s':>12} {row['uploads_per_s']:>5.0f}/s "
             f"{row['fetches_per_s']:>5.0f}/s {row['evictions_per_s']:>5.0f}/s")
     for remote in row["remotes"].values():
-        state = "ok" if remote["healthy"] else "DOWN"
-        text += f"  {state:>4} {remote['calls_per_s']:>6.1f} {remote['latency_ms']:>6.1f}ms " \
+        health = "ok" if remote["healthy"] else "DOWN"
+        text += f"  {health:>4} {remote['calls_per_s']:>6.1f} {remote['latency_ms']:>6.1f}ms " \
                 f"{remote['errors_per_s']:>4.1f} {human(remote['sent_per_s']) + '/s':>11}"
     return text
 
