@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from zero.errors import ConfigError, did_you_mean
-from zero.units import parse_size
+from zero.units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +144,13 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "chunkSize": ("chunk_size_bytes", _parse_chunk_size),
     "remotes": ("remotes", None),  # parsed by _parse_remotes
     "replicas": ("replicas", lambda k, v: _integer(k, v, minimum=1)),
-    "uploadDelay": ("upload_delay_s", _number),
-    "faultInTimeout": ("fault_in_timeout_s", lambda k, v: _number(k, v, minimum=0.1)),
+    "uploadDelay": ("upload_delay_s", parse_duration),
+    "faultInTimeout": ("fault_in_timeout_s", lambda k, v: parse_duration(k, v, minimum=0.1)),
     "fsyncWaitsForUpload": ("fsync_waits_for_upload", _boolean),
     "capacity": ("capacity_bytes", lambda k, v: parse_size(k, v, bare_number_unit=GIB)),
     "lowWatermark": ("low_watermark", _parse_watermark),
     "prefetchChunks": ("prefetch_chunks", _integer),
-    "gcGracePeriod": ("gc_grace_period_s", _number),
+    "gcGracePeriod": ("gc_grace_period_s", parse_duration),
     "minFreeDisk": ("min_free_disk_bytes", lambda k, v: parse_size(k, v, bare_number_unit=GIB)),
     "logLevel": ("log_level", _parse_log_level),
     "metricsAddress": ("metrics_address", _parse_address),
