@@ -734,7 +734,7 @@ def test_rsync_of_a_tree_bigger_than_the_cache_reads_back_identical(make_mount, 
     copies = [[key for _, _, key in state.chunk_rows(os.stat(m.mnt / "copy" / "copies" / str(n) / "same.bin").st_ino)]
               for n in range(5)]
     assert all(keys_of_copy == copies[0] for keys_of_copy in copies), "identical files name different objects"
-    m.zero("gc", str(m.cache), "--grace", "0")  # objects of chunks overwritten mid-rsync are garbage
+    m.zero("gc", str(m.cache), "--grace", "0", "--delete")  # objects of chunks overwritten mid-rsync are garbage
     stored = [path for path in m.remote.glob("*/objects/*/*") if path.is_file()]
     assert sorted(path.name for path in stored) == sorted(keys), \
         f"the remote holds {len(stored)} objects for {len(keys)} distinct chunk contents"

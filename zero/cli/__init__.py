@@ -20,6 +20,7 @@ from zero.cli.pins import pin, unpin
 from zero.cli.status import status
 from zero.cli.sync import sync
 from zero.errors import ZeroError
+from zero.units import parse_duration
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -44,6 +45,10 @@ def _add_service_commands(commands) -> None:
     command.add_argument("--interval", type=float, default=1.0, help="seconds between lines")
     command.add_argument("--count", type=int, help="stop after this many lines")
     command.set_defaults(run=stats)
+    from zero.cli.reload import reload
+    command = commands.add_parser("reload", help="make the running worker re-read the config (as SIGHUP does)")
+    command.add_argument("location", help="the mountpoint or the cache folder")
+    command.set_defaults(run=reload)
     command = commands.add_parser("systemd-unit", help="print a systemd unit that mounts zero at boot or login")
     systemd_arguments(command)
     command.set_defaults(run=systemd_unit)
@@ -67,9 +72,11 @@ def main(argv=None) -> int:
     command.add_argument("location", help="the mountpoint")
     command.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     command.set_defaults(run=sync)
-    command = commands.add_parser("gc", help="delete remote objects nobody references (the worker does it every 10 minutes)")
+    command = commands.add_parser("gc", help="what unused remote objects would be deleted; --delete deletes them (the worker does every 10 minutes)")
     command.add_argument("location", help="the cache folder or the mountpoint")
-    command.add_argument("--grace", type=float, help="seconds an object must be unused first (default: gcGracePeriod)")
+    command.add_argument("--grace", type=lambda text: parse_duration("--grace", text),
+                         help="how long an object must be unused first, e.g. 0, 30m, 1h (default: gcGracePeriod)")
+    command.add_argument("--delete", action="store_true", help="delete them; without it, only say what would go")
     command.set_defaults(run=gc)
     command = commands.add_parser("drain", help="copy a remote's objects to the other remotes, so it can be removed")
     command.add_argument("remote", help="the remote's name in the config")

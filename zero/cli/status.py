@@ -32,7 +32,10 @@ def status(args, config) -> int:
     finally:
         database.dispose()
     usage = cache.usage().total_bytes
-    target = config.target_disk_usage_bytes
+    running_settings = worker_status.get("settings") if holder_pid(cache.lock_path("worker")) else None
+    # The target the running worker keeps to, which a config edited since may not say.
+    target = running_settings["targetDiskUsage"] if running_settings else config.target_disk_usage_bytes
+    pinned_local = sum(local for _ino, _path, (_logical, local) in pinned)
     dirty_bytes = cache.bytes_of(unuploaded)
     fuse_pid = holder_pid(cache.lock_path("fuse"))
     worker_pid = holder_pid(cache.lock_path("worker"))
@@ -66,6 +69,9 @@ def status(args, config) -> int:
             why += "; zero-worker is not running" if worker_pid is None else "; zero-worker is uploading it"
         elif worker_pid is None:
             why = "zero-worker is not running, so nothing is evicted"
+        elif pinned_local >= usage - target:
+            why = f"pinned files hold {human(pinned_local)}, more than the target leaves; unpin some or raise " \
+                  "targetDiskUsage (then zero reload)"
         else:
             why = "pinned or recently fetched data; zero-worker is evicting"
         lines.append(f"  OVER TARGET by {human(usage - target)}: {why}")
@@ -86,6 +92,10 @@ def status(args, config) -> int:
     lines.append(f"  so far:     {count.get('uploads', 0)} uploads ({human(count.get('uploaded_bytes', 0))}), "
                  f"{count.get('dedup_hits', 0)} deduplicated, {count.get('evictions', 0)} evictions, "
                  f"{count.get('fault_ins', 0)} fault-ins")
+    if running_settings:
+        lines.append(f"  settings:   as zero-worker uses them: targetDiskUsage {human(target)}, lowWatermark "
+                     f"{running_settings['lowWatermark']}, uploadDelay {running_settings['uploadDelay']:g}s, "
+                     f"logLevel {running_settings['logLevel'].lower()} (from {running_settings['source']})")
     lines.append(f"  zero-fuse:  {'running (pid %d)' % fuse_pid if fuse_pid else 'not running'}")
     if worker_pid:
         age = time.time() - worker_status.get("at", 0)
