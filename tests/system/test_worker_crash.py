@@ -337,7 +337,8 @@ def test_crash_at_makes_the_worker_kill_itself_at_the_step(make_mount):
     at the step, with the step's state left behind, and recovers on restart."""
     m = make_mount(worker=False, **CONFIG)
     expected = write_dataset(m, count=2)
-    worker = start_worker(m, env={"ZERO_TEST_CRASH_AT": "upload.intent"})
+    # It may reach the step before a test could see it running: wait for its death, not its start.
+    worker = m.start_worker(env={"ZERO_TEST_CRASH_AT": "upload.intent"}, wait=False)
     wait_killed(worker, "zero-worker with ZERO_TEST_CRASH_AT=upload.intent")
     m.worker = None
     check_paused_state(m, "upload.intent", expected)
