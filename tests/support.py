@@ -79,6 +79,7 @@ class ZeroMount:
             "faultInTimeout": 15,
             "minFreeDisk": "1MiB",
             "logLevel": "info",
+            "metricsAddress": "",  # tests that want the endpoint give each worker a free port
         }
         settings.update(config)
         self.config_path.write_text(yaml.safe_dump(settings))

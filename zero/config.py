@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from zero.errors import ConfigError, did_you_mean
-from zero.units import parse_size
+from zero.units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class Config:
     passphrase_file: str | None = None
     metadata_backup_interval_s: float = 60.0
     snapshot_retention: tuple[tuple[str, int], ...] = (("hourly", 48), ("daily", 30))
+    metrics_address: str = "127.0.0.1:9567"  # zero-worker's Prometheus endpoint; "" for none
     extra: dict[str, Any] = field(default_factory=dict)
 
     def database_path(self, cache_dir: Path) -> Path:
@@ -126,6 +127,15 @@ def _parse_log_level(key: str, value: Any) -> str:
     return level
 
 
+def _parse_address(key: str, value: Any) -> str:
+    if value == "":
+        return ""
+    host, _, port = str(value).rpartition(":")
+    if not isinstance(value, str) or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: expected host:port such as 127.0.0.1:9567, or \"\" for none (got {value!r})")
+    return value
+
+
 # The original Zero's B2 keys, at the top level: together they become one
 # remote named "b2". The secret may come from a variable or a file, as in any
 # remote (see zero.remote.registry).
@@ -138,19 +148,20 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "chunkSize": ("chunk_size_bytes", _parse_chunk_size),
     "remotes": ("remotes", None),  # parsed by _parse_remotes
     "replicas": ("replicas", lambda k, v: _integer(k, v, minimum=1)),
-    "uploadDelay": ("upload_delay_s", _number),
-    "faultInTimeout": ("fault_in_timeout_s", lambda k, v: _number(k, v, minimum=0.1)),
+    "uploadDelay": ("upload_delay_s", parse_duration),
+    "faultInTimeout": ("fault_in_timeout_s", lambda k, v: parse_duration(k, v, minimum=0.1)),
     "fsyncWaitsForUpload": ("fsync_waits_for_upload", _boolean),
     "capacity": ("capacity_bytes", lambda k, v: parse_size(k, v, bare_number_unit=GIB)),
     "lowWatermark": ("low_watermark", _parse_watermark),
     "prefetchChunks": ("prefetch_chunks", _integer),
-    "gcGracePeriod": ("gc_grace_period_s", _number),
+    "gcGracePeriod": ("gc_grace_period_s", parse_duration),
     "minFreeDisk": ("min_free_disk_bytes", lambda k, v: parse_size(k, v, bare_number_unit=GIB)),
     "logLevel": ("log_level", _parse_log_level),
     "passphrase": ("passphrase", _string),
     "passphraseFile": ("passphrase_file", _string),
-    "metadataBackupInterval": ("metadata_backup_interval_s", lambda k, v: _number(k, v, minimum=1.0)),
+    "metadataBackupInterval": ("metadata_backup_interval_s", lambda k, v: parse_duration(k, v, minimum=1.0)),
     "snapshotRetention": ("snapshot_retention", None),  # parsed by _parse_retention
+    "metricsAddress": ("metrics_address", _parse_address),
 }
 
 RETENTION_PERIODS = ("hourly", "daily", "weekly", "monthly")

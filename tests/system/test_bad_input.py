@@ -75,7 +75,7 @@ def test_unknown_key_suggests(tmp_path, mnt, cache):
 
 def test_wrong_type_names_the_key(tmp_path, mnt, cache):
     result = run_fuse(tmp_path, mnt, cache, config=good_config(tmp_path) + 'uploadDelay: "soon"\n')
-    refusal(result, "uploadDelay", "expected a number", "'soon'")
+    refusal(result, "uploadDelay", "not a duration", "'soon'")
 
 
 def test_negative_size_names_the_key(tmp_path, mnt, cache):

@@ -469,7 +469,7 @@ def test_a_file_unlinked_while_open_is_still_read_and_written_through_its_handle
                "the chunks of the unlinked file to be deleted after its last close")
     assert not [p for p in (m.cache / "chunks").rglob(f"{ino}-*")], "chunk files of the deleted inode are left"
     assert os.listdir(m.mnt) == [], os.listdir(m.mnt)
-    m.zero("gc", str(m.cache), "--grace", "0")
+    m.zero("gc", str(m.cache), "--grace", "0", "--delete")
     stored = {p.name for p in m.remote.glob("*/objects/*/*")}
     assert keys and not keys & stored, f"{len(keys & stored)} object(s) of the deleted file are left in the remote"
     m.unmount()

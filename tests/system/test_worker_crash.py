@@ -128,7 +128,7 @@ def finish_and_check(m, expected: dict[str, bytes]) -> None:
     wait_until(lambda: not state.query("SELECT 1 FROM chunks WHERE state IN ('uploading', 'fetching')"),
                30, "no chunk to be left uploading or fetching after the restart")
     assert m.stop_worker() == 0, m.worker_log()[-3000:]
-    m.zero("gc", str(m.cache), "--grace", "0", timeout=60)
+    m.zero("gc", str(m.cache), "--grace", "0", "--delete", timeout=60)
     problems = consistency_problems(m)
     assert not problems, "after recovery:\n" + "\n".join(problems)
     start_worker(m)  # reads of evicted chunks need it
@@ -249,7 +249,7 @@ def test_worker_killed_at_crash_point_recovers(make_mount, step):
         m.zero("sync", str(m.mnt), timeout=60)
         objects_before = set(object_files(m.remote))
         os.unlink(m.mnt / "doomed")
-        gc = subprocess.Popen([command("zero"), "gc", str(m.cache), "--grace", "0"], env={**m.env, **pause.env},
+        gc = subprocess.Popen([command("zero"), "gc", str(m.cache), "--grace", "0", "--delete"], env={**m.env, **pause.env},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             pause.wait(gc, "zero gc")

@@ -7,6 +7,7 @@
     zero key export|change-passphrase <cache>
     zero restore <cache>   rebuild a lost machine's state from the remotes
     zero snapshots [cache or config]
+    zero mount <mountpoint> <cache> [-d]   zero-worker and zero-fuse together; zero umount <mountpoint>
 """
 
 from __future__ import annotations
@@ -24,9 +25,38 @@ from zero.cli.restore import restore, snapshots
 from zero.cli.status import status
 from zero.cli.sync import sync
 from zero.errors import ZeroError
+from zero.units import parse_duration
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+
+
+def _add_service_commands(commands) -> None:
+    from zero.cli import mount, umount
+    from zero.cli.systemd import add_arguments as systemd_arguments, systemd_unit
+
+    command = commands.add_parser("mount", help="start zero-worker and zero-fuse together; Ctrl-C (or zero umount) "
+                                                "stops both")
+    mount.add_arguments(command)
+    command.set_defaults(run=mount.mount)
+    command = commands.add_parser("umount", help="unmount, let the worker take over what is dirty, stop it")
+    command.add_argument("mountpoint")
+    command.add_argument("--lazy", action="store_true", help="detach a busy mount now (umount -l)")
+    command.add_argument("--timeout", type=float, default=umount.STOP_TIMEOUT_S, help="seconds to wait for each process")
+    command.set_defaults(run=umount.umount)
+    from zero.cli.stats import stats
+    command = commands.add_parser("stats", help="live rates from the running worker, a line per interval")
+    command.add_argument("location", help="the mountpoint or the cache folder")
+    command.add_argument("--interval", type=float, default=1.0, help="seconds between lines")
+    command.add_argument("--count", type=int, help="stop after this many lines")
+    command.set_defaults(run=stats)
+    from zero.cli.reload import reload
+    command = commands.add_parser("reload", help="make the running worker re-read the config (as SIGHUP does)")
+    command.add_argument("location", help="the mountpoint or the cache folder")
+    command.set_defaults(run=reload)
+    command = commands.add_parser("systemd-unit", help="print a systemd unit that mounts zero at boot or login")
+    systemd_arguments(command)
+    command.set_defaults(run=systemd_unit)
 
 
 def main(argv=None) -> int:
@@ -35,6 +65,7 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("status", help="what is cached, dirty and uploaded; whether the worker runs")
     command.add_argument("location", help="the cache folder or the mountpoint")
+    command.add_argument("--json", action="store_true", help="machine-readable, one JSON object")
     command.set_defaults(run=status)
     command = commands.add_parser("pin", help="keep files or trees in the cache (available offline)")
     command.add_argument("paths", nargs="+")
@@ -46,9 +77,11 @@ def main(argv=None) -> int:
     command.add_argument("location", help="the mountpoint")
     command.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     command.set_defaults(run=sync)
-    command = commands.add_parser("gc", help="delete remote objects nobody references (the worker does it every 10 minutes)")
+    command = commands.add_parser("gc", help="what unused remote objects would be deleted; --delete deletes them (the worker does every 10 minutes)")
     command.add_argument("location", help="the cache folder or the mountpoint")
-    command.add_argument("--grace", type=float, help="seconds an object must be unused first (default: gcGracePeriod)")
+    command.add_argument("--grace", type=lambda text: parse_duration("--grace", text),
+                         help="how long an object must be unused first, e.g. 0, 30m, 1h (default: gcGracePeriod)")
+    command.add_argument("--delete", action="store_true", help="delete them; without it, only say what would go")
     command.set_defaults(run=gc)
     command = commands.add_parser("drain", help="copy a remote's objects to the other remotes, so it can be removed")
     command.add_argument("remote", help="the remote's name in the config")
@@ -80,6 +113,7 @@ def main(argv=None) -> int:
     command.add_argument("location", nargs="?", help="a cache folder or a config file (default: the config)")
     command.add_argument("--fs-id", help="which filesystem, when the remotes hold several")
     command.set_defaults(run=snapshots)
+    _add_service_commands(commands)
     args = parser.parse_args(argv)
     logsetup.configure("zero", "WARNING")
     try:

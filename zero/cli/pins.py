@@ -45,11 +45,16 @@ def unpin(args, config) -> int:
     database = open_state(cache, config)
     try:
         with database.write() as connection:
-            pins.remove(connection, inos)
+            were_pinned = set(pins.remove(connection, inos))
     finally:
         database.dispose()
-    _tell_worker(cache)
-    print(f"Unpinned {len(inos)} path(s); their chunks may be evicted again")
+    for location, ino in zip(args.paths, inos):
+        if ino not in were_pinned:
+            print(f"{location} was not pinned; nothing to do (a file inside a pinned folder is unpinned by "
+                  "unpinning the folder)")
+    if were_pinned:
+        _tell_worker(cache)
+        print(f"Unpinned {len(were_pinned)} path(s); their chunks may be evicted again")
     return 0
 
 

@@ -32,10 +32,34 @@ def status(args, config) -> int:
     finally:
         database.dispose()
     usage = cache.usage().total_bytes
-    target = config.target_disk_usage_bytes
+    running_settings = worker_status.get("settings") if holder_pid(cache.lock_path("worker")) else None
+    # The target the running worker keeps to, which a config edited since may not say.
+    target = running_settings["targetDiskUsage"] if running_settings else config.target_disk_usage_bytes
+    pinned_local = sum(local for _ino, _path, (_logical, local) in pinned)
     dirty_bytes = cache.bytes_of(unuploaded)
     fuse_pid = holder_pid(cache.lock_path("fuse"))
     worker_pid = holder_pid(cache.lock_path("worker"))
+    if getattr(args, "json", False):
+        print(json.dumps({
+            "cache": str(cache.root), "files": totals["files"], "logical_bytes": totals["logical_bytes"],
+            "cache_bytes": usage, "target_bytes": target, "over_target_bytes": max(0, usage - target),
+            "chunks": {state.value: by_state.get(state.value, (0, 0))[0] for state in ChunkState},
+            "backlog": {"bytes": dirty_bytes, "chunks": len(unuploaded)},
+            "remote_objects": remote_totals["objects"], "remote_stored_bytes": remote_totals["stored_bytes"],
+            "remotes": [{"name": row.name, "health": row.health, "since": row.since, "draining": bool(row.draining),
+                         "objects": held_objects.get(row.name, 0), "stored_bytes": held.get(row.name, 0),
+                         "last_error": row.last_error} for row in remote_rows],
+            "totals": count,
+            "fuse": {"running": fuse_pid is not None, "pid": fuse_pid},
+            "worker": {"running": worker_pid is not None, "pid": worker_pid,
+                       "heartbeat_at": worker_status.get("at") if worker_pid else None,
+                       "upload_rate_bytes_per_s": worker_status.get("upload_rate_bytes_per_s", 0.0) if worker_pid else 0.0,
+                       "metrics_address": worker_status.get("metrics_address") if worker_pid else None,
+                       "settings": worker_status.get("settings") if worker_pid else None},
+            "pins": [{"inode": ino, "path": path.decode("utf-8", "surrogateescape") if path else None,
+                      "logical_bytes": logical, "cache_bytes": local} for ino, path, (logical, local) in pinned],
+        }, indent=2))
+        return 0
     lines = [f"zero status of {cache.root}",
              f"  files:      {totals['files']} files, {human(totals['logical_bytes'])}",
              f"  cache:      {human(usage)} used of {human(target)} target ({100 * usage / target:.0f}%)"]
@@ -45,6 +69,9 @@ def status(args, config) -> int:
             why += "; zero-worker is not running" if worker_pid is None else "; zero-worker is uploading it"
         elif worker_pid is None:
             why = "zero-worker is not running, so nothing is evicted"
+        elif pinned_local >= usage - target:
+            why = f"pinned files hold {human(pinned_local)}, more than the target leaves; unpin some or raise " \
+                  "targetDiskUsage (then zero reload)"
         else:
             why = "pinned or recently fetched data; zero-worker is evicting"
         lines.append(f"  OVER TARGET by {human(usage - target)}: {why}")
@@ -65,6 +92,10 @@ def status(args, config) -> int:
     lines.append(f"  so far:     {count.get('uploads', 0)} uploads ({human(count.get('uploaded_bytes', 0))}), "
                  f"{count.get('dedup_hits', 0)} deduplicated, {count.get('evictions', 0)} evictions, "
                  f"{count.get('fault_ins', 0)} fault-ins")
+    if running_settings:
+        lines.append(f"  settings:   as zero-worker uses them: targetDiskUsage {human(target)}, lowWatermark "
+                     f"{running_settings['lowWatermark']}, uploadDelay {running_settings['uploadDelay']:g}s, "
+                     f"logLevel {running_settings['logLevel'].lower()} (from {running_settings['source']})")
     lines.append(f"  zero-fuse:  {'running (pid %d)' % fuse_pid if fuse_pid else 'not running'}")
     if worker_pid:
         age = time.time() - worker_status.get("at", 0)

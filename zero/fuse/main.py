@@ -18,12 +18,16 @@ log = logging.getLogger("zero.fuse")
 
 
 def parse_args(argv):
+    from zero.fuse import mountpoint
+
     parser = argparse.ArgumentParser(prog="zero-fuse", description="Mount a zero filesystem.")
     parser.add_argument("mountpoint", help="an existing empty directory to mount on")
     parser.add_argument("cache", help="the cache folder (created if missing)")
     parser.add_argument("--config", help="config.yml (default: $ZERO_CONFIG or ~/.config/zero/config.yml)")
     parser.add_argument("--allow-non-empty", action="store_true", help="mount over a non-empty directory")
     parser.add_argument("--debug", action="store_true", help="log every FUSE request")
+    parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPTION[,OPTION...]",
+                        help="mount options: " + ", ".join(sorted(mountpoint.MOUNT_OPTIONS)))
     return parser.parse_args(argv)
 
 
@@ -81,6 +85,9 @@ def run(args) -> int:
                    default_permissions=True, debug=args.debug)
     if os.getuid() == 0:
         options["allow_other"] = True
+    options.update(mountpoint.parse_mount_options(args.options))
+    if options.get("ro"):
+        log.info("Mounting read-only: writes fail with 'Read-only file system'")
     try:
         binding.ZeroFUSE(operations, str(mount), **options)
     except RuntimeError as error:

@@ -52,3 +52,29 @@ def check_mountpoint(path: Path, allow_non_empty: bool) -> None:
     if not allow_non_empty and any(os.scandir(path)):
         raise MountError(f"the mountpoint {path} is not empty; choose an empty directory, or pass "
                          "--allow-non-empty to mount over its contents")
+
+
+# The mount options zero-fuse passes to libfuse (`-o`, as in fstab); `rw` is the default.
+MOUNT_OPTIONS = {
+    "allow_other": "let other users see the files (root only, or user_allow_other in /etc/fuse.conf)",
+    "allow_root": "let root see the files",
+    "ro": "read-only: the kernel refuses every change with EROFS",
+    "rw": "read-write (the default)",
+    "auto_unmount": "unmount when zero-fuse dies",
+}
+
+
+def parse_mount_options(values) -> dict:
+    """``["allow_other,ro", "auto_unmount"]`` -> libfuse's keyword options; an
+    unknown one fails with the list of known ones."""
+    options: dict = {}
+    for value in values:
+        for name in filter(None, (part.strip() for part in value.split(","))):
+            if name not in MOUNT_OPTIONS:
+                raise MountError(f"unknown mount option {name!r}; zero-fuse accepts "
+                                 f"{', '.join(sorted(MOUNT_OPTIONS))}")
+            if name == "rw":
+                options.pop("ro", None)
+            else:
+                options[name] = True
+    return options

@@ -110,3 +110,10 @@ def count_on(connection: Connection, remote: str) -> int:
 def forget_copy(connection: Connection, key: str, remote: str) -> None:
     """The remote's copy no longer counts (zero drain moved it elsewhere)."""
     connection.execute(delete(_p).where(_p.c.key == key, _p.c.remote == remote))
+
+
+def unreferenced(connection: Connection) -> list[Row]:
+    """Objects no chunk names now (key, stored_bytes, unreferenced_since: None until the
+    collector first sees them so), for `zero gc`'s dry run. Reads only."""
+    referenced = exists().where(_c.c.object_key == _o.c.key)
+    return list(connection.execute(select(_o.c.key, _o.c.stored_bytes, _o.c.unreferenced_since).where(~referenced)))

@@ -15,6 +15,7 @@ from zero.cachedir import CacheDir
 from zero.errors import ZeroError
 from zero.locking import PidLock
 from zero.wiring import build_context
+from zero.worker import reload as reloader
 
 log = logging.getLogger("zero.worker")
 
@@ -51,9 +52,9 @@ def run(args) -> int:
         os.makedirs(f"{cache.chunks}/{bucket:02x}", exist_ok=True)
     lock = PidLock(cache.lock_path("worker"), "zero-worker")
     lock.acquire()
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop, reload_asked, woken = threading.Event(), threading.Event(), threading.Event()
+    for signum, event in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, reload_asked)):
+        signal.signal(signum, lambda *_, event=event: (event.set(), woken.set()))
     from zero.wiring import build_context
 
     context = build_context(config, cache)
@@ -70,16 +71,48 @@ def run(args) -> int:
         log.info("Worker started for %s: remotes %s; keeping the cache under %d MiB", cache.root, names,
                  config.target_disk_usage_bytes >> 20)
         worker = Worker(context, listener, keeper)
+        metrics = start_metrics(context, worker)
+        worker.published["settings"] = reloader.settings(context.config)
         worker.start()
-        stop.wait()
+        while not stop.is_set():
+            woken.wait()
+            woken.clear()
+            if reload_asked.is_set():
+                reload_asked.clear()
+                apply_reload(context, worker, args.config)
         log.info("Stopping: finishing the uploads and fault-ins under way")
         worker.stop()
+        metrics.stop()
     finally:
         listener.stop()
         context.database.dispose()
         lock.release()
     log.info("Worker stopped cleanly")
     return 0
+
+
+def apply_reload(context, worker, path) -> None:
+    """SIGHUP: the settings that can change live change now; the log says which others wait for a restart."""
+    context.config, messages = reloader.reload(context.config, path)
+    for message in messages:
+        log.info("%s", message)
+    worker.published["settings"] = reloader.settings(context.config)
+    worker.published["reloads"] = worker.published.get("reloads", 0) + 1
+    worker.published["reload_messages"] = messages
+    worker.heartbeat()
+    worker.listener.poke()  # a smaller target: evict now
+
+
+def start_metrics(context, worker):
+    from zero.worker.metrics import Metrics, parse_address
+
+    metrics = Metrics(context)
+    metrics.instrument()
+    address = parse_address(context.config.metrics_address)
+    if address is not None:
+        metrics.start(address)
+    worker.published["metrics_address"] = context.config.metrics_address if metrics.listening else ""
+    return metrics
 
 
 if __name__ == "__main__":

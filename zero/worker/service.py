@@ -58,6 +58,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._scheduler = BackgroundScheduler(daemon=True)
         self._rate_window: list[tuple[float, int]] = []
+        self.published: dict = {}  # more for the heartbeat: the metrics address, the settings in use
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -203,6 +204,7 @@ class Worker:
             "cache_usage_bytes": self.evictor.last_usage,
             "target_bytes": self.context.config.target_disk_usage_bytes,
             "upload_rate_bytes_per_s": rate, "dirty_chunks": dirty, "leased_chunks": leased,
+            **self.published,
         }
         with self.context.database.write() as connection:
             state_db.set_meta(connection, "worker_status", json.dumps(status))
