@@ -11,12 +11,11 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-import subprocess
 
 import pytest
 
 from support import EXPECTED_WARNINGS, ZeroMount
-from workerkit import KIB, MIB, drop_caches
+from workerkit import KIB, MIB, drop_caches, tmpfs_at
 
 DISK_FULL_LOG = "The cache disk has less than"
 OK_OR_ENOSPC = (None, errno.ENOSPC)
@@ -24,14 +23,9 @@ OK_OR_ENOSPC = (None, errno.ENOSPC)
 
 @pytest.fixture
 def tiny_cache_disk(tmp_path):
-    """<tmp>/fs/cache on a 48 MiB tmpfs, unmounted after the test."""
-    cache = tmp_path / "fs" / "cache"
-    cache.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(cache)], check=True)
-    try:
+    """<tmp>/fs/cache on a 48 MiB tmpfs."""
+    with tmpfs_at(tmp_path / "fs" / "cache", 48) as cache:
         yield cache
-    finally:
-        subprocess.run(["umount", "-l", str(cache)], check=False)
 
 
 def outcome(call, *args):

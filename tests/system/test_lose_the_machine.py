@@ -76,6 +76,15 @@ def restored_mount(root: Path, remote: Path, *restore_args: str, **config) -> Ze
     return mount
 
 
+def close_all(mounts) -> list[str]:
+    """Close every mount; the log lines (warnings, errors) nobody expected."""
+    problems = []
+    for mount in mounts:
+        mount.close()
+        problems += mount.unexpected_log_lines(EXPECTED_WARNINGS)
+    return problems
+
+
 def test_lose_the_machine(tmp_path):
     source = tmp_path / "source"
     build_source(source)
@@ -124,10 +133,7 @@ def test_lose_the_machine(tmp_path):
         listing = third.zero("snapshots", str(third.cache)).stdout
         assert "snapshot" in listing and "the newest point" in listing
     finally:
-        problems = []
-        for mount in mounts:
-            mount.close()
-            problems += mount.unexpected_log_lines(EXPECTED_WARNINGS)
+        problems = close_all(mounts)
     assert not problems, "zero logged unexpected warnings or errors:\n" + "\n".join(problems)
 
 
@@ -156,8 +162,5 @@ def test_what_fsync_returned_for_survives_a_kill_right_after_it(tmp_path):
         mounts.append(second)
         assert (second.mnt / "projects" / "thesis" / "chapter-1.tex").read_bytes() == data
     finally:
-        problems = []
-        for mount in mounts:
-            mount.close()
-            problems += mount.unexpected_log_lines(EXPECTED_WARNINGS)
+        problems = close_all(mounts)
     assert not problems, "zero logged unexpected warnings or errors:\n" + "\n".join(problems)

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from support import EXPECTED_WARNINGS, ZeroMount, command
-from workerkit import (deleted_chunk_files_held, KIB, MIB, State, cache_usage, drop_caches, object_path, remote_objects,
+from workerkit import (deleted_chunk_files_held, tmpfs_at, KIB, MIB, State, cache_usage, drop_caches, object_path, remote_objects,
                        settle_evicted, sha256_of, wait_worker_ready,
                        status_chunk_states, status_counters, wait_until)
 
@@ -474,14 +474,9 @@ DISK_FULL_LOG = "The cache disk has less than"
 
 @pytest.fixture
 def small_cache_disk(tmp_path):
-    """<tmp>/fs/cache on a 64 MiB tmpfs, unmounted after the test."""
-    cache = tmp_path / "fs" / "cache"
-    cache.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(cache)], check=True)
-    try:
+    """<tmp>/fs/cache on a 64 MiB tmpfs."""
+    with tmpfs_at(tmp_path / "fs" / "cache", 64) as cache:
         yield cache
-    finally:
-        subprocess.run(["umount", "-l", str(cache)], check=False)
 
 
 def write_until_full(directory, file_size: int, block: int, rate: float, limit: int):

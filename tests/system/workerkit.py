@@ -4,14 +4,27 @@ a deadline instead of sleeping."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
 MIB = 1024 * 1024
 KIB = 1024
+
+
+@contextlib.contextmanager
+def tmpfs_at(folder: Path, size_mib: int):
+    """A small tmpfs mounted at ``folder`` (made if missing), unmounted however the test ends."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
