@@ -93,3 +93,4 @@ def test_the_inner_remotes_own_attributes_stay_reachable(tmp_path):
     remote = RetryingRemote(LocalRemote("home", tmp_path))
     assert remote.root == str(tmp_path)
     assert repr(remote) == repr(remote.inner)
+

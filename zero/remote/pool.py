@@ -68,21 +68,23 @@ class Member:
 class BandwidthLimit:
     """A token bucket of one second's worth of bytes per direction (rclone's --bwlimit)."""
 
-    def __init__(self, bytes_per_s: int):
+    def __init__(self, bytes_per_s: int, clock=time.monotonic, sleep=time.sleep):
         self.bytes_per_s = bytes_per_s
+        self._clock = clock
+        self._sleep = sleep
         self._available = float(bytes_per_s)
-        self._at = time.monotonic()
+        self._at = clock()
         self._lock = threading.Lock()
 
     def take(self, size: int) -> None:
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             self._available = min(self.bytes_per_s, self._available + (now - self._at) * self.bytes_per_s)
             self._at = now
             self._available -= size
             debt = -self._available
         if debt > 0:
-            time.sleep(debt / self.bytes_per_s)  # pacing a transfer, not waiting for another thread
+            self._sleep(debt / self.bytes_per_s)  # pacing a transfer, not waiting for another thread
 
 
 class RemotePool:
