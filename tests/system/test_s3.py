@@ -113,10 +113,10 @@ def test_the_s3_server_dies_mid_upload_and_comes_back_and_nothing_is_lost(s3, ma
         digests[f"f{index}.bin"] = write_file(m.mnt / f"f{index}.bin", 4 * MIB)
     wait_until(lambda: len(s3.objects(bucket)) >= 3, 60, "the upload to start")
     s3.stop()
+    for index in range(4, 6):  # written while S3 is down (their uploads fail for sure): kept in the cache
+        digests[f"f{index}.bin"] = write_file(m.mnt / f"f{index}.bin", 2 * MIB)
     wait_until(lambda: "unhealthy" in m.zero("status", str(m.cache)).stdout, 120,
                "zero status to say the remote is not answering")
-    for index in range(4, 6):  # written while S3 is down: kept in the cache
-        digests[f"f{index}.bin"] = write_file(m.mnt / f"f{index}.bin", 2 * MIB)
     s3.start()
     m.zero("sync", str(m.mnt), timeout=300)
     assert State(m.cache).states().get("dirty", 0) == 0

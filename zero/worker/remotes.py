@@ -33,6 +33,7 @@ from zero.worker.context import WorkerContext
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL_S = 10.0  # how often unhealthy and unavailable remotes are looked at again
+HEALTHY_PROBE_EVERY = 6  # healthy ones every sixth time (a minute): one marker read each
 
 
 class RemoteKeeper:
@@ -40,6 +41,7 @@ class RemoteKeeper:
         self.context = context
         self.pool = context.pool
         self.pool.on_health_change = self._record_health
+        self._probes = 0
 
     def start(self) -> None:
         """At worker start: refuse a config that strands data, then look at every remote."""
@@ -80,9 +82,12 @@ class RemoteKeeper:
         return ours
 
     def probe(self) -> None:
-        """The scheduled look: remotes that are not healthy are checked again."""
+        """The scheduled look: remotes that are not healthy are checked again each
+        time; healthy ones every HEALTHY_PROBE_EVERY times, so an idle remote that
+        went away shows in `zero status` too, not only once something is uploaded."""
+        self._probes += 1
         for remote in self.pool.remotes:
-            if self.pool.health(remote.name) != HEALTHY:
+            if self.pool.health(remote.name) != HEALTHY or self._probes % HEALTHY_PROBE_EVERY == 0:
                 self.check(remote)
         self.refresh()
 
