@@ -15,14 +15,14 @@ from tqdm import tqdm
 
 from zero import wakeup
 from zero.cli.common import find_cache
-from zero.errors import RemoteUnavailable, ZeroError
+from zero.cli.moving import move_off
+from zero.errors import ZeroError
 from zero.state import objects, remotes
 
 BATCH = 256
 
 
 def drain(args, config) -> int:
-    from zero.remote import layout
     from zero.wiring import build_context
     from zero.worker.remotes import RemoteKeeper
 
@@ -54,7 +54,7 @@ def drain(args, config) -> int:
                 if not keys:
                     break
                 for key in keys:
-                    _move(context, args.remote, key, layout.object_key(context.fs_id, key))
+                    move_off(context, key, args.remote, "drain", always_copy=False)
                     moved += 1
                     bar.update(1)
     finally:
@@ -64,26 +64,3 @@ def drain(args, config) -> int:
           f"(and delete what it holds).")
     return 0
 
-
-def _move(context, drained: str, key: str, remote_key: str) -> None:
-    pool = context.pool
-    with context.database.read() as connection:
-        holders = objects.remotes_holding(connection, key)
-        row = objects.get(connection, key)
-    keep = [name for name in holders if name != drained and name in pool.durable_names()]
-    if len(keep) < context.config.replicas:
-        def verified(blob: bytes) -> bytes:
-            context.codec.open(blob, expected_key=key)  # a corrupt copy is not spread; the pool tries the next
-            return blob
-
-        blob = pool.get(remote_key, holders, decode=verified)
-        try:
-            added = pool.put(remote_key, blob, holders=keep)
-        except RemoteUnavailable as error:
-            raise ZeroError(f"could not copy {remote_key} off {drained}: {error}; run zero drain again "
-                            "once the other remotes answer") from None
-        with context.database.write() as connection:
-            for name in added:
-                objects.record_copy(connection, key, name, row.stored_bytes if row else len(blob))
-    with context.database.write() as connection:
-        objects.forget_copy(connection, key, drained)

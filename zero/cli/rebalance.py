@@ -10,7 +10,9 @@ import sys
 from tqdm import tqdm
 
 from zero.cli.common import find_cache
-from zero.errors import RemoteUnavailable, ZeroError
+from zero.cli.moving import move_off
+from zero.errors import RemoteUnavailable
+from zero.remote import layout
 from zero.remote.pool import WEIGHT_UNIT_BYTES
 from zero.state import objects
 
@@ -18,7 +20,6 @@ BATCH = 64
 
 
 def rebalance(args, config) -> int:
-    from zero.remote import layout
     from zero.wiring import build_context
     from zero.worker.remotes import RemoteKeeper
 
@@ -41,7 +42,7 @@ def rebalance(args, config) -> int:
                 key = _movable(context, fullest.remote.name, emptiest.remote.name)
                 if key is None or not _evens_out(context, key, fullest, emptiest):
                     break
-                _move(context, key, layout.object_key(context.fs_id, key), fullest.remote.name)
+                _move(context, key, fullest.remote.name)
                 moved += 1
                 bar.update(1)
     finally:
@@ -76,31 +77,11 @@ def _movable(context, source: str, target: str) -> str | None:
         offset += BATCH
 
 
-def _move(context, key: str, remote_key: str, source: str) -> None:
+def _move(context, key: str, source: str) -> None:
     """Copy one object to the emptiest remote, then drop the source's copy."""
-    pool = context.pool
-    with context.database.read() as connection:
-        holders = objects.remotes_holding(connection, key)
-        row = objects.get(connection, key)
-
-    def verified(blob: bytes) -> bytes:
-        context.codec.open(blob, expected_key=key)  # a corrupt copy is not spread
-        return blob
-
-    blob = pool.get(remote_key, holders, decode=verified)
-    others = [name for name in holders if name != source]
+    size = move_off(context, key, source, "rebalance", always_copy=True)
+    context.pool.member(source).used_bytes -= size
     try:
-        added = pool.put(remote_key, blob, holders=others, exclude=[source])
-    except RemoteUnavailable as error:
-        raise ZeroError(f"could not move {remote_key} off {source}: {error}; run zero rebalance again once "
-                        "the remotes answer") from None
-    size = row.stored_bytes if row else len(blob)
-    with context.database.write() as connection:
-        for name in added:
-            objects.record_copy(connection, key, name, size)
-        objects.forget_copy(connection, key, source)
-    pool.member(source).used_bytes -= size
-    try:
-        pool.by_name(source).delete(remote_key)
+        context.pool.by_name(source).delete(layout.object_key(context.fs_id, key))
     except RemoteUnavailable:
         pass  # no longer counted there; the orphan sweep deletes it later

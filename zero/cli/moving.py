@@ -1,0 +1,40 @@
+"""Moving an object's copy off one remote (zero drain, zero rebalance): the
+other remotes get its replicas, verified by the codec on the way so a corrupt
+copy is not spread, before the copy on the source stops counting."""
+
+from __future__ import annotations
+
+from zero.errors import RemoteUnavailable, ZeroError
+from zero.remote import layout
+from zero.state import objects
+
+
+def move_off(context, key: str, source: str, command: str, always_copy: bool) -> int:
+    """Make ``key`` durable without ``source`` (copying it only when the other
+    holders fall short of replicas, unless ``always_copy``), then stop counting
+    the copy on ``source``. Returns the object's stored size."""
+    pool = context.pool
+    remote_key = layout.object_key(context.fs_id, key)
+    with context.database.read() as connection:
+        holders = objects.remotes_holding(connection, key)
+        row = objects.get(connection, key)
+    others = [name for name in holders if name != source]
+    size = row.stored_bytes if row else 0
+    added: list[str] = []
+    if always_copy or len([name for name in others if name in pool.durable_names()]) < context.config.replicas:
+        def verified(blob: bytes) -> bytes:
+            context.codec.open(blob, expected_key=key)  # a corrupt copy is not spread; the pool tries the next
+            return blob
+
+        blob = pool.get(remote_key, holders, decode=verified)
+        try:
+            added = pool.put(remote_key, blob, holders=others, exclude=[source])
+        except RemoteUnavailable as error:
+            raise ZeroError(f"could not copy {remote_key} off {source}: {error}; run zero {command} again "
+                            "once the other remotes answer") from None
+        size = size or len(blob)
+    with context.database.write() as connection:
+        for name in added:
+            objects.record_copy(connection, key, name, size)
+        objects.forget_copy(connection, key, source)
+    return size
