@@ -6,6 +6,7 @@ zero writes nothing into the wrong place, evicts nothing onto it, says so in
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 
@@ -13,7 +14,8 @@ import pytest
 
 from workerkit import KIB, MIB, State, drop_caches, sha256_of, wait_until
 
-REMOTE_GONE = ("Remote 'local' is unavailable", "Remote 'local' is not answering", "is healthy again")
+REMOTE_GONE = ("Remote 'local' is unavailable", "Remote 'local' is not answering", "is healthy again",
+               "remote local is unavailable")
 CONFIG = dict(chunkSize="256KiB", uploadDelay=0, targetDiskUsage="3MiB", lowWatermark=0.5)
 
 
@@ -81,7 +83,9 @@ def test_a_remote_folder_renamed_away_is_never_recreated(make_mount):
 @pytest.fixture
 def remote_drive(tmp_path):
     """The remote folder as a mount point of a 'drive' (a folder elsewhere, bind-mounted), which the
-    test can unmount and mount again; its contents stay on the drive, as a real disk's would."""
+    test can unmount and mount again; its contents stay on the drive, as a real disk's would.
+    Tests request it before make_mount, so zero is stopped before the drive goes away
+    (pytest tears fixtures down in the reverse of the order they were requested)."""
     drive = tmp_path / "drive"
     drive.mkdir()
     folder = tmp_path / "fs" / "remote"
@@ -91,7 +95,7 @@ def remote_drive(tmp_path):
     subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-def test_a_remote_drive_that_is_unmounted_gets_no_writes_in_its_empty_folder(make_mount, remote_drive):
+def test_a_remote_drive_that_is_unmounted_gets_no_writes_in_its_empty_folder(remote_drive, make_mount):
     folder, drive = remote_drive
     m = make_mount(allowed_log=REMOTE_GONE, **CONFIG)
     assert m.remote == folder
@@ -105,3 +109,34 @@ def test_a_remote_drive_that_is_unmounted_gets_no_writes_in_its_empty_folder(mak
         subprocess.run(["mount", "--bind", str(drive), str(folder)], check=True)
 
     exercise_a_missing_remote(m, go_away, come_back)
+
+
+def test_reading_an_evicted_file_while_its_drive_is_away_says_the_remote_is_away_not_that_data_is_lost(
+        remote_drive, make_mount):
+    """The unmounted drive leaves an empty folder where the objects were. A fault-in
+    used to read that as "the object is missing", log that the bytes cannot be read
+    back until a good copy is put back (as if lost) and fail the read at once. The
+    remote is away, not the data: the read fails after faultInTimeout, the remote is
+    reported unavailable, and once the drive is back the file reads back."""
+    folder, drive = remote_drive
+    m = make_mount(allowed_log=REMOTE_GONE, faultInTimeout="2s", **CONFIG)
+    expected = write(m.mnt / "before.bin", 2 * MIB, 1)
+    write(m.mnt / "filler.bin", 4 * MIB, -1)  # pushes the cache over its 3 MiB target
+    m.zero("sync", str(m.mnt))
+    ino = os.stat(m.mnt / "before.bin").st_ino
+    wait_until(lambda: State(m.cache).states([ino]) == {"remote": 8}, 60, "before.bin to be evicted")
+
+    subprocess.run(["umount", str(folder)], check=True)
+    drop_caches()
+    with pytest.raises(OSError) as failed:
+        sha256_of(m.mnt / "before.bin")
+    assert failed.value.errno == errno.EIO, failed.value
+    assert "cannot be read back" not in m.worker_log(), \
+        "an away remote was reported as lost data:\n" + m.worker_log()
+    assert "unavailable" in remote_line(m), remote_line(m)
+    assert list(folder.iterdir()) == [], f"zero wrote into the empty folder: {sorted(os.listdir(folder))}"
+
+    subprocess.run(["mount", "--bind", str(drive), str(folder)], check=True)
+    wait_until(lambda: "healthy since" in remote_line(m), 60, "the remote to be healthy again")
+    drop_caches()
+    assert sha256_of(m.mnt / "before.bin") == expected

@@ -475,6 +475,32 @@ def test_a_fetch_from_an_unreachable_remote_is_postponed(context, tmp_path):
     assert file_bytes(context, ino, 0) == data
 
 
+def test_a_missing_object_on_a_remote_that_lost_its_marker_is_postponed_not_reported_lost(context, caplog):
+    """An unmounted drive leaves an empty folder: the object looks missing, but the
+    remote is away, so the reader waits for it instead of being told the bytes are gone."""
+    ino = make_file(context, b"a")
+    data = chunk_data(1)
+    fuse_write(context, ino, 0, data)
+    upload_all(context)
+    evict_all(context)
+    moved = remote_file(context, context.codec.object_key(data))
+    away = moved.with_name(moved.name + ".away")
+    moved.rename(away)
+    with context.database.write() as connection:
+        requests.request_fetch(connection, ino, 0, requests.READER)
+
+    with pytest.raises(RemoteUnavailable, match="unavailable"):
+        Fetcher(context, still_ours=lambda names: set()).fetch(ino, 0)
+    assert "cannot be read back" not in caplog.text
+    with context.database.read() as connection:
+        assert requests.fetch_error(connection, ino, 0) is None
+    assert state_of(context, ino, 0) == ChunkState.REMOTE
+
+    away.rename(moved)
+    Fetcher(context).fetch(ino, 0)
+    assert file_bytes(context, ino, 0) == data
+
+
 def _path_under_a_file(tmp_path: Path) -> Path:
     blocker = tmp_path / "not-a-folder"
     blocker.write_bytes(b"")

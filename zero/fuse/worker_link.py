@@ -17,7 +17,7 @@ from zero.cachedir import CacheDir
 from zero.errors import WorkerUnavailable
 from zero.locking import holder_pid
 from zero.meta import backup
-from zero.state import changelog, chunks, requests
+from zero.state import changelog, chunks, remotes, requests
 from zero.state.chunks import Readiness
 from zero.state.db import Database
 
@@ -161,4 +161,9 @@ class WorkerLink:
         if self.worker_pid() is None:
             return (f"zero-worker is not running, so nobody could {what}; "
                     f"start it with: zero-worker {self.cache.root}")
-        return f"zero-worker (pid {self.worker_pid()}) did not {what} within {self.timeout_s:g}s"
+        why = f"zero-worker (pid {self.worker_pid()}) did not {what} within {self.timeout_s:g}s"
+        with self.database.read() as connection:
+            down = [f"{row.name} is {row.health}" for row in remotes.all_rows(connection) if row.health != remotes.HEALTHY]
+        if down:
+            why += f": remote {'; remote '.join(down)} (`zero status` says why; it is retried until it is back)"
+        return why

@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class Fetcher:
-    def __init__(self, context: WorkerContext):
+    def __init__(self, context: WorkerContext, still_ours=lambda names: set(names)):
         self.context = context
+        # Which holders still carry their marker (RemoteKeeper.still_ours).
+        self.still_ours = still_ours
         self.fetched_bytes = 0
 
     def pending(self, limit: int = 32) -> list:
@@ -60,6 +62,15 @@ class Fetcher:
             fsync_dir(os.path.dirname(path))
             self.fetched_bytes += len(data)
         except (ObjectMissing, ObjectCorrupt) as error:
+            away = set(holders) - self.still_ours(holders)
+            if away:
+                # An unmounted drive leaves an empty folder, a swapped bucket another's
+                # objects: the object looks missing, but the data is on the remote that is
+                # away, not lost. The reader waits (EIO after faultInTimeout); the keeper
+                # logged the remote's health once.
+                self._give_back(ino, idx, tmp, error=None)
+                raise RemoteUnavailable(f"remote(s) {', '.join(sorted(away))} holding chunk {idx} of inode "
+                                        f"{ino} are unavailable") from error
             # Name the file, the byte range and where the object lives, so a person can restore it.
             log.error("%s cannot be read back from remote(s) %s (object %s): %s; reads of those bytes fail "
                       "with EIO until a good copy is put back there", self._describe(ino, idx),

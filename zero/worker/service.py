@@ -51,7 +51,7 @@ class Worker:
         self.keeper = keeper
         self.uploader = Uploader(context, still_ours=keeper.still_ours)
         self.evictor = Evictor(context)
-        self.fetcher = Fetcher(context)
+        self.fetcher = Fetcher(context, still_ours=keeper.still_ours)
         self.collector = Collector(context)
         self.meta_backup = BackupThread(context, listener)  # metadata to the remotes (zero/meta/backup.py)
         self.stopping = threading.Event()
