@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zero.errors import MountError
-from zero.fsutil import disk_bytes
+from zero.fsutil import disk_bytes, others_can_access
+
+
+def require_private(path: Path, what: str, holds: str) -> None:
+    """Refuse to go on when other users of this machine can access ``path``."""
+    if path.exists() and others_can_access(path):
+        mode = path.stat().st_mode & 0o777
+        fix = "chmod 700" if path.is_dir() else "chmod 600"
+        raise MountError(f"{what} {path} is open to other users of this machine (mode {mode:03o}), and it holds "
+                         f"{holds}; make it private with: {fix} {path}")
 
 
 class CacheDir:
@@ -25,9 +34,11 @@ class CacheDir:
         self.wake = self.root / "wake"
 
     def prepare(self) -> None:
-        """Create the folders; fail with a sentence if the cache is not writable."""
+        """Create the folders (owner-only); fail with a sentence if the cache is not
+        writable, or if other users can look into it: it holds the filesystem's keys,
+        every file name and the cached data."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             for folder in (self.chunks, self.tmp, self.wake):
                 folder.mkdir(exist_ok=True)
         except OSError as error:
@@ -36,6 +47,7 @@ class CacheDir:
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise MountError(f"the cache folder {self.root} is not writable; fix its permissions "
                              f"(chmod u+w {self.root}) or choose another folder")
+        require_private(self.root, "the cache folder", "this filesystem's keys, every file name and the cached data")
 
     def chunk_path(self, ino: int, idx: int) -> str:
         return f"{self.chunks}/{ino % 256:02x}/{ino}-{idx}"

@@ -11,6 +11,22 @@ import secrets
 import threading
 
 
+# Files zero makes hold keys, every file name and the cached data: owner-only,
+# as ssh keeps its keys.
+PRIVATE_UMASK = 0o077
+
+
+def keep_private() -> None:
+    """From now on everything this process creates (the cache folder, the state
+    and its WAL, chunk files, key files, logs, locks) is readable by its owner only."""
+    os.umask(PRIVATE_UMASK)
+
+
+def others_can_access(path: str | os.PathLike) -> bool:
+    """True if users other than the owner have any permission on ``path``."""
+    return bool(os.stat(path).st_mode & 0o077)
+
+
 def disk_bytes(st: os.stat_result) -> int:
     """Bytes a file really occupies (holes take none)."""
     return st.st_blocks * 512

@@ -156,8 +156,9 @@ def test_cache_under_a_regular_file(tmp_path, mnt):
 
 
 def test_cache_made_by_a_newer_zero(tmp_path, mnt, cache):
-    cache.mkdir()
+    cache.mkdir(mode=0o700)
     state_db.open_database(cache / "state.sqlite3").dispose()
+    os.chmod(cache / "state.sqlite3", 0o600)
     subprocess.run(["sqlite3", str(cache / "state.sqlite3"),
                     "UPDATE meta SET value = '99' WHERE key = 'schema_version'"], check=True)
     refusal(run_fuse(tmp_path, mnt, cache), "newer zero", "format 99", "upgrade zero")
@@ -223,3 +224,44 @@ def test_no_fusermount3(tmp_path, mnt, cache):
     env = dict(os.environ, ZERO_CONFIG=str(config_path), HOME=str(tmp_path), PATH=str(empty_bin))
     result = run_fuse(tmp_path, mnt, cache, env=env)
     refusal(result, "fusermount3 is not installed", "apt-get install fuse3")
+
+
+# --- privacy: the cache holds the keys and every file name ------------------------------------
+
+
+def mode_of(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_what_zero_creates_is_owner_only(make_mount):
+    m = make_mount(uploadDelay=0)
+    (m.mnt / "secret-plans.txt").write_bytes(b"x" * 5000)
+    m.zero("sync", str(m.mnt))
+    key_file = next(m.root.glob("recovery-*.key"))
+    made = [m.cache, m.cache / "state.sqlite3", m.cache / "state.sqlite3-wal", key_file,
+            *[path for path in (m.cache / "chunks").rglob("*") if path.is_file()]]
+    assert len(made) > 4, made
+    shared = {str(path): oct(mode_of(path)) for path in made if mode_of(path) & 0o077}
+    assert not shared, f"readable by other users: {shared}"
+
+
+def test_a_cache_folder_others_can_read_is_refused_with_the_fix(tmp_path, make_mount):
+    m = make_mount(worker=False)
+    m.close()
+    os.chmod(m.cache, 0o755)
+    message = refusal(run_fuse(tmp_path, m.mnt, m.cache, env=m.env), str(m.cache), "other users",
+                      f"chmod 700 {m.cache}")
+    assert "keys" in message
+    worker = subprocess.run([command("zero-worker"), str(m.cache)], capture_output=True, text=True, env=m.env,
+                            timeout=ERROR_TIMEOUT_S)
+    assert worker.returncode != 0 and f"chmod 700 {m.cache}" in worker.stderr, worker.stderr
+    os.chmod(m.cache, 0o700)
+    m.start_fuse()  # fixed as told: it mounts
+
+
+def test_a_state_database_others_can_read_is_refused_with_the_fix(tmp_path, make_mount):
+    m = make_mount(worker=False)
+    m.close()
+    state = m.cache / "state.sqlite3"
+    os.chmod(state, 0o644)
+    refusal(run_fuse(tmp_path, m.mnt, m.cache, env=m.env), str(state), f"chmod 600 {state}")

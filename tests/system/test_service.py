@@ -94,6 +94,7 @@ def test_background_mount_works_and_umount_stops_both(service):
     assert not zero_mounted(fs.mnt)
     assert all(gone(pid) for pid in pids.values()), pids
     log = (fs.cache / "zero.log").read_text()
+    assert (fs.cache / "zero.log").stat().st_mode & 0o077 == 0, "the log (file names, paths) is readable by others"
     assert "zero-worker is not running" not in log  # the worker is started (and locked) before zero-fuse
     assert "Worker stopped cleanly" in log
 

@@ -20,7 +20,7 @@ KIB = 1024
 def tmpfs_at(folder: Path, size_mib: int):
     """A small tmpfs mounted at ``folder`` (made if missing), unmounted however the test ends."""
     folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(folder)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0700", "tmpfs", str(folder)], check=True)
     try:
         yield folder
     finally:

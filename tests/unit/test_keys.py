@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from zero.config import Config, RemoteSpec, parse
-from zero.errors import ConfigError, ObjectCorrupt, WrongSecret
+from zero.errors import ConfigError, MountError, ObjectCorrupt, WrongSecret
 from zero.meta import keyring, keys
 from zero.remote.local import LocalRemote
 from zero.state import db as state_db
@@ -151,6 +151,10 @@ def test_without_a_passphrase_a_recovery_key_is_made_once_and_published(tmp_path
     assert "without it and without the cache, your data cannot be read" in caplog.text
     secret = keyring.read_recovery_key(path)
     assert secret.value in caplog.text.replace("-", "")
+    os.chmod(path, 0o644)  # as a careless copy would leave it: refused, with the fix named
+    with pytest.raises(MountError, match=f"other users.*chmod 600 {path}"):
+        keyring.read_recovery_key(path)
+    os.chmod(path, 0o600)
     # Published once: a second start neither makes a new key nor says it again.
     caplog.clear()
     assert keyring.ensure_published(state, remotes, config, CHEAP) == ["a", "b"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zero import logsetup, wiring
+from zero import fsutil, logsetup, wiring
 from zero.cli.drain import drain
 from zero.cli.gc import gc
 from zero.cli.key import change_passphrase, export
@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     command.set_defaults(run=snapshots)
     _add_service_commands(commands)
     args = parser.parse_args(argv)
+    fsutil.keep_private()  # restore writes a state, mount a log file: owner-only, as zero-fuse's
     logsetup.configure("zero", "WARNING")
     try:
         config = wiring.load_config(args.config)

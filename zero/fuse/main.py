@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from zero import config as config_module
-from zero import logsetup, wakeup
-from zero.cachedir import CacheDir
+from zero import fsutil, logsetup, wakeup
+from zero.cachedir import CacheDir, require_private
 from zero.errors import ZeroError
 from zero.locking import PidLock
 
@@ -33,6 +33,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    fsutil.keep_private()
     logsetup.configure("zero-fuse")
     try:
         return run(args)
@@ -60,6 +61,8 @@ def run(args) -> int:
     mountpoint.check_mountpoint(mount, args.allow_non_empty)
     cache = CacheDir(args.cache)
     cache.prepare()
+    require_private(config.database_path(cache.root), "the state database",
+                    "the filesystem's keys and every file name")
     for bucket in range(256):
         os.makedirs(f"{cache.chunks}/{bucket:02x}", exist_ok=True)
     lock = PidLock(cache.lock_path("fuse"), "zero-fuse")

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from zero.cachedir import require_private
 from zero.config import DEFAULT_CONFIG_PATH, Config
 from zero.errors import ConfigError, ObjectCorrupt, ObjectMissing, RemoteUnavailable, WrongSecret
 from zero.fsutil import durable_write
@@ -64,6 +65,7 @@ def recovery_key_path(config: Config, fs_id: str) -> Path:
 
 
 def read_recovery_key(path: Path) -> Secret:
+    require_private(Path(path), "the recovery key file", "the key that opens this filesystem's data")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:

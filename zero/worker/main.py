@@ -10,8 +10,8 @@ import sys
 import threading
 
 from zero import config as config_module
-from zero import logsetup, wakeup
-from zero.cachedir import CacheDir
+from zero import fsutil, logsetup, wakeup
+from zero.cachedir import CacheDir, require_private
 from zero.errors import ZeroError
 from zero.locking import PidLock
 from zero.wiring import build_context
@@ -29,6 +29,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    fsutil.keep_private()
     logsetup.configure("zero-worker")
     try:
         return run(args)
@@ -48,6 +49,8 @@ def run(args) -> int:
     logging.getLogger().setLevel(config.log_level)
     cache = CacheDir(args.cache)
     cache.prepare()
+    require_private(config.database_path(cache.root), "the state database",
+                    "the filesystem's keys and every file name")
     for bucket in range(256):
         os.makedirs(f"{cache.chunks}/{bucket:02x}", exist_ok=True)
     lock = PidLock(cache.lock_path("worker"), "zero-worker")
