@@ -1,8 +1,10 @@
-"""Lose the machine, lose nothing: write a tree, let the metadata reach the
-remote, kill -9 both processes and delete the cache folder; then on new
-folders with only the config and the recovery key (then only the passphrase)
-`zero restore`, mount, and find the tree identical: contents, modes, mtimes,
-xattrs, link counts, symlinks, odd names."""
+"""Lose the machine, lose nothing: write a tree (an rsync of the Python
+standard library, a 300 MiB file, links, xattrs, odd names) into zero over a
+real S3 server (moto on 127.0.0.1), let the metadata reach the remote, kill -9
+both processes and delete the cache folder; then on new folders with only the
+config and the recovery key (then only the passphrase) `zero restore`, mount,
+and find the tree identical: contents, modes, mtimes, xattrs, link counts,
+symlinks, odd names."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from support import EXPECTED_WARNINGS, ZeroMount
-from workerkit import State, wait_until
+from workerkit import State, sha256_of, wait_until
 
 MIB = 1024 * 1024
 STDLIB = Path(os.__file__).parent
@@ -22,13 +24,18 @@ PASSPHRASE = "a long passphrase for the test"
 ODD_NAMES = ["with space", "caf\u00e9", "new\nline", os.fsdecode(b"bytes-\xff\xfe"), "-starts-with-dash", "x" * 255]
 
 
+BIG_MIB = 300
+
+
 def build_source(folder: Path) -> None:
-    """What the user had: part of the stdlib, a big file, links, odd names (on a local disk, to diff against)."""
+    """What the user had: the stdlib, a big file, links, odd names (on a local disk, to diff against)."""
     folder.mkdir()
-    for package in ("json", "email", "asyncio"):
-        subprocess.run(["cp", "-a", str(STDLIB / package), str(folder / package)], check=True)
+    subprocess.run(["rsync", "-a", "--exclude", "site-packages", "--exclude", "__pycache__", "--exclude",
+                    "config-*", f"{STDLIB}/", str(folder)], check=True, timeout=300)
+    block = os.urandom(4 * MIB + 1)  # an odd length: no two chunks of the big file are the same
     with open(folder / "big.bin", "wb") as big:
-        big.write(os.urandom(50 * MIB))
+        for number in range(BIG_MIB // 4):
+            big.write(number.to_bytes(8, "little") + block[8:])
     os.symlink("json/__init__.py", folder / "link-to-json")
     os.symlink("/nonexistent/dangling", folder / "dangling")
     odd = folder / "odd"
@@ -63,13 +70,17 @@ def describe(tree: Path) -> dict[str, tuple]:
 
 def diff(source: Path, tree: Path) -> str:
     result = subprocess.run(["diff", "-r", "--no-dereference", str(source), str(tree)], capture_output=True,
-                            timeout=120)
+                            timeout=900)
     return result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
 
 
-def restored_mount(root: Path, remote: Path, *restore_args: str, **config) -> ZeroMount:
-    mount = ZeroMount(root, remotes=[{"name": "local", "type": "local", "path": str(remote)}], **config)
-    result = mount.zero("restore", str(mount.cache), *restore_args, timeout=120)
+def local_remote(folder: Path) -> dict:
+    return {"name": "local", "type": "local", "path": str(folder)}
+
+
+def restored_mount(root: Path, remote: dict, *restore_args: str, **config) -> ZeroMount:
+    mount = ZeroMount(root, remotes=[remote], **config)
+    result = mount.zero("restore", str(mount.cache), *restore_args, timeout=300)
     assert "Restored filesystem" in result.stdout
     mount.start_worker()
     mount.start_fuse()
@@ -85,17 +96,18 @@ def close_all(mounts) -> list[str]:
     return problems
 
 
-def test_lose_the_machine(tmp_path):
+def test_lose_the_machine(tmp_path, s3):
     source = tmp_path / "source"
     build_source(source)
+    remote = s3.remote("s3", s3.bucket())
     mounts = []
     try:
-        first = ZeroMount(tmp_path / "first", metadataBackupInterval=1)
+        first = ZeroMount(tmp_path / "first", remotes=[remote], metadataBackupInterval=1)
         mounts.append(first)
         first.start_worker()
         first.start_fuse()
         tree = first.mnt / "tree"
-        subprocess.run(["cp", "-a", str(source), str(tree)], check=True, timeout=120)
+        subprocess.run(["rsync", "-a", f"{source}/", str(tree)], check=True, timeout=600)
         add_links_and_xattrs(tree)
         with open(tree / "json" / "decoder.py", "rb+") as fsynced:  # part of it fsynced: data in the remote
             os.fsync(fsynced.fileno())
@@ -104,7 +116,7 @@ def test_lose_the_machine(tmp_path):
         exported = first.zero("key", "export", str(first.cache)).stdout
         assert keyfile.read_text().strip() in exported
         # The rest: everything uploaded, then a journal segment covering every change.
-        first.zero("sync", str(first.mnt), timeout=180)
+        first.zero("sync", str(first.mnt), timeout=600)
         state = State(first.cache)
         wait_until(lambda: state.query("SELECT count(*) FROM changelog")[0][0] == 0
                    and not state.dirty_chunk_files(), 120, "a metadata segment covering every change")
@@ -117,7 +129,7 @@ def test_lose_the_machine(tmp_path):
         keyfile.unlink()  # the machine is gone; only the paper copy is left
 
         # A new machine with only the config's remotes and the recovery key.
-        second = restored_mount(tmp_path / "second", first.remote, "--recovery-key-file", str(saved_key))
+        second = restored_mount(tmp_path / "second", remote, "--recovery-key-file", str(saved_key))
         mounts.append(second)
         assert describe(second.mnt / "tree") == expected
         assert diff(source, second.mnt / "tree").count("\n") == 2  # only the two hard links made in the mount
@@ -126,10 +138,10 @@ def test_lose_the_machine(tmp_path):
         second.zero("key", "change-passphrase", str(second.cache))
         second.close()
 
-        third = restored_mount(tmp_path / "third", first.remote, passphrase=PASSPHRASE)
+        third = restored_mount(tmp_path / "third", remote, passphrase=PASSPHRASE)
         mounts.append(third)
         assert describe(third.mnt / "tree") == expected
-        assert (third.mnt / "tree" / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
+        assert sha256_of(third.mnt / "tree" / "big.bin") == sha256_of(source / "big.bin")
         listing = third.zero("snapshots", str(third.cache)).stdout
         assert "snapshot" in listing and "the newest point" in listing
     finally:
@@ -158,7 +170,8 @@ def test_what_fsync_returned_for_survives_a_kill_right_after_it(tmp_path):
         with contextlib.suppress(OSError):
             os.close(fd)  # on a dead mount
         shutil.rmtree(first.cache)
-        second = restored_mount(tmp_path / "second", first.remote, "--recovery-key-file", str(keyfile))
+        second = restored_mount(tmp_path / "second", local_remote(first.remote), "--recovery-key-file",
+                                str(keyfile))
         mounts.append(second)
         assert (second.mnt / "projects" / "thesis" / "chapter-1.tex").read_bytes() == data
     finally:
