@@ -66,9 +66,17 @@ def read_error(path, offset: int, size: int) -> OSError | None:
     return None
 
 
-def two_remotes(tmp_path) -> list[dict]:
-    return [{"name": "first", "type": "local", "path": str(tmp_path / "first")},
-            {"name": "second", "type": "local", "path": str(tmp_path / "second")}]
+def two_replicas_of_an_evicted_file(make_mount, tmp_path):
+    """A mount with replicas on two local remotes, 'first' and 'second', and
+    a 1 MiB file a.bin uploaded and evicted: (mount, a.bin's inode, its bytes)."""
+    remotes = [{"name": "first", "type": "local", "path": str(tmp_path / "first")},
+               {"name": "second", "type": "local", "path": str(tmp_path / "second")}]
+    m = make_mount(remotes=remotes, replicas=2, chunkSize="256KiB", uploadDelay=0, targetDiskUsage="2MiB",
+                   lowWatermark=0.5, allowed_log=(QUARANTINE_LOG,))
+    data = os.urandom(MIB)
+    a = write_synced(m, "a.bin", data)
+    evict(m, a, "filler1.bin")
+    return m, a, data
 
 
 def test_a_new_file_is_not_deduplicated_onto_a_corrupt_object(make_mount):
@@ -100,11 +108,7 @@ def test_a_new_file_is_not_deduplicated_onto_a_corrupt_object(make_mount):
 
 
 def test_with_two_replicas_reads_fall_back_and_the_corrupt_copy_is_repaired(make_mount, tmp_path):
-    m = make_mount(remotes=two_remotes(tmp_path), replicas=2, chunkSize="256KiB", uploadDelay=0,
-                   targetDiskUsage="2MiB", lowWatermark=0.5, allowed_log=(QUARANTINE_LOG,))
-    data = os.urandom(MIB)
-    a = write_synced(m, "a.bin", data)
-    evict(m, a, "filler1.bin")
+    m, a, data = two_replicas_of_an_evicted_file(make_mount, tmp_path)
     key = State(m.cache).chunk_rows(a)[1][2]
     first_copy = object_path(tmp_path / "first", key)
     flip_a_byte(first_copy)
@@ -125,11 +129,7 @@ def test_with_two_replicas_reads_fall_back_and_the_corrupt_copy_is_repaired(make
 
 
 def test_zero_scrub_finds_a_flipped_byte_in_one_replica_and_repairs_it_from_the_other(make_mount, tmp_path):
-    m = make_mount(remotes=two_remotes(tmp_path), replicas=2, chunkSize="256KiB", uploadDelay=0,
-                   targetDiskUsage="2MiB", lowWatermark=0.5, allowed_log=(QUARANTINE_LOG,))
-    data = os.urandom(MIB)
-    a = write_synced(m, "a.bin", data)
-    evict(m, a, "filler.bin")
+    m, a, data = two_replicas_of_an_evicted_file(make_mount, tmp_path)
     m.stop_worker()  # nothing faults the chunk back in: the repair must come from the other replica
     assert State(m.cache).chunks_of(a)[2] == "remote"
     key = State(m.cache).chunk_rows(a)[2][2]

@@ -126,14 +126,23 @@ def opens(context, key: str) -> bool:
         return False
 
 
-def test_a_fetch_quarantines_a_corrupt_copy_and_an_upload_of_the_same_bytes_replaces_it(context):
-    data = chunk_data(1)
+def stored_then_damaged(context, name: bytes, seed: int, evicted: bool) -> tuple[int, str, bytes, bytes]:
+    """A one-chunk file uploaded (and evicted), its object's copy then flipped:
+    (ino, key, the chunk's bytes, the good copy's bytes)."""
+    data = chunk_data(seed)
     key = context.codec.object_key(data)
-    first = make_worker_file(context, b"a")
-    fuse_write(context, first, 0, data)
+    ino = make_worker_file(context, name)
+    fuse_write(context, ino, 0, data)
     upload_all(context)
-    evict_all(context)
+    if evicted:
+        evict_all(context)
+    original = remote_file(context, key).read_bytes()
     flip(remote_file(context, key))
+    return ino, key, data, original
+
+
+def test_a_fetch_quarantines_a_corrupt_copy_and_an_upload_of_the_same_bytes_replaces_it(context):
+    first, key, data, _ = stored_then_damaged(context, b"a", 1, evicted=True)
     Fetcher(context, copies_read=Scrubber(context).judge).fetch(first, 0)
     with context.database.read() as connection:
         assert quarantine.bad_remotes(connection, key) == {"local"}
@@ -148,12 +157,7 @@ def test_a_fetch_quarantines_a_corrupt_copy_and_an_upload_of_the_same_bytes_repl
 
 
 def test_a_scrub_finds_a_corrupt_copy_and_repairs_it_from_the_cache(context):
-    data = chunk_data(2)
-    key = context.codec.object_key(data)
-    ino = make_worker_file(context, b"a")
-    fuse_write(context, ino, 0, data)
-    upload_all(context)
-    flip(remote_file(context, key))
+    ino, key, _, _ = stored_then_damaged(context, b"a", 2, evicted=False)
 
     summary = Scrubber(context).scrub_all()
 
@@ -163,14 +167,7 @@ def test_a_scrub_finds_a_corrupt_copy_and_repairs_it_from_the_cache(context):
 
 
 def test_a_scrub_reports_what_it_cannot_repair_and_a_copy_put_back_is_lifted(context):
-    data = chunk_data(3)
-    key = context.codec.object_key(data)
-    ino = make_worker_file(context, b"lost")
-    fuse_write(context, ino, 0, data)
-    upload_all(context)
-    evict_all(context)
-    original = remote_file(context, key).read_bytes()
-    flip(remote_file(context, key))
+    _, key, _, original = stored_then_damaged(context, b"lost", 3, evicted=True)
 
     summary = Scrubber(context).scrub_all()
     assert (summary.bad, summary.repaired, summary.unrepairable) == (1, 0, 1)
