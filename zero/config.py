@@ -90,6 +90,7 @@ class Config:
     metadata_backup_interval_s: float = 60.0
     snapshot_retention: tuple[tuple[str, int], ...] = (("hourly", 48), ("daily", 30))
     metrics_address: str = "127.0.0.1:9567"  # zero-worker's Prometheus endpoint; "" for none
+    scrub_rate_bytes_per_s: int = 0  # the background scrub's read rate; 0: off (reading back costs egress)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def database_path(self, cache_dir: Path) -> Path:
@@ -162,6 +163,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "metadataBackupInterval": ("metadata_backup_interval_s", lambda k, v: parse_duration(k, v, minimum=1.0)),
     "snapshotRetention": ("snapshot_retention", None),  # parsed by _parse_retention
     "metricsAddress": ("metrics_address", _parse_address),
+    "scrubRate": ("scrub_rate_bytes_per_s", parse_size),
 }
 
 RETENTION_PERIODS = ("hourly", "daily", "weekly", "monthly")

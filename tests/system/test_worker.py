@@ -413,7 +413,7 @@ CORRUPT_READ_LOG = "zero-worker could not fetch"  # zero-fuse's line for the fai
 
 def test_a_corrupt_object_gives_eio_names_the_object_and_nothing_else_is_lost(make_mount):
     m = make_mount(worker=True, targetDiskUsage="2MiB", chunkSize="256KiB", uploadDelay=0, faultInTimeout=10,
-                   allowed_log=(CORRUPT_LOG, CORRUPT_READ_LOG))
+                   allowed_log=(CORRUPT_LOG, CORRUPT_READ_LOG, "quarantined"))
     wait_worker_ready(m)
     state = State(m.cache)
     victim, bystander = os.urandom(MIB), os.urandom(MIB)

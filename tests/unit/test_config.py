@@ -135,7 +135,7 @@ def test_every_other_key(home):
     parsed = parse(
         "replicas: 2\nuploadDelay: 0.5\nfaultInTimeout: 15\nfsyncWaitsForUpload: false\ncapacity: 2048\n"
         "lowWatermark: 0.8\nprefetchChunks: 0\ngcGracePeriod: 60\nminFreeDisk: 1MiB\nlogLevel: debug\n"
-        "remotes:\n  - {name: a, type: local, path: /a}\n  - {name: b, type: local, path: /b}\n", "t")
+        "scrubRate: 1M\nremotes:\n  - {name: a, type: local, path: /a}\n  - {name: b, type: local, path: /b}\n", "t")
     assert parsed.replicas == 2
     assert parsed.upload_delay_s == 0.5
     assert parsed.fault_in_timeout_s == 15.0
@@ -146,6 +146,7 @@ def test_every_other_key(home):
     assert parsed.gc_grace_period_s == 60.0
     assert parsed.min_free_disk_bytes == MIB
     assert parsed.log_level == "DEBUG"
+    assert parsed.scrub_rate_bytes_per_s == MIB
     assert [r.name for r in parsed.remotes] == ["a", "b"]
     assert parsed.remotes[1].options == {"path": "/b"}
 
@@ -223,7 +224,7 @@ def test_a_key_with_no_value_is_named():
     assert "targetDiskUsage has no value" in message
 
 
-@pytest.mark.parametrize("key", ["minFreeDisk", "capacity", "targetDiskUsage"])
+@pytest.mark.parametrize("key", ["minFreeDisk", "capacity", "targetDiskUsage", "scrubRate"])
 def test_negative_size_names_the_key(key):
     message = error_of(f"{key}: -1GB\n")
     assert message.startswith(f"{key}:")

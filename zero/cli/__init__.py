@@ -5,6 +5,7 @@
     zero unpin <path>...
     zero sync <mountpoint> upload everything written so far, then return
     zero key export|change-passphrase <cache>
+    zero scrub <cache>     verify every stored copy, repair bad ones
     zero restore <cache>   rebuild a lost machine's state from the remotes
     zero snapshots [cache or config]
     zero mount <mountpoint> <cache> [-d]   zero-worker and zero-fuse together; zero umount <mountpoint>
@@ -22,6 +23,7 @@ from zero.cli.key import change_passphrase, export
 from zero.cli.pins import pin, unpin
 from zero.cli.rebalance import rebalance
 from zero.cli.restore import restore, snapshots
+from zero.cli.scrub import scrub
 from zero.cli.status import status
 from zero.cli.sync import sync
 from zero.errors import ZeroError
@@ -87,6 +89,10 @@ def main(argv=None) -> int:
     command.add_argument("remote", help="the remote's name in the config")
     command.add_argument("location", help="the cache folder or the mountpoint")
     command.set_defaults(run=drain)
+    command = commands.add_parser("scrub", help="read every stored copy back, verify it, repair bad ones "
+                                  "from the cache or another replica")
+    command.add_argument("location", help="the cache folder or the mountpoint")
+    command.set_defaults(run=scrub)
     command = commands.add_parser("rebalance", help="move objects from the fullest remotes to the emptiest")
     command.add_argument("location", help="the cache folder or the mountpoint")
     command.set_defaults(run=rebalance)

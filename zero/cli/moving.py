@@ -17,8 +17,9 @@ def move_off(context, key: str, source: str, command: str, always_copy: bool) ->
     remote_key = layout.object_key(context.fs_id, key)
     with context.database.read() as connection:
         holders = objects.remotes_holding(connection, key)
+        good = objects.good_holders(connection, key)  # a quarantined copy is not one of the replicas
         row = objects.get(connection, key)
-    others = [name for name in holders if name != source]
+    others = [name for name in good if name != source]
     size = row.stored_bytes if row else 0
     added: list[str] = []
     if always_copy or len([name for name in others if name in pool.durable_names()]) < context.config.replicas:
@@ -26,7 +27,7 @@ def move_off(context, key: str, source: str, command: str, always_copy: bool) ->
             context.codec.open(blob, expected_key=key)  # a corrupt copy is not spread; the pool tries the next
             return blob
 
-        blob = pool.get(remote_key, holders, decode=verified)
+        blob = pool.get(remote_key, holders, decode=verified, suspect=set(holders) - set(good))
         try:
             added = pool.put(remote_key, blob, holders=others, exclude=[source])
         except RemoteUnavailable as error:

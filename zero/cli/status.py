@@ -8,7 +8,8 @@ import time
 
 from zero.cli.common import find_cache, human, open_state
 from zero.locking import holder_pid
-from zero.state import chunks, counters, namespace, objects, pins, remotes
+from zero.meta.scrub import damage_report
+from zero.state import chunks, counters, namespace, objects, pins, quarantine, remotes
 from zero.state.chunkstate import ChunkState
 from zero.state.db import get_meta
 
@@ -29,6 +30,8 @@ def status(args, config) -> int:
             remote_rows = remotes.all_rows(connection)
             held = objects.stored_bytes_by_remote(connection)
             held_objects = objects.objects_by_remote(connection)
+            bad_copies = quarantine.count(connection)
+            damage = damage_report(connection, int(get_meta(connection, "chunk_size")))
     finally:
         database.dispose()
     usage = cache.usage().total_bytes
@@ -50,6 +53,9 @@ def status(args, config) -> int:
                          "objects": held_objects.get(row.name, 0), "stored_bytes": held.get(row.name, 0),
                          "last_error": row.last_error} for row in remote_rows],
             "totals": count,
+            "bad_copies": bad_copies,
+            "damaged": [{"path": item.path, "first_byte": item.first_byte, "last_byte": item.last_byte,
+                         "object": item.object_key} for item in damage],
             "fuse": {"running": fuse_pid is not None, "pid": fuse_pid},
             "worker": {"running": worker_pid is not None, "pid": worker_pid,
                        "heartbeat_at": worker_status.get("at") if worker_pid else None,
@@ -89,6 +95,13 @@ def status(args, config) -> int:
         if row.health != remotes.HEALTHY:
             line += f"; {human(dirty_bytes)} of written data waits for the remotes. Why: {row.last_error}"
         lines.append(line)
+    if bad_copies:
+        lines.append(f"  quarantine: {bad_copies} bad remote cop{'y' if bad_copies == 1 else 'ies'} put aside "
+                     "(corrupt or missing); zero-worker repairs them from the cache or another replica")
+    if damage:
+        lines.append(f"  DAMAGED:    {len(damage)} chunk(s) have no good copy left anywhere (cache or remotes); "
+                     "reads of them fail with EIO. Restore these files from a backup, or delete them:")
+        lines += [f"    {item}" for item in damage]
     lines.append(f"  so far:     {count.get('uploads', 0)} uploads ({human(count.get('uploaded_bytes', 0))}), "
                  f"{count.get('dedup_hits', 0)} deduplicated, {count.get('evictions', 0)} evictions, "
                  f"{count.get('fault_ins', 0)} fault-ins")

@@ -198,18 +198,22 @@ class RemotePool:
                 f"not usable now: {', '.join(unusable) or 'none'})")
         return stored
 
-    def get(self, key: str, holders: Sequence[str], decode: Callable[[bytes], T] | None = None) -> bytes | T:
+    def get(self, key: str, holders: Sequence[str], decode: Callable[[bytes], T] | None = None,
+            suspect: Sequence[str] = (), on_copy: Callable[[str, Exception | None], None] | None = None) -> bytes | T:
         """The object from the fastest healthy holder that has it, falling back
-        to the next; unhealthy holders last, unavailable ones never.
+        to the next; unhealthy holders last, ``suspect`` ones (copies known
+        bad) after those, unavailable ones never.
 
         ``decode`` (e.g. ``lambda blob: codec.open(blob, expected_key=key)``)
-        runs on each copy, so a corrupt copy also falls back to the next holder.
+        runs on each copy, so a corrupt copy also falls back to the next holder;
+        ``on_copy(name, error)`` hears of each copy read: the ObjectCorrupt or
+        ObjectMissing of a bad one, None for the one that served.
         When all fail: RemoteUnavailable if any holder was unreachable (the
         object may come back), else the last ObjectMissing or ObjectCorrupt.
         """
         if not holders:
             raise ObjectMissing(f"no remote holds a copy of {key}")
-        order = sorted(holders, key=self._read_order)
+        order = sorted(holders, key=lambda name: (name in suspect, self._read_order(name)))
         failures: list[Exception] = []
         for position, name in enumerate(order):
             try:
@@ -221,16 +225,35 @@ class RemotePool:
                 blob = remote.get(key)
                 self._paced(name, len(blob))
                 member.latency_s += LATENCY_SMOOTHING * (time.monotonic() - started - member.latency_s)
-                return decode(blob) if decode is not None else blob
+                value = decode(blob) if decode is not None else blob
+                if on_copy is not None:
+                    on_copy(name, None)
+                return value
             except (RemoteUnavailable, ObjectMissing, ObjectCorrupt) as error:
                 if isinstance(error, RemoteUnavailable) and name in self._members \
                         and self._members[name].health == HEALTHY:
                     self._failed(name, error)
+                elif not isinstance(error, RemoteUnavailable) and on_copy is not None:
+                    on_copy(name, error)
                 if position < len(order) - 1:
                     log.debug("Could not read %s from remote %r, trying the next holder: %s", key, name, error)
                 failures.append(error)
         unavailable = [error for error in failures if isinstance(error, RemoteUnavailable)]
         raise (unavailable[-1] if unavailable else failures[-1])
+
+    def put_on(self, name: str, key: str, data: bytes) -> None:
+        """Store a copy on the remote ``name`` itself (a repair puts a good copy
+        where a bad one is); RemoteUnavailable if it is not writable or fails."""
+        member = self._members.get(name)
+        if member is None or not member.writable:
+            why = "not configured" if member is None else f"{member.health}{', draining' if member.draining else ''}"
+            raise RemoteUnavailable(f"remote {name!r} cannot take a copy of {key} now ({why})")
+        try:
+            self._paced(name, len(data))
+            member.remote.put(key, data)
+        except RemoteUnavailable as error:
+            self._failed(name, error)
+            raise
 
     def _read_order(self, name: str) -> tuple[int, float]:
         member = self._members.get(name)

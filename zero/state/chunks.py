@@ -17,7 +17,7 @@ from typing import Iterable
 from sqlalchemy import Connection, Row, delete, func, select, update
 
 from zero.errors import StateConflict
-from zero.state import schema
+from zero.state import quarantine, schema
 from zero.state.chunkstate import (
     CREATED, EVICTABLE, LOCAL, NEEDS_FETCH, RESTORED, UNUPLOADED, ChunkState, Owner, StateWriteGuard, check_move,
 )
@@ -262,10 +262,15 @@ def abort_upload(connection: Connection, ino: int, idx: int) -> None:
     transition(connection, WORKER, [U], D, ino=ino, idx=idx)
 
 
-def _durable_copies(durable_on) -> object:
+def _durable_copies(durable_on, good_only: bool = True) -> object:
+    """Copies of the chunk's object on the remotes ``durable_on``; quarantined ones
+    count only with ``good_only`` off (a bad copy is still the remote's to hold)."""
     _p = schema.placements
-    return (select(func.count()).select_from(_p)
-            .where(_p.c.key == _c.c.object_key, _p.c.remote.in_(list(durable_on))).scalar_subquery())
+    query = select(func.count()).select_from(_p).where(_p.c.key == _c.c.object_key,
+                                                       _p.c.remote.in_(list(durable_on)))
+    if good_only:
+        query = query.where(quarantine.good_copy_of(_p.c.key))
+    return query.scalar_subquery()
 
 
 def eviction_candidates(connection: Connection, limit: int, durable_on=None, replicas: int = 1) -> list[Row]:
@@ -284,7 +289,7 @@ def stranded(connection: Connection, configured) -> tuple[int, int]:
     of the ``configured`` remotes: what removing the other remotes would make
     unreadable."""
     query = select(func.count(), func.count(func.distinct(_c.c.ino))).where(
-        _c.c.state.in_([s.value for s in NEEDS_FETCH]), _durable_copies(configured) == 0)
+        _c.c.state.in_([s.value for s in NEEDS_FETCH]), _durable_copies(configured, good_only=False) == 0)
     row = connection.execute(query).first()
     return row[0], row[1]
 

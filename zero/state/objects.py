@@ -10,7 +10,7 @@ import time
 
 from sqlalchemy import Connection, Row, delete, exists, func, insert, select, update
 
-from zero.state import changelog, schema
+from zero.state import changelog, quarantine, schema
 
 _o = schema.objects
 _p = schema.placements
@@ -22,7 +22,14 @@ def get(connection: Connection, key: str) -> Row | None:
 
 
 def remotes_holding(connection: Connection, key: str) -> list[str]:
+    """Every remote with a copy, good or quarantined (reads, deletes)."""
     return [row.remote for row in connection.execute(select(_p.c.remote).where(_p.c.key == key))]
+
+
+def good_holders(connection: Connection, key: str) -> list[str]:
+    """Remotes whose copy is not quarantined: the only ones a dedup or a durability check may count."""
+    return [row.remote for row in connection.execute(
+        select(_p.c.remote).where(_p.c.key == key, quarantine.good_copy_of(_p.c.key)))]
 
 
 def record_intent(connection: Connection, key: str, plain_bytes: int) -> None:
@@ -37,6 +44,7 @@ def record_copy(connection: Connection, key: str, remote: str, stored_bytes: int
                                                                  unreferenced_since=None))
     if connection.execute(select(_p.c.key).where(_p.c.key == key, _p.c.remote == remote)).first() is None:
         connection.execute(insert(_p).values(key=key, remote=remote))
+    quarantine.lift(connection, key, remote)  # the copy just stored replaces a bad one there
 
 
 def mark_unreferenced(connection: Connection, now: float) -> int:
@@ -65,6 +73,7 @@ def claim_garbage(connection: Connection, older_than: float, limit: int = 500) -
         claimed.append((key, remotes_holding(connection, key)))
         connection.execute(delete(_p).where(_p.c.key == key))
         connection.execute(delete(_o).where(_o.c.key == key))
+        quarantine.forget_object(connection, key)
     return claimed
 
 
@@ -78,12 +87,12 @@ def totals(connection: Connection) -> dict[str, int]:
 
 
 def holders_among(connection: Connection, key: str, names) -> int:
-    """How many of the remotes ``names`` hold a copy of ``key``."""
+    """How many of the remotes ``names`` hold a good (not quarantined) copy of ``key``."""
     names = list(names)
     if not names:
         return 0
     return connection.execute(select(func.count()).select_from(_p).where(
-        _p.c.key == key, _p.c.remote.in_(names))).scalar()
+        _p.c.key == key, _p.c.remote.in_(names), quarantine.good_copy_of(_p.c.key))).scalar()
 
 
 def stored_bytes_by_remote(connection: Connection) -> dict[str, int]:
@@ -110,6 +119,7 @@ def count_on(connection: Connection, remote: str) -> int:
 def forget_copy(connection: Connection, key: str, remote: str) -> None:
     """The remote's copy no longer counts (zero drain moved it elsewhere)."""
     connection.execute(delete(_p).where(_p.c.key == key, _p.c.remote == remote))
+    quarantine.lift(connection, key, remote)
 
 
 def unreferenced(connection: Connection) -> list[Row]:

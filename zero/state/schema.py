@@ -10,7 +10,8 @@ from sqlalchemy import (
 
 from zero.state.chunkstate import ChunkState  # noqa: F401  (the states the chunks.state column holds)
 
-SCHEMA_VERSION = 3  # 2: the remotes table; 3: the metadata backup's changelog, requests and points
+SCHEMA_VERSION = 4  # 2: the remotes table; 3: the metadata backup's changelog, requests and points;
+                    # 4: the quarantine of corrupt copies
 
 metadata = MetaData()
 
@@ -149,6 +150,20 @@ remotes = Table(
     comment="What the worker knows of each configured remote: identity and health. Written by the worker "
             "(and `zero drain`); `zero status` reads it. Invariant 2: only healthy remotes count as "
             "durable copies when a chunk is evicted.",
+)
+
+quarantine = Table(
+    "quarantine", metadata,
+    Column("key", String, nullable=False, comment="the object whose copy failed verification"),
+    Column("remote", String, nullable=False, comment="the remote holding that bad copy (it keeps its placement row)"),
+    Column("found_at", Float, nullable=False, comment="unix time the copy was first found bad"),
+    Column("reason", String, nullable=False, comment="why: the codec's sentence (failed authentication, "
+                                                     "truncated, ...) or that the copy is missing"),
+    PrimaryKeyConstraint("key", "remote"),
+    comment="Copies of objects found corrupt or missing by a fault-in or a scrub. Written by the worker and "
+            "`zero scrub`. Invariant 2: a quarantined copy never counts as durable, is never a dedup target and "
+            "is read last; a new copy of the same object (repair, or an upload of the same bytes) lifts it. "
+            "Not backed up: a restored state finds bad copies again.",
 )
 
 changelog = Table(

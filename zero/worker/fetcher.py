@@ -11,7 +11,7 @@ import os
 
 from zero.fsutil import disk_bytes, fsync_dir
 from zero.errors import ObjectCorrupt, ObjectMissing, RemoteUnavailable, StateConflict
-from zero.state import chunks, counters, namespace, objects, requests
+from zero.state import chunks, counters, namespace, objects, quarantine, requests
 from zero.worker import crashpoints
 from zero.worker.context import WorkerContext
 
@@ -19,10 +19,14 @@ log = logging.getLogger(__name__)
 
 
 class Fetcher:
-    def __init__(self, context: WorkerContext, still_ours=lambda names: set(names)):
+    def __init__(self, context: WorkerContext, still_ours=lambda names: set(names),
+                 copies_read=lambda key, verdicts: None):
         self.context = context
         # Which holders still carry their marker (RemoteKeeper.still_ours).
         self.still_ours = still_ours
+        # Told which copies a fault-in read: remote -> None if good, else the ObjectCorrupt or
+        # ObjectMissing (Scrubber.judge quarantines the bad ones, lifts good ones).
+        self.copies_read = copies_read
         self.fetched_bytes = 0
 
     def pending(self, limit: int = 32) -> list:
@@ -41,14 +45,18 @@ class Fetcher:
                     return
                 chunks.start_fetch(connection, ino, idx)
                 holders = objects.remotes_holding(connection, row.object_key)
+                suspect = quarantine.bad_remotes(connection, row.object_key)
         except StateConflict:
             return
         crashpoints.crash("fetch.started")
         key = row.object_key
         tmp = os.path.join(context.cache.tmp, f"{ino}-{idx}.fetch")
+        verdicts: dict[str, Exception | None] = {}
         try:
+            # Quarantined copies are read last: one may have been put back by hand.
             data = context.pool.get(context.remote_key(key), holders,
-                                    decode=lambda blob: context.codec.open(blob, expected_key=key))
+                                    decode=lambda blob: context.codec.open(blob, expected_key=key), suspect=suspect,
+                                    on_copy=verdicts.__setitem__)
             self._write_tmp(tmp, data)
             crashpoints.crash("fetch.downloaded")
             path = context.cache.chunk_path(ino, idx)
@@ -87,6 +95,8 @@ class Fetcher:
             raise
         finally:
             context.wake_fuse()
+            if any(verdicts.values()) or set(verdicts) & suspect:
+                self.copies_read(key, verdicts)
 
     def _describe(self, ino: int, idx: int) -> str:
         start = idx * self.context.chunk_size

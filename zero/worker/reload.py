@@ -1,7 +1,7 @@
 """SIGHUP: re-read the config and apply what can change while running.
 
 Live: targetDiskUsage, lowWatermark, uploadDelay, gcGracePeriod,
-prefetchChunks, logLevel. Everything else is kept as it was, and the log
+prefetchChunks, logLevel, scrubRate. Everything else is kept as it was, and the log
 says which process needs a restart for it. The settings in use are
 published in the heartbeat, so `zero status` shows them.
 """
@@ -20,7 +20,7 @@ log = logging.getLogger("zero.worker")
 # Config field -> the key people write.
 LIVE = {"target_disk_usage_bytes": "targetDiskUsage", "low_watermark": "lowWatermark",
         "upload_delay_s": "uploadDelay", "gc_grace_period_s": "gcGracePeriod",
-        "prefetch_chunks": "prefetchChunks", "log_level": "logLevel"}
+        "prefetch_chunks": "prefetchChunks", "log_level": "logLevel", "scrub_rate_bytes_per_s": "scrubRate"}
 WORKER_RESTART = {"remotes": "remotes (and their bwlimit, quota, weight)", "replicas": "replicas",
                   "metrics_address": "metricsAddress", "sqlite_file_location": "sqliteFileLocation"}
 FUSE_REMOUNT = {"fault_in_timeout_s": "faultInTimeout", "fsync_waits_for_upload": "fsyncWaitsForUpload",

@@ -1,9 +1,11 @@
-"""The worker's loops. Three threads, each woken by zero-fuse through
+"""The worker's loops. Four threads, each woken by zero-fuse through
 watchdog or by its own deadline, never by a fixed polling tick:
 
 - fetcher: fault-ins first (a reader is waiting), then prefetch, pins, priming;
 - uploader: dirty chunks once quiet or asked for, in a small thread pool;
-- keeper: eviction under targetDiskUsage, pins, priming.
+- keeper: eviction under targetDiskUsage, pins, priming;
+- scrub (zero/worker/scrubbing.py): repairs of quarantined copies, and the
+  background scrub at scrubRate.
 
 APScheduler runs the periodic jobs: garbage collection and the heartbeat
 that `zero status` reads.
@@ -30,6 +32,7 @@ from zero.worker.evictor import Evictor
 from zero.worker.fetcher import Fetcher
 from zero.worker.pins import apply_pins, prime
 from zero.worker.remotes import PROBE_INTERVAL_S, RemoteKeeper
+from zero.worker.scrubbing import ScrubThread
 from zero.worker.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,8 @@ class Worker:
         self.keeper = keeper
         self.uploader = Uploader(context, still_ours=keeper.still_ours)
         self.evictor = Evictor(context)
-        self.fetcher = Fetcher(context, still_ours=keeper.still_ours)
+        self.scrub = ScrubThread(context, still_ours=keeper.still_ours)  # quarantine, repair, scrubRate
+        self.fetcher = Fetcher(context, still_ours=keeper.still_ours, copies_read=self.scrub.copies_read)
         self.collector = Collector(context)
         self.meta_backup = BackupThread(context, listener)  # metadata to the remotes (zero/meta/backup.py)
         self.stopping = threading.Event()
@@ -73,6 +77,7 @@ class Worker:
         self._scheduler.add_job(self._probe_remotes, "interval", seconds=PROBE_INTERVAL_S, id="remotes")
         self._scheduler.start()
         self.meta_backup.start()
+        self.scrub.start()
         self.heartbeat()
 
     def stop(self) -> None:
@@ -81,6 +86,7 @@ class Worker:
         for thread in self._threads:
             thread.join(timeout=120)
         self.uploader.close()
+        self.scrub.stop()
         self.meta_backup.stop()  # after the uploads: its last segment names them
         self._scheduler.shutdown(wait=False)
         self.heartbeat(stopped=True)

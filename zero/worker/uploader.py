@@ -34,7 +34,7 @@ class _Upload:
     data: bytes
     key: str
     stored: int
-    holders: list = field(default_factory=list)  # remotes already holding the object (dedup)
+    holders: list = field(default_factory=list)  # remotes already holding a good copy (dedup)
 
 
 class Uploader:
@@ -119,7 +119,9 @@ class Uploader:
         with context.database.write() as connection:
             for item in read:
                 known = objects.get(connection, item.key)
-                item.holders = objects.remotes_holding(connection, item.key) if known else []
+                # Only good copies count: a quarantined (corrupt) one is never a dedup target,
+                # and the put below may store a fresh copy on its remote, which repairs it.
+                item.holders = objects.good_holders(connection, item.key) if known else []
                 durable = [name for name in item.holders if name in context.pool.durable_names()]
                 if len(durable) >= context.config.replicas:
                     # The same bytes are stored already (dedup); the row's presence,
