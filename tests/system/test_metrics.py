@@ -115,3 +115,10 @@ def test_status_json_parses_and_agrees_with_the_state(make_mount):
     assert [remote["name"] for remote in report["remotes"]] == ["local"]
     assert report["remotes"][0]["health"] == "healthy"
     assert report["totals"]["uploads"] == by_state["clean"]
+
+    def creates_published():  # zero-fuse adds its counts to the state once a second
+        ops = json.loads(mount.zero("status", str(mount.mnt), "--json").stdout)["fuse_ops"]
+        return ops.get("create", {}).get("calls") == 3
+    wait_until(creates_published, 30, "zero status --json to count the 3 creates")
+    text = mount.zero("status", str(mount.mnt)).stdout
+    assert "operations (" in text and "1.5 MiB written" in text, text
