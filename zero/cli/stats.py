@@ -137,7 +137,7 @@ def _line(row) -> str:
         text += f"  {health:>4} {remote['calls_per_s']:>6.1f} {remote['latency_ms']:>6.1f}ms " \
                 f"{remote['errors_per_s']:>4.1f} {human(remote['sent_per_s']) + '/s':>11}"
     busiest = list(fuse["ops_by_name_per_s"].items())[:BUSIEST_OPS]
-    return text + "  " + " ".join(f"{op} {value:.0f}" for op, value in busiest)
+    return (text + "  " + " ".join(f"{op} {value:.0f}" for op, value in busiest)).rstrip()
 
 
 def stats(args, config) -> int:
