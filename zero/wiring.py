@@ -9,6 +9,7 @@ here adds the checks that need the remote classes.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from zero import config as config_module
 from zero.cachedir import CacheDir
@@ -37,13 +38,19 @@ def build_remotes(config: Config, retry: RetrySettings = RetrySettings()) -> lis
     return [RetryingRemote(registry.build(spec), retry) for spec in config.remotes]
 
 
-def build_pool(config: Config, retry: RetrySettings = RetrySettings()) -> RemotePool:
+def build_pool(config: Config, retry: RetrySettings = RetrySettings(),
+               wrap: Callable[[Remote], Remote] | None = None) -> RemotePool:
+    """``wrap`` goes around each remote, outside the retries (the worker's metrics)."""
     settings = {spec.name: vars(registry.placement(spec)) for spec in config.remotes}
-    return RemotePool(build_remotes(config, retry), config.replicas, settings)
+    remotes = build_remotes(config, retry)
+    if wrap is not None:
+        remotes = [wrap(remote) for remote in remotes]
+    return RemotePool(remotes, config.replicas, settings)
 
 
-def build_context(config: Config, cache: CacheDir):
-    """The worker's context: the state database, the codec from the format's keys, the pool."""
+def build_context(config: Config, cache: CacheDir, wrap: Callable[[Remote], Remote] | None = None):
+    """The worker's context: the state database, the codec from the format's keys, the pool
+    (each remote inside ``wrap``, if given)."""
     from zero.remote.codec import Codec
     from zero.state import db as state_db
     from zero.worker.context import WorkerContext
@@ -52,5 +59,5 @@ def build_context(config: Config, cache: CacheDir):
                                       root_uid=os.getuid(), root_gid=os.getgid())
     settings = state_db.format_settings(database)
     codec = Codec(bytes.fromhex(settings["hash_key"]), bytes.fromhex(settings["encryption_key"]))
-    return WorkerContext(database=database, cache=cache, config=config, pool=build_pool(config), codec=codec,
+    return WorkerContext(database=database, cache=cache, config=config, pool=build_pool(config, wrap=wrap), codec=codec,
                          fs_id=settings["fs_id"], chunk_size=int(settings["chunk_size"]))

@@ -8,7 +8,9 @@ import os
 import socket
 import sqlite3
 
-from zero.cli.stats import scrape
+from zero.cli.stats import scrape, summary
+
+from workerkit import drop_caches, wait_until
 
 MIB = 1024 * 1024
 
@@ -51,6 +53,45 @@ def test_the_metrics_endpoint_moves_during_a_workload(make_mount):
     assert len(lines) == 3 and "local" in lines[0] and "ok" in lines[2], result.stdout
 
 
+def test_fuse_operations_show_at_the_endpoint_while_a_workload_runs(make_mount):
+    """zero-fuse counts in memory and adds its counts to the state each second; a
+    scrape of the worker's endpoint during the workload sees them move."""
+    address = f"127.0.0.1:{free_port()}"
+    mount = make_mount(metricsAddress=address, chunkSize="256KiB")
+    before = scrape(address)
+    write_files(mount, 4, MIB)
+    (mount.mnt / "missing").exists()  # a lookup that fails: ENOENT is counted as an error
+    drop_caches(*(mount.mnt / f"file{number}" for number in range(4)))
+    for number in range(4):
+        (mount.mnt / f"file{number}").read_bytes()
+
+    def moved():
+        now = scrape(address)
+        grew = {name: value(now, name) - value(before, name) for name in (
+            "zero_fuse_written_bytes_total", "zero_fuse_read_bytes_total", "zero_fuse_cache_hits_total")}
+        return (now, grew) if grew["zero_fuse_written_bytes_total"] >= 4 * MIB \
+            and grew["zero_fuse_read_bytes_total"] >= 4 * MIB and grew["zero_fuse_cache_hits_total"] > 0 else None
+
+    after, grew = wait_until(moved, 30, "the FUSE counters to reach the endpoint")
+    for op in ("create", "write", "read", "getattr", "release"):
+        assert value(after, "zero_fuse_ops_total", op=op) > value(before, "zero_fuse_ops_total", op=op), op
+    assert value(after, "zero_fuse_ops_total", op="create") - value(before, "zero_fuse_ops_total", op="create") == 4
+    assert value(after, "zero_fuse_op_errors_total", op="getattr") >= 1
+    assert value(after, "zero_fuse_op_errors_total", op="write") == 0
+    # The latency histogram: every write falls in some bucket, and its +Inf bucket counts them all.
+    writes = value(after, "zero_fuse_ops_total", op="write")
+    assert value(after, "zero_fuse_op_seconds_count", op="write") == writes
+    assert value(after, "zero_fuse_op_seconds_bucket", op="write", le="+Inf") == writes
+    assert 0 < value(after, "zero_fuse_op_seconds_sum", op="write")
+    assert value(after, "zero_fuse_cache_misses_total") == 0, "every read was served from the cache"
+    assert value(after, "zero_fuse_cache_hit_ratio") == 1.0
+
+    # zero stats' arithmetic over the two scrapes: ops/s per op and the hit ratio.
+    row = summary(after, before, 2.0)["fuse"]
+    assert row["ops_by_name_per_s"]["create"] == 2.0 and row["hit_ratio"] == 1.0
+    assert row["written_per_s"] >= 2 * MIB and row["ops_per_s"] > 0 and row["op_latency_ms"] > 0
+
+
 def test_stats_says_when_there_is_no_endpoint(make_mount):
     mount = make_mount()  # metricsAddress: ""
     result = mount.zero("stats", str(mount.mnt), "--count", "1", check=False)
@@ -74,3 +115,10 @@ def test_status_json_parses_and_agrees_with_the_state(make_mount):
     assert [remote["name"] for remote in report["remotes"]] == ["local"]
     assert report["remotes"][0]["health"] == "healthy"
     assert report["totals"]["uploads"] == by_state["clean"]
+
+    def creates_published():  # zero-fuse adds its counts to the state once a second
+        ops = json.loads(mount.zero("status", str(mount.mnt), "--json").stdout)["fuse_ops"]
+        return ops.get("create", {}).get("calls") == 3
+    wait_until(creates_published, 30, "zero status --json to count the 3 creates")
+    text = mount.zero("status", str(mount.mnt)).stdout
+    assert "operations (" in text and "1.5 MiB written" in text, text

@@ -3,6 +3,7 @@
     zero status <cache or mountpoint>
     zero pin <path>...     keep files local ("available offline")
     zero unpin <path>...
+    zero warmup <path>... [--wait]   fetch trees into the cache before they are read
     zero sync <mountpoint> upload everything written so far, then return
     zero key export|change-passphrase <cache>
     zero scrub <cache>     verify every stored copy, repair bad ones
@@ -26,6 +27,7 @@ from zero.cli.restore import restore, snapshots
 from zero.cli.scrub import scrub
 from zero.cli.status import status
 from zero.cli.sync import sync
+from zero.cli.warmup import warmup
 from zero.errors import ZeroError
 from zero.units import parse_duration
 
@@ -71,7 +73,15 @@ def main(argv=None) -> int:
     command.set_defaults(run=status)
     command = commands.add_parser("pin", help="keep files or trees in the cache (available offline)")
     command.add_argument("paths", nargs="+")
+    command.add_argument("--wait", action="store_true", help="return once they are all in the cache")
+    command.add_argument("--timeout", type=float, default=3600.0, help="with --wait: give up after this many seconds")
     command.set_defaults(run=pin)
+    command = commands.add_parser("warmup", help="fetch files or trees into the cache before they are read")
+    command.add_argument("paths", nargs="+")
+    command.add_argument("--wait", action="store_true", help="show the progress, return once all is in the cache; "
+                         "exit 1 naming what could not be fetched")
+    command.add_argument("--timeout", type=float, default=3600.0, help="with --wait: give up after this many seconds")
+    command.set_defaults(run=warmup)
     command = commands.add_parser("unpin", help="let pinned files be evicted again")
     command.add_argument("paths", nargs="+")
     command.set_defaults(run=unpin)

@@ -3,6 +3,7 @@ its state, and printing sizes."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from zero.cachedir import CacheDir
@@ -51,3 +52,18 @@ def open_state(cache: CacheDir, config):
     if not path.exists():
         raise ZeroError(f"no zero state at {path}; has zero-fuse or zero-worker run on {cache.root}?")
     return state_db.open_database(path)
+
+
+def inodes_of(paths, verb: str) -> tuple[CacheDir, list[int]]:
+    """The cache of the mounted filesystem that ``paths`` lie in, and their inode numbers."""
+    cache = None
+    inos = []
+    for location in paths:
+        found, mount = find_cache(location)
+        if mount is None:
+            raise ZeroError(f"{location} is not inside a mounted zero filesystem; {verb} a path under the mountpoint")
+        if cache is not None and found.root != cache.root:
+            raise ZeroError("give paths of one zero filesystem at a time")
+        cache = found
+        inos.append(os.lstat(location).st_ino)  # zero's inode number: the mount passes it through
+    return cache, inos

@@ -9,13 +9,10 @@ pass, until none is left."""
 
 from __future__ import annotations
 
-import sys
-
-from tqdm import tqdm
-
 from zero import wakeup
 from zero.cli.common import find_cache
 from zero.cli.moving import move_off
+from zero.cli.progress import bar as progress_bar
 from zero.errors import ZeroError
 from zero.state import objects, remotes
 
@@ -46,8 +43,7 @@ def drain(args, config) -> int:
         wakeup.notify(cache.wake, wakeup.WORKER)
         keeper.refresh()
         moved = 0
-        with tqdm(total=total, unit="object", desc=f"draining {args.remote}",
-                  disable=not sys.stderr.isatty()) as bar:
+        with progress_bar(total=total, unit="object", desc=f"draining {args.remote}") as bar:
             while True:
                 with context.database.read() as connection:
                     keys = objects.keys_on(connection, args.remote, BATCH)

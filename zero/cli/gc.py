@@ -22,12 +22,14 @@ def gc(args, config) -> int:
         config = config_module.replace_grace(config, args.grace)
     if not args.delete:
         return _dry_run(cache, config)
+    from zero.cli.progress import bar
     from zero.wiring import build_context
     from zero.worker.collector import Collector
 
     context = build_context(config, cache)
     try:
-        deleted = Collector(context).collect()
+        with bar(unit="object", desc="deleting") as progress:
+            deleted = Collector(context).collect(progress=progress)
     finally:
         context.database.dispose()
     print(f"Deleted {deleted} unused object(s) from the remotes")

@@ -2,46 +2,41 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 from zero import wakeup
 from zero.cachedir import CacheDir
-from zero.cli.common import find_cache, open_state
+from zero.cli.common import inodes_of, open_state
+from zero.cli.warmup import wait_local
 from zero.errors import ZeroError
 from zero.locking import holder_pid
-from zero.state import pins
-
-
-def _targets(paths) -> tuple[CacheDir, list[int]]:
-    cache = None
-    inos = []
-    for location in paths:
-        found, mount = find_cache(location)
-        if mount is None:
-            raise ZeroError(f"{location} is not inside a mounted zero filesystem; pin a path under the mountpoint")
-        if cache is not None and found.root != cache.root:
-            raise ZeroError("give paths of one zero filesystem at a time")
-        cache = found
-        inos.append(os.lstat(location).st_ino)  # zero's inode number: the mount passes it through
-    return cache, inos
+from zero.state import pins, requests, warmup as warming
 
 
 def pin(args, config) -> int:
-    cache, inos = _targets(args.paths)
+    cache, inos = inodes_of(args.paths, "pin")
     database = open_state(cache, config)
     try:
         with database.write() as connection:
             pins.add(connection, inos)
+            asked = warming.ask(connection, inos, requests.PIN)
+        _tell_worker(cache)
+        if getattr(args, "wait", False) and asked.wanted:
+            if holder_pid(cache.lock_path("worker")) is None:
+                raise ZeroError(f"pinned, but zero-worker is not running, so nothing can be fetched; start it "
+                                f"(zero-worker {cache.root}) and the pinned files come into the cache")
+            wait_local(cache, database, asked.wanted, args.timeout, "pinning")
+            print(f"Pinned {len(inos)} path(s): all {asked.files} file(s) are in the cache and stay there")
+            return 0
     finally:
         database.dispose()
-    _tell_worker(cache)
-    print(f"Pinned {len(inos)} path(s); zero-worker brings them into the cache and keeps them there")
+    print(f"Pinned {len(inos)} path(s); zero-worker brings them into the cache and keeps them there "
+          f"({len(asked.wanted)} chunk(s) to fetch; zero pin --wait waits for them)")
     return 0
 
 
 def unpin(args, config) -> int:
-    cache, inos = _targets(args.paths)
+    cache, inos = inodes_of(args.paths, "unpin")
     database = open_state(cache, config)
     try:
         with database.write() as connection:

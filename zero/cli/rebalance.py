@@ -5,12 +5,9 @@ of what is already stored — placement alone only steers new objects."""
 
 from __future__ import annotations
 
-import sys
-
-from tqdm import tqdm
-
 from zero.cli.common import find_cache
 from zero.cli.moving import move_off
+from zero.cli.progress import bar as progress_bar
 from zero.errors import RemoteUnavailable
 from zero.remote import layout
 from zero.remote.pool import WEIGHT_UNIT_BYTES
@@ -32,7 +29,7 @@ def rebalance(args, config) -> int:
         for remote in pool.remotes:
             keeper.check(remote)
         keeper.refresh()
-        with tqdm(unit="object", desc="rebalancing", disable=not sys.stderr.isatty()) as bar:
+        with progress_bar(unit="object", desc="rebalancing") as bar:
             while True:
                 members = [pool.member(name) for name in pool.writable_names()]
                 if len(members) < 2:

@@ -52,8 +52,7 @@ def _secret(args, config, remotes, fs_id):
 
 
 def restore(args, config) -> int:
-    from tqdm import tqdm
-
+    from zero.cli.progress import bar
     from zero.fsutil import durable_write
     from zero.meta import keyring, keys, restore as restoring
     from zero.wiring import build_remotes
@@ -64,7 +63,7 @@ def restore(args, config) -> int:
     cache = CacheDir(args.cache)
     cache.prepare()
     result = restoring.restore(config.database_path(cache.root), remotes, secret, fs_id=fs_id,
-                               at=parse_time(args.at), progress=lambda **kw: tqdm(file=sys.stderr, **kw))
+                               at=parse_time(args.at), progress=bar)
     if secret.kind == keys.RECOVERY_KEY:
         path = keyring.recovery_key_path(config, fs_id)
         if not path.exists():  # this machine now keeps it where `zero key export` looks

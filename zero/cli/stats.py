@@ -1,8 +1,9 @@
 """`zero stats <mount or cache>`: one line per interval, like `juicefs stats`,
 read from the running worker's metrics endpoint (its address is in the
-heartbeat): the cache against its target, the backlog, upload, fetch and
-eviction rates, and per remote the calls, their latency and errors.
-zero-fuse exports no counters, so there are no FUSE ops/s here."""
+heartbeat): FUSE operations a second with their mean latency, bytes read and
+written through the mount and the share of reads the cache served, the cache
+against its target, the backlog, upload, fetch and eviction rates, per remote
+the calls, their latency and errors, and the busiest FUSE operations."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from zero.locking import holder_pid
 from zero.state.db import get_meta
 
 HEADER_EVERY = 20
+BUSIEST_OPS = 3
 
 
 def metrics_address(location: str, config) -> str:
@@ -58,6 +60,27 @@ def _by_label(samples, name: str, label: str) -> dict[str, float]:
     return found
 
 
+def _rates_by(now: dict, before: dict | None, seconds: float, name: str, label: str) -> dict[str, float]:
+    if before is None or seconds <= 0:
+        return {}
+    earlier = _by_label(before, name, label)
+    return {key: max(0.0, value - earlier.get(key, 0.0)) / seconds
+            for key, value in _by_label(now, name, label).items()}
+
+
+def _fuse_summary(now: dict, before: dict | None, seconds: float, rate) -> dict:
+    ops = _rates_by(now, before, seconds, "zero_fuse_ops_total", "op")
+    count = sum(ops.values())
+    spent = sum(_rates_by(now, before, seconds, "zero_fuse_op_seconds_sum", "op").values())
+    hits, misses = rate("zero_fuse_cache_hits_total"), rate("zero_fuse_cache_misses_total")
+    return {
+        "ops_per_s": count, "op_latency_ms": 1000 * spent / count if count else 0.0,
+        "ops_by_name_per_s": {op: value for op, value in sorted(ops.items(), key=lambda item: -item[1]) if value},
+        "read_per_s": rate("zero_fuse_read_bytes_total"), "written_per_s": rate("zero_fuse_written_bytes_total"),
+        "hit_ratio": hits / (hits + misses) if hits + misses else None,
+    }
+
+
 def summary(now: dict, before: dict | None, seconds: float) -> dict:
     """What one line shows: levels from ``now``, rates against ``before``."""
     def value(name, **labels):
@@ -88,19 +111,24 @@ def summary(now: dict, before: dict | None, seconds: float) -> dict:
         "upload_per_s": rate("zero_uploaded_bytes_total"), "uploads_per_s": rate("zero_uploads_total"),
         "fetches_per_s": rate("zero_fetches_total"), "evictions_per_s": rate("zero_evictions_total"),
         "uploads": value("zero_uploads_total"), "fetches": value("zero_fetches_total"), "remotes": remotes,
+        "fuse": _fuse_summary(now, before, seconds, rate),
     }
 
 
 def _header(remotes) -> str:
-    top = f"{'time':8} {'--cache (used/target)--':>24} {'--backlog--':>18} {'--upload--':>19} " \
-          f"{'fetch':>7} {'evict':>7}"
+    top = f"{'time':8} {'--fuse (ops/s, ms, read/s, write/s, hit)--':>49} {'--cache (used/target)--':>24} " \
+          f"{'--backlog--':>18} {'--upload--':>19} {'fetch':>7} {'evict':>7}"
     for name in remotes:
         top += f"  {('-- ' + name + ' (calls/s, ms, err/s) --'):>32}"
-    return top
+    return top + "  busiest ops/s"
 
 
 def _line(row) -> str:
-    text = (f"{time.strftime('%H:%M:%S')} {human(row['cache_bytes']):>10} / {human(row['target_bytes']):>10} "
+    fuse = row["fuse"]
+    hit = "-" if fuse["hit_ratio"] is None else f"{100 * fuse['hit_ratio']:.0f}%"
+    text = (f"{time.strftime('%H:%M:%S')} {fuse['ops_per_s']:>7.0f} {fuse['op_latency_ms']:>7.2f}ms "
+            f"{human(fuse['read_per_s']) + '/s':>12} {human(fuse['written_per_s']) + '/s':>12} {hit:>5} "
+            f"{human(row['cache_bytes']):>10} / {human(row['target_bytes']):>10} "
             f"{human(row['backlog_bytes']):>10} {row['backlog_chunks']:>5.0f}ch "
             f"{human(row['upload_per_s']) + '/s':>12} {row['uploads_per_s']:>5.0f}/s "
             f"{row['fetches_per_s']:>5.0f}/s {row['evictions_per_s']:>5.0f}/s")
@@ -108,7 +136,8 @@ def _line(row) -> str:
         health = "ok" if remote["healthy"] else "DOWN"
         text += f"  {health:>4} {remote['calls_per_s']:>6.1f} {remote['latency_ms']:>6.1f}ms " \
                 f"{remote['errors_per_s']:>4.1f} {human(remote['sent_per_s']) + '/s':>11}"
-    return text
+    busiest = list(fuse["ops_by_name_per_s"].items())[:BUSIEST_OPS]
+    return (text + "  " + " ".join(f"{op} {value:.0f}" for op, value in busiest)).rstrip()
 
 
 def stats(args, config) -> int:

@@ -9,7 +9,7 @@ import time
 from zero.cli.common import find_cache, human, open_state
 from zero.locking import holder_pid
 from zero.meta.scrub import damage_report
-from zero.state import chunks, counters, namespace, objects, pins, quarantine, remotes
+from zero.state import chunks, counters, fuseops, namespace, objects, pins, quarantine, remotes
 from zero.state.chunkstate import ChunkState
 from zero.state.db import get_meta
 
@@ -32,6 +32,7 @@ def status(args, config) -> int:
             held_objects = objects.objects_by_remote(connection)
             bad_copies = quarantine.count(connection)
             damage = damage_report(connection, int(get_meta(connection, "chunk_size")))
+            fuse_ops = fuseops.read_all(connection)
     finally:
         database.dispose()
     usage = cache.usage().total_bytes
@@ -56,6 +57,8 @@ def status(args, config) -> int:
             "bad_copies": bad_copies,
             "damaged": [{"path": item.path, "first_byte": item.first_byte, "last_byte": item.last_byte,
                          "object": item.object_key} for item in damage],
+            "fuse_ops": {op: {"calls": totals.calls, "errors": totals.errors, "seconds": totals.seconds}
+                         for op, totals in fuse_ops.items()},
             "fuse": {"running": fuse_pid is not None, "pid": fuse_pid},
             "worker": {"running": worker_pid is not None, "pid": worker_pid,
                        "heartbeat_at": worker_status.get("at") if worker_pid else None,
@@ -105,6 +108,8 @@ def status(args, config) -> int:
     lines.append(f"  so far:     {count.get('uploads', 0)} uploads ({human(count.get('uploaded_bytes', 0))}), "
                  f"{count.get('dedup_hits', 0)} deduplicated, {count.get('evictions', 0)} evictions, "
                  f"{count.get('fault_ins', 0)} fault-ins")
+    if fuse_ops:
+        lines.append(f"  mount:      {_fuse_line(fuse_ops, count)}")
     if running_settings:
         lines.append(f"  settings:   as zero-worker uses them: targetDiskUsage {human(target)}, lowWatermark "
                      f"{running_settings['lowWatermark']}, uploadDelay {running_settings['uploadDelay']:g}s, "
@@ -122,3 +127,13 @@ def status(args, config) -> int:
             lines.append(f"    {label}  {human(logical)}, {human(local)} in the cache")
     print("\n".join(lines))
     return 0
+
+
+def _fuse_line(ops: dict, count: dict) -> str:
+    calls = sorted(((totals.calls, op) for op, totals in ops.items()), reverse=True)
+    busiest = ", ".join(f"{op} {number}" for number, op in calls[:4])
+    hits, misses = count.get("fuse_reads_from_cache", 0), count.get("fuse_reads_faulted_in", 0)
+    ratio = f"; {100 * hits / (hits + misses):.0f}% of reads served from the cache" if hits + misses else ""
+    return (f"{sum(number for number, _ in calls)} operations ({busiest}), "
+            f"{human(count.get('fuse_read_bytes', 0))} read, {human(count.get('fuse_written_bytes', 0))} "
+            f"written{ratio}")

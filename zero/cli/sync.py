@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
-from tqdm import tqdm
-
 from zero import wakeup
 from zero.cli.common import find_cache, open_state
+from zero.cli.progress import bar as progress_bar
 from zero.errors import ZeroError
 from zero.locking import holder_pid
 from zero.state import chunks, requests
@@ -26,7 +23,7 @@ def sync(args, config) -> int:
             for ino in {ino for ino, _ in waiting}:
                 requests.request_upload(connection, ino)
         wakeup.notify(cache.wake, wakeup.WORKER)
-        with tqdm(total=len(waiting), unit="chunk", desc="uploading", disable=not sys.stderr.isatty()) as bar:
+        with progress_bar(total=len(waiting), unit="chunk", desc="uploading") as bar:
             left = len(waiting)
 
             def uploaded():

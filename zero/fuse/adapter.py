@@ -26,6 +26,7 @@ from zero.fuse.flusher import Flusher
 from zero.fuse.inodes import Handle, Inode
 from zero.fuse.leases import Leases
 from zero.fuse.names import Names
+from zero.fuse.opstats import OpStats
 from zero.fuse.translate import NAME_MAX_BYTES, translated
 from zero.fuse.tree import Tree, now_ns
 from zero.fuse.worker_link import WorkerLink
@@ -45,8 +46,9 @@ class ZeroOperations(Operations):
     use_ns = True
 
     def __init__(self, database: Database, cache: CacheDir, config: Config, worker: WorkerLink,
-                 chunk_size: int):
+                 chunk_size: int, op_stats: OpStats | None = None):
         self.database = database
+        self.op_stats = op_stats or OpStats(database)  # counted by ``translated``
         self.config = config
         self.worker = worker
         self.files = ChunkFiles(cache)

@@ -56,6 +56,7 @@ def run(args) -> int:
     from zero.fuse import binding, recovery
     from zero.fuse.worker_link import WorkerLink
     from zero.fuse.adapter import ZeroOperations
+    from zero.fuse.opstats import OpStats
     from zero.state import db as state_db
 
     mountpoint.check_mountpoint(mount, args.allow_non_empty)
@@ -77,8 +78,9 @@ def run(args) -> int:
     recovery.reconcile(database, cache, chunk_size)
     listener = wakeup.WakeListener(cache.wake, wakeup.FUSE)
     listener.start()
-    worker = WorkerLink(database, cache, listener, config.fault_in_timeout_s)
-    operations = ZeroOperations(database, cache, config, worker, chunk_size)
+    op_stats = OpStats(database)
+    worker = WorkerLink(database, cache, listener, config.fault_in_timeout_s, on_fault_in=op_stats.waited_for_fault_in)
+    operations = ZeroOperations(database, cache, config, worker, chunk_size, op_stats)
     if worker.worker_pid() is None:
         log.warning("zero-worker is not running for %s: nothing is uploaded and evicted chunks cannot be read "
                     "until it runs (zero-worker %s)", cache.root, cache.root)
@@ -91,6 +93,7 @@ def run(args) -> int:
     options.update(mountpoint.parse_mount_options(args.options))
     if options.get("ro"):
         log.info("Mounting read-only: writes fail with 'Read-only file system'")
+    op_stats.start()
     try:
         binding.ZeroFUSE(operations, str(mount), **options)
     except RuntimeError as error:
@@ -99,6 +102,7 @@ def run(args) -> int:
         log.info("Stopped by a signal; unmounting")  # libfuse reports a signal stop as an error code
     finally:
         operations.shutdown()
+        op_stats.stop()
         listener.stop()
         database.dispose()
         lock.release()

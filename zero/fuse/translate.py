@@ -1,11 +1,13 @@
 """The border where zero's errors become errno: one decorator on every
-FUSE method, and the checks of names a path brings in."""
+FUSE method (which also counts the operation, zero.fuse.opstats), and the
+checks of names a path brings in."""
 
 from __future__ import annotations
 
 import errno
 import functools
 import logging
+import time
 
 from zero.errors import DiskFull, StateConflict, ZeroError
 from zero.fuse.binding import FuseOSError
@@ -24,12 +26,18 @@ def _errno_of(error: OSError) -> int:
 def translated(method):
     """zero's errors -> errno, with a logged reason for EIO. ENOSPC is the
     caller's to handle (a full disk is not zero's failure), so it is not
-    logged. Anything unexpected is EIO with its traceback, never mfusepy's EINVAL."""
+    logged. Anything unexpected is EIO with its traceback, never mfusepy's EINVAL.
+    Each call is counted and timed in ``self.op_stats``."""
+    op = method.__name__
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
+        started = time.perf_counter()
+        failed, result = True, None
         try:
-            return method(self, *args, **kwargs)
+            result = method(self, *args, **kwargs)
+            failed = False
+            return result
         except FuseOSError:
             raise
         except DiskFull:
@@ -44,6 +52,8 @@ def translated(method):
         except Exception:
             log.exception("%s failed unexpectedly", method.__name__)
             raise FuseOSError(errno.EIO) from None
+        finally:
+            self.op_stats.record(op, time.perf_counter() - started, failed, result)
     return wrapper
 
 

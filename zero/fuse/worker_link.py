@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from zero import wakeup
 from zero.cachedir import CacheDir
@@ -29,8 +30,10 @@ EVICTION_RECHECK_S = 0.25
 
 
 class WorkerLink:
-    def __init__(self, database: Database, cache: CacheDir, listener: wakeup.WakeListener, timeout_s: float):
+    def __init__(self, database: Database, cache: CacheDir, listener: wakeup.WakeListener, timeout_s: float,
+                 on_fault_in: Callable[[], None] = lambda: None):
         self.database = database
+        self.on_fault_in = on_fault_in  # counts a read that was not served from the cache
         self.cache = cache
         self.listener = listener
         self.timeout_s = timeout_s
@@ -85,6 +88,7 @@ class WorkerLink:
     def wait_local(self, ino: int, idx: int) -> None:
         """Return once chunk (ino, idx) is in the cache (or gone: truncated);
         raise WorkerUnavailable if the worker does not bring it in time."""
+        self.on_fault_in()
         asked_at = None
 
         def arrived():

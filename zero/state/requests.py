@@ -14,6 +14,7 @@ _u = schema.upload_requests
 READER = 0     # a read is waiting on it
 PREFETCH = 1   # sequential read ahead
 PIN = 2        # zero pin wants it local
+WARMUP = 2     # zero warmup wants it local (as a pin does, once)
 PRIME = 3      # the cache has room: bring back what was used recently
 
 

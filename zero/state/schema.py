@@ -10,8 +10,8 @@ from sqlalchemy import (
 
 from zero.state.chunkstate import ChunkState  # noqa: F401  (the states the chunks.state column holds)
 
-SCHEMA_VERSION = 4  # 2: the remotes table; 3: the metadata backup's changelog, requests and points;
-                    # 4: the quarantine of corrupt copies
+SCHEMA_VERSION = 5  # 2: the remotes table; 3: the metadata backup's changelog, requests and points;
+                    # 4: the quarantine of corrupt copies; 5: FUSE operation counts
 
 metadata = MetaData()
 
@@ -133,7 +133,8 @@ counters = Table(
     "counters", metadata,
     Column("name", String, primary_key=True, comment="uploads, uploaded_bytes, evictions, fault_ins, ..."),
     Column("value", Integer, nullable=False),
-    comment="Running totals for zero status. Written by the worker.",
+    comment="Running totals for zero status. Written by the worker, and by fuse for the bytes read and "
+            "written through the mount and its reads served from the cache or after a fault-in.",
 )
 
 remotes = Table(
@@ -195,4 +196,25 @@ backup_points = Table(
     Column("end_at", Float, nullable=False, comment="unix time after it"),
     comment="The points a restore can return to. Written by the worker. Invariant: GC never deletes an object "
             "that was referenced at one of them (changelog.referenced_by_retained_snapshots).",
+)
+
+fuse_ops = Table(
+    "fuse_ops", metadata,
+    Column("op", String, primary_key=True, comment="the FUSE operation: read, write, create, getattr, ..."),
+    Column("calls", Integer, nullable=False, comment="operations answered since the cache was made"),
+    Column("errors", Integer, nullable=False, comment="of those, answered with an errno (ENOENT of a lookup too)"),
+    Column("seconds", Float, nullable=False, comment="time spent answering them, in all"),
+    comment="What zero-fuse answered, per operation. fuse counts in memory and adds its counts here about "
+            "once a second (never per operation); the worker's metrics endpoint reads them at each scrape.",
+)
+
+fuse_op_latency = Table(
+    "fuse_op_latency", metadata,
+    Column("op", String, nullable=False),
+    Column("le", Float, nullable=False, comment="a bucket's upper bound in seconds (fuseops.LATENCY_BUCKETS_S)"),
+    Column("observations", Integer, nullable=False, comment="operations that took more than the bucket below "
+                                                            "and at most this long"),
+    PrimaryKeyConstraint("op", "le"),
+    comment="The latency histogram of fuse_ops, one row per non-empty bucket; slower than the last bound "
+            "is calls minus the rest. Written by fuse with fuse_ops.",
 )

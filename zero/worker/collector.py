@@ -27,7 +27,9 @@ class Collector:
     def __init__(self, context: WorkerContext):
         self.context = context
 
-    def collect(self, now: float | None = None) -> int:
+    def collect(self, now: float | None = None, progress=None) -> int:
+        """Returns how many objects were deleted. ``progress`` (a tqdm-like bar, for
+        `zero gc --delete`) is told of each deletion and of how many are claimed."""
         now = time.time() if now is None else now
         grace = self.context.config.gc_grace_period_s
         with self.context.database.write() as connection:
@@ -38,6 +40,9 @@ class Collector:
             if claimed:
                 counters.bump(connection, "objects_collected", len(claimed))
         crashpoints.crash("gc.claimed")
+        if progress is not None:
+            progress.total = len(claimed)
+            progress.refresh()
         deleted = 0
         for key, holders in claimed:
             try:
@@ -45,12 +50,14 @@ class Collector:
                 deleted += 1
             except RemoteUnavailable as error:
                 log.warning("Could not delete unused object %s yet (%s); the orphan sweep will retry", key, error)
-        deleted += self.sweep_orphans(now)
+            if progress is not None:
+                progress.update(1)
+        deleted += self.sweep_orphans(now, progress)
         if deleted:
             log.info("Collected %d unused object(s) from the remotes", deleted)
         return deleted
 
-    def sweep_orphans(self, now: float) -> int:
+    def sweep_orphans(self, now: float, progress=None) -> int:
         """Delete remote objects the state does not know, once older than the grace period."""
         grace = self.context.config.gc_grace_period_s
         prefix = self.context.object_prefix
@@ -74,4 +81,7 @@ class Collector:
                     deleted += 1
                 except RemoteUnavailable as error:
                     log.warning("Could not delete orphan %s on %s: %s", remote_key, remote.name, error)
+                if progress is not None:
+                    progress.total = (progress.total or 0) + 1
+                    progress.update(1)
         return deleted

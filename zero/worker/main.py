@@ -58,9 +58,12 @@ def run(args) -> int:
     stop, reload_asked, woken = threading.Event(), threading.Event(), threading.Event()
     for signum, event in ((signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGHUP, reload_asked)):
         signal.signal(signum, lambda *_, event=event: (event.set(), woken.set()))
-    from zero.wiring import build_context
+    from prometheus_client import CollectorRegistry
 
-    context = build_context(config, cache)
+    from zero.worker.remote_metrics import RemoteMetrics
+
+    registry = CollectorRegistry()
+    context = build_context(config, cache, wrap=RemoteMetrics(registry).wrap)
     listener = wakeup.WakeListener(cache.wake, wakeup.WORKER)
     try:
         recover(context)
@@ -74,7 +77,7 @@ def run(args) -> int:
         log.info("Worker started for %s: remotes %s; keeping the cache under %d MiB", cache.root, names,
                  config.target_disk_usage_bytes >> 20)
         worker = Worker(context, listener, keeper)
-        metrics = start_metrics(context, worker)
+        metrics = start_metrics(context, worker, registry)
         worker.published["settings"] = reloader.settings(context.config)
         worker.start()
         while not stop.is_set():
@@ -106,11 +109,10 @@ def apply_reload(context, worker, path) -> None:
     worker.listener.poke()  # a smaller target: evict now
 
 
-def start_metrics(context, worker):
+def start_metrics(context, worker, registry):
     from zero.worker.metrics import Metrics, parse_address
 
-    metrics = Metrics(context)
-    metrics.instrument()
+    metrics = Metrics(context, registry)
     address = parse_address(context.config.metrics_address)
     if address is not None:
         metrics.start(address)

@@ -2,21 +2,21 @@
 
 Totals that the state already keeps (uploads, evictions, fault-ins, ...) and
 the cache by chunk state are read from it at each scrape, so they agree with
-`zero status` and survive a restart. Per remote, each call is timed and
-counted where it leaves the worker: the pool's remotes get timed methods.
-FUSE operations are not counted here: zero-fuse has no endpoint (yet).
+`zero status` and survive a restart. zero-fuse's operations are among them:
+zero-fuse counts in memory and adds its counts to the state each second
+(zero.fuse.opstats). Per remote, each call is timed and counted where it
+leaves the worker (zero.worker.remote_metrics).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from zero.state import chunks, counters
+from zero.state import chunks, counters, fuseops
+from zero.state.fuseops import LATENCY_BUCKETS_S as FUSE_BUCKETS_S
 from zero.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,11 @@ STATE_COUNTERS = {
     "evictions": ("zero_evictions", "Chunks evicted from the cache"),
     "fault_ins": ("zero_fetches", "Chunks fetched back into the cache"),
     "objects_collected": ("zero_objects_collected", "Unused remote objects deleted"),
+    "fuse_read_bytes": ("zero_fuse_read_bytes", "Bytes read through the mount"),
+    "fuse_written_bytes": ("zero_fuse_written_bytes", "Bytes written through the mount"),
+    "fuse_reads_from_cache": ("zero_fuse_cache_hits", "Reads through the mount served from the cache"),
+    "fuse_reads_faulted_in": ("zero_fuse_cache_misses", "Reads through the mount that waited for a fault-in"),
 }
-TIMED_CALLS = ("put", "get", "head", "delete")
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 def parse_address(text: str) -> tuple[str, int] | None:
@@ -53,6 +55,7 @@ class _StateCollector:
             totals = counters.read_all(connection)
             by_state = chunks.counts_by_state(connection)
             waiting = chunks.unuploaded(connection)
+            fuse = fuseops.read_all(connection)
         for key, (name, text) in STATE_COUNTERS.items():
             family = CounterMetricFamily(name, text)
             family.add_metric([], totals.get(key, 0))
@@ -80,49 +83,42 @@ class _StateCollector:
         for remote in self.context.pool.remotes:
             healthy.add_metric([remote.name], 1 if self.context.pool.health(remote.name) == "healthy" else 0)
         yield healthy
+        yield from _fuse_families(fuse, totals)
+
+
+def _fuse_families(ops: dict[str, fuseops.OpTotals], totals: dict[str, int]):
+    calls = CounterMetricFamily("zero_fuse_ops", "FUSE operations zero-fuse answered", labels=["op"])
+    errors = CounterMetricFamily("zero_fuse_op_errors", "FUSE operations answered with an error (a lookup's "
+                                 "ENOENT too)", labels=["op"])
+    latency = HistogramMetricFamily("zero_fuse_op_seconds", "Time zero-fuse took to answer a FUSE operation",
+                                    labels=["op"])
+    for op, counted in sorted(ops.items()):
+        calls.add_metric([op], counted.calls)
+        errors.add_metric([op], counted.errors)
+        running, buckets = 0, []
+        for le in FUSE_BUCKETS_S:
+            running += counted.observations.get(le, 0)
+            buckets.append((repr(le), running))
+        latency.add_metric([op], buckets + [("+Inf", counted.calls)], sum_value=counted.seconds)
+    yield calls
+    yield errors
+    yield latency
+    hits, misses = totals.get("fuse_reads_from_cache", 0), totals.get("fuse_reads_faulted_in", 0)
+    ratio = GaugeMetricFamily("zero_fuse_cache_hit_ratio", "Share of reads through the mount served from the "
+                              "cache, since the cache was made (rates: zero_fuse_cache_hits_total)")
+    ratio.add_metric([], hits / (hits + misses) if hits + misses else 1.0)
+    yield ratio
 
 
 class Metrics:
-    def __init__(self, context: WorkerContext):
+    """The endpoint: ``registry`` (which already holds the remotes' metrics,
+    zero.worker.remote_metrics) plus what is read from the state at each scrape."""
+
+    def __init__(self, context: WorkerContext, registry: CollectorRegistry):
         self.context = context
-        self.registry = CollectorRegistry()
-        self.latency = Histogram("zero_remote_request_seconds", "Time of one call to a remote, retries included",
-                                 ["remote", "call"], registry=self.registry, buckets=LATENCY_BUCKETS)
-        self.errors = Counter("zero_remote_errors", "Calls to a remote that failed after their retries",
-                              ["remote", "call"], registry=self.registry)
-        self.transferred = Counter("zero_remote_bytes", "Bytes sent to or read from a remote",
-                                   ["remote", "direction"], registry=self.registry)
+        self.registry = registry
         self.registry.register(_StateCollector(context))
         self._server = None
-
-    def instrument(self) -> None:
-        """Time every call the pool makes to each remote."""
-        for remote in self.context.pool.remotes:
-            for call in TIMED_CALLS:
-                setattr(remote, call, self._timed(remote.name, call, getattr(remote, call)))
-
-    def _timed(self, name: str, call: str, method):
-        latency = self.latency.labels(name, call)
-        errors = self.errors.labels(name, call)
-        sent = self.transferred.labels(name, "sent")
-        read = self.transferred.labels(name, "read")
-
-        @functools.wraps(method)
-        def timed(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                result = method(*args, **kwargs)
-            except Exception:
-                errors.inc()
-                raise
-            finally:
-                latency.observe(time.perf_counter() - started)
-            if call == "put":
-                sent.inc(len(args[1]) if len(args) > 1 else len(kwargs.get("data", b"")))
-            elif call == "get" and isinstance(result, (bytes, bytearray, memoryview)):
-                read.inc(len(result))
-            return result
-        return timed
 
     def start(self, address: tuple[str, int]) -> None:
         host, port = address
