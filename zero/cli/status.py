@@ -8,6 +8,7 @@ import time
 
 from zero.cli.common import find_cache, human, open_state
 from zero.locking import holder_pid
+from zero.meta import writer
 from zero.state import chunks, counters, namespace, objects, pins, remotes
 from zero.state.chunkstate import ChunkState
 from zero.state.db import get_meta
@@ -29,6 +30,8 @@ def status(args, config) -> int:
             remote_rows = remotes.all_rows(connection)
             held = objects.stored_bytes_by_remote(connection)
             held_objects = objects.objects_by_remote(connection)
+            verdict = json.loads(get_meta(connection, writer.VERDICT_META) or "{}")
+            read_only = get_meta(connection, writer.MODE_META) == writer.READ_ONLY
     finally:
         database.dispose()
     usage = cache.usage().total_bytes
@@ -50,6 +53,8 @@ def status(args, config) -> int:
                          "objects": held_objects.get(row.name, 0), "stored_bytes": held.get(row.name, 0),
                          "last_error": row.last_error} for row in remote_rows],
             "totals": count,
+            "writer": {"role": writer.READ_ONLY if read_only else verdict.get("role"),
+                       "message": verdict.get("message"), "at": verdict.get("at")},
             "fuse": {"running": fuse_pid is not None, "pid": fuse_pid},
             "worker": {"running": worker_pid is not None, "pid": worker_pid,
                        "heartbeat_at": worker_status.get("at") if worker_pid else None,
@@ -96,6 +101,7 @@ def status(args, config) -> int:
         lines.append(f"  settings:   as zero-worker uses them: targetDiskUsage {human(target)}, lowWatermark "
                      f"{running_settings['lowWatermark']}, uploadDelay {running_settings['uploadDelay']:g}s, "
                      f"logLevel {running_settings['logLevel'].lower()} (from {running_settings['source']})")
+    lines.append(f"  writer:     {_writer_line(verdict, read_only)}")
     lines.append(f"  zero-fuse:  {'running (pid %d)' % fuse_pid if fuse_pid else 'not running'}")
     if worker_pid:
         age = time.time() - worker_status.get("at", 0)
@@ -109,3 +115,15 @@ def status(args, config) -> int:
             lines.append(f"    {label}  {human(logical)}, {human(local)} in the cache")
     print("\n".join(lines))
     return 0
+
+
+def _writer_line(verdict: dict, read_only: bool) -> str:
+    if read_only:
+        return "a read-only restore point (zero restore --at): nothing is written to the remotes from here"
+    role, message = verdict.get("role"), verdict.get("message", "")
+    if role is None:
+        return "not checked yet: zero-worker takes the writer lease when it starts"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(verdict.get("at", 0)))
+    label = {writer.WRITER: "this cache", writer.PENDING: "waiting", writer.REFUSED: "NOT THE WRITER",
+             writer.FENCED: "FENCED"}.get(role, role)
+    return f"{label} (as of {when}): {message}"
