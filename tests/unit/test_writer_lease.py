@@ -105,3 +105,14 @@ def test_no_remote_answering_leaves_the_writer_pending_until_one_does(tmp_path):
     missing.prepare()
     first.heartbeat()
     assert first.role == writer.WRITER and first.may_write()
+
+
+def test_a_damaged_or_newer_lease_is_refused_not_guessed_at():
+    from zero.errors import ObjectCorrupt
+
+    good = lease().encode()
+    assert writerlease.decode(good, "k") == lease()
+    with pytest.raises(ObjectCorrupt, match="not a zero writer lease"):
+        writerlease.decode(good.replace(b'"pid": 1', b'"pid": "one"'), "k")
+    with pytest.raises(ObjectCorrupt, match="newer than this zero knows"):
+        writerlease.decode(good.replace(b'"format": 1', b'"format": 9'), "k")
