@@ -88,6 +88,7 @@ class Config:
     passphrase: str | None = None            # seals the data keys in the remotes (or passphraseFile, $ZERO_PASSPHRASE)
     passphrase_file: str | None = None
     metadata_backup_interval_s: float = 60.0
+    writer_timeout_s: float = 120.0  # a writer whose heartbeat is older is presumed dead (--force may take over)
     snapshot_retention: tuple[tuple[str, int], ...] = (("hourly", 48), ("daily", 30))
     metrics_address: str = "127.0.0.1:9567"  # zero-worker's Prometheus endpoint; "" for none
     scrub_rate_bytes_per_s: int = 0  # the background scrub's read rate; 0: off (reading back costs egress)
@@ -161,6 +162,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "passphrase": ("passphrase", _string),
     "passphraseFile": ("passphrase_file", _string),
     "metadataBackupInterval": ("metadata_backup_interval_s", lambda k, v: parse_duration(k, v, minimum=1.0)),
+    "writerTimeout": ("writer_timeout_s", lambda k, v: parse_duration(k, v, minimum=2.0)),
     "snapshotRetention": ("snapshot_retention", None),  # parsed by _parse_retention
     "metricsAddress": ("metrics_address", _parse_address),
     "scrubRate": ("scrub_rate_bytes_per_s", parse_size),

@@ -21,6 +21,11 @@ class CacheFormatError(ZeroError):
     """The cache was made by another (usually newer) version of zero."""
 
 
+class NotTheWriter(ZeroError):
+    """Another machine writes this filesystem (its lease in the remotes names it),
+    or this cache is a read-only restore point."""
+
+
 class MountError(ZeroError):
     """The mountpoint or the FUSE setup is not usable."""
 

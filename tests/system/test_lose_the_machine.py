@@ -129,7 +129,8 @@ def test_lose_the_machine(tmp_path, s3):
         keyfile.unlink()  # the machine is gone; only the paper copy is left
 
         # A new machine with only the config's remotes and the recovery key.
-        second = restored_mount(tmp_path / "second", remote, "--recovery-key-file", str(saved_key))
+        # The lost machine never released its writer lease: taking over is a deliberate --force.
+        second = restored_mount(tmp_path / "second", remote, "--recovery-key-file", str(saved_key), "--force")
         mounts.append(second)
         assert describe(second.mnt / "tree") == expected
         assert diff(source, second.mnt / "tree").count("\n") == 2  # only the two hard links made in the mount
@@ -171,7 +172,7 @@ def test_what_fsync_returned_for_survives_a_kill_right_after_it(tmp_path):
             os.close(fd)  # on a dead mount
         shutil.rmtree(first.cache)
         second = restored_mount(tmp_path / "second", local_remote(first.remote), "--recovery-key-file",
-                                str(keyfile))
+                                str(keyfile), "--force")
         mounts.append(second)
         assert (second.mnt / "projects" / "thesis" / "chapter-1.tex").read_bytes() == data
     finally:

@@ -124,6 +124,10 @@ def main(argv=None) -> int:
                          "$ZERO_RECOVERY_KEY, the configured passphrase, else asked)")
     command.add_argument("--at", help="restore the newest point at or before this time (see zero snapshots)")
     command.add_argument("--fs-id", help="which filesystem, when the remotes hold several")
+    command.add_argument("--take-over", action="store_true", help="with --at: make the restored point the "
+                         "filesystem's writer (its next metadata continues from there) instead of a read-only copy")
+    command.add_argument("--force", action="store_true", help="take the filesystem over from a writer that did not "
+                         "stop cleanly and whose heartbeat is older than writerTimeout (a dead machine)")
     command.set_defaults(run=restore)
     command = commands.add_parser("snapshots", help="list the restore points in the remotes")
     command.add_argument("location", nargs="?", help="a cache folder or a config file (default: the config)")

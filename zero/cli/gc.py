@@ -26,8 +26,12 @@ def gc(args, config) -> int:
     from zero.wiring import build_context
     from zero.worker.collector import Collector
 
+    from zero.meta import writer
+
     context = build_context(config, cache)
     try:
+        # Only the writer's cache deletes: another's state does not know the writer's newest objects.
+        writer.check_one_shot(context.database, context.pool.remotes, context.fs_id)
         with bar(unit="object", desc="deleting") as progress:
             deleted = Collector(context).collect(progress=progress)
     finally:

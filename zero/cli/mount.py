@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-file", help=f"log here, rotated at 10 MiB (-d: default <cache>/{LOG_FILE_NAME})")
     parser.add_argument("--pid-file", help="also write the supervisor's pid here (removed when it stops)")
     parser.add_argument("--allow-non-empty", action="store_true", help="mount over a non-empty folder")
+    parser.add_argument("--force", action="store_true", help="take the filesystem over from a dead machine "
+                        "(its writer lease did not stop cleanly and its heartbeat is older than writerTimeout)")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
@@ -126,6 +128,7 @@ def _detach(args, mountpoint: Path, cache: CacheDir, config_path, fuse_options, 
     argv += [f"-o{','.join(fuse_options)}"] if fuse_options else []
     argv += ["--pid-file", args.pid_file] if args.pid_file else []
     argv += ["--allow-non-empty"] if args.allow_non_empty else []
+    argv += ["--force"] if args.force else []
     with open(os.devnull, "rb") as devnull_in, open(log_file, "ab") as early_errors:
         daemon = subprocess.Popen(argv, stdin=devnull_in, stdout=early_errors, stderr=early_errors,
                                   start_new_session=True, pass_fds=(ready_w,))
@@ -160,7 +163,8 @@ def _foreground(args, mountpoint: Path, cache: CacheDir, config, config_path, fu
     configure_logging(log_file, to_stderr=args.ready_fd is None)
     cache.prepare()
     lock = PidLock(cache.lock_path("mount"), "zero mount")
-    supervisor = Supervisor(mountpoint, cache, config_path, fuse_options, args.allow_non_empty)
+    supervisor = Supervisor(mountpoint, cache, config_path, fuse_options, args.allow_non_empty,
+                            force=args.force)
     supervisor.install_signal_handlers()
     try:
         lock.acquire()

@@ -7,11 +7,13 @@ import datetime
 import getpass
 import os
 import sys
+import time
 from pathlib import Path
 
 from zero import config as config_module
 from zero.cachedir import CacheDir
-from zero.errors import ZeroError
+from zero.errors import NotTheWriter, ZeroError
+from zero.meta import writer
 
 RECOVERY_KEY_ENV = "ZERO_RECOVERY_KEY"
 
@@ -57,13 +59,37 @@ def restore(args, config) -> int:
     from zero.meta import keyring, keys, restore as restoring
     from zero.wiring import build_remotes
 
+    if args.take_over and args.at is None:
+        raise ZeroError("--take-over goes with --at: a plain restore makes the new cache the writer already")
+    read_only = args.at is not None and not args.take_over
     remotes = build_remotes(config)
     fs_id = restoring.choose_fs_id(remotes, args.fs_id)
     secret = _secret(args, config, remotes, fs_id)
     cache = CacheDir(args.cache)
     cache.prepare()
+    taken_from = []
+
+    def check_lease(fs_id, sequence):
+        if read_only:
+            return  # a restore point writes nothing to the remotes: any number of them may coexist
+        holder = writer.read_holder(remotes, fs_id)
+        why_not = writer.judge(holder, "", sequence, time.time(), config.writer_timeout_s, args.force)
+        if why_not is not None:
+            raise NotTheWriter(f"not restored: {why_not}. A read-only copy is always possible: "
+                               f"zero restore --at TIME {args.cache}")
+        if holder is not None and not holder.stopped:
+            taken_from.append(writer.describe(holder, time.time()))
+
     result = restoring.restore(config.database_path(cache.root), remotes, secret, fs_id=fs_id,
-                               at=parse_time(args.at), progress=bar)
+                               at=parse_time(args.at), progress=bar,
+                               read_only=read_only, before_writing=check_lease)
+    if not read_only:
+        # Parked (stopped) until its worker starts: another machine that stopped cleanly and holds
+        # no newer metadata may still go on, and whichever writes first makes the other stale.
+        lease = writer.new_lease(result.writer_id, cache.root, result.sequence, time.time(), stopped=True)
+        if not writer.put_lease(remotes, fs_id, lease):
+            print("zero: could not write the writer lease to any remote; zero-worker takes it at start",
+                  file=sys.stderr)
     if secret.kind == keys.RECOVERY_KEY:
         path = keyring.recovery_key_path(config, fs_id)
         if not path.exists():  # this machine now keeps it where `zero key export` looks
@@ -72,6 +98,11 @@ def restore(args, config) -> int:
     print(f"Restored filesystem {fs_id} into {cache.root}: snapshot {result.snapshot} and "
           f"{len(result.journals)} journal segment(s), {result.rows} rows. Mount it with: "
           f"zero-fuse <mountpoint> {cache.root}  (and zero-worker {cache.root}); data comes back as it is read.")
+    if read_only:
+        print("This is a read-only restore point: zero-fuse mounts it read-only and nothing is written to the "
+              "remotes from it. To write from it instead, restore it again with --take-over.")
+    for holder in taken_from:
+        print(f"Took the filesystem over from {holder}: that machine, if it comes back, stops writing.")
     return 0
 
 

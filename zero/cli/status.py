@@ -8,6 +8,7 @@ import time
 
 from zero.cli.common import find_cache, human, open_state
 from zero.locking import holder_pid
+from zero.meta import writer
 from zero.meta.scrub import damage_report
 from zero.state import chunks, counters, fuseops, namespace, objects, pins, quarantine, remotes
 from zero.state.chunkstate import ChunkState
@@ -33,6 +34,8 @@ def status(args, config) -> int:
             bad_copies = quarantine.count(connection)
             damage = damage_report(connection, int(get_meta(connection, "chunk_size")))
             fuse_ops = fuseops.read_all(connection)
+            verdict = json.loads(get_meta(connection, writer.VERDICT_META) or "{}")
+            read_only = get_meta(connection, writer.MODE_META) == writer.READ_ONLY
     finally:
         database.dispose()
     usage = cache.usage().total_bytes
@@ -59,6 +62,8 @@ def status(args, config) -> int:
                          "object": item.object_key} for item in damage],
             "fuse_ops": {op: {"calls": totals.calls, "errors": totals.errors, "seconds": totals.seconds}
                          for op, totals in fuse_ops.items()},
+            "writer": {"role": writer.READ_ONLY if read_only else verdict.get("role"),
+                       "message": verdict.get("message"), "at": verdict.get("at")},
             "fuse": {"running": fuse_pid is not None, "pid": fuse_pid},
             "worker": {"running": worker_pid is not None, "pid": worker_pid,
                        "heartbeat_at": worker_status.get("at") if worker_pid else None,
@@ -114,6 +119,7 @@ def status(args, config) -> int:
         lines.append(f"  settings:   as zero-worker uses them: targetDiskUsage {human(target)}, lowWatermark "
                      f"{running_settings['lowWatermark']}, uploadDelay {running_settings['uploadDelay']:g}s, "
                      f"logLevel {running_settings['logLevel'].lower()} (from {running_settings['source']})")
+    lines.append(f"  writer:     {_writer_line(verdict, read_only)}")
     lines.append(f"  zero-fuse:  {'running (pid %d)' % fuse_pid if fuse_pid else 'not running'}")
     if worker_pid:
         age = time.time() - worker_status.get("at", 0)
@@ -137,3 +143,13 @@ def _fuse_line(ops: dict, count: dict) -> str:
     return (f"{sum(number for number, _ in calls)} operations ({busiest}), "
             f"{human(count.get('fuse_read_bytes', 0))} read, {human(count.get('fuse_written_bytes', 0))} "
             f"written{ratio}")
+def _writer_line(verdict: dict, read_only: bool) -> str:
+    if read_only:
+        return "a read-only restore point (zero restore --at): nothing is written to the remotes from here"
+    role, message = verdict.get("role"), verdict.get("message", "")
+    if role is None:
+        return "not checked yet: zero-worker takes the writer lease when it starts"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(verdict.get("at", 0)))
+    label = {writer.WRITER: "this cache", writer.PENDING: "waiting", writer.REFUSED: "NOT THE WRITER",
+             writer.FENCED: "FENCED"}.get(role, role)
+    return f"{label} (as of {when}): {message}"

@@ -125,8 +125,9 @@ class Supervisor:
     answers, ``run()`` until a signal or a child's exit, ``stop()`` in order."""
 
     def __init__(self, mount: Path, cache: CacheDir, config_path: str | None, fuse_options: list[str],
-                 allow_non_empty: bool = False):
+                 allow_non_empty: bool = False, force: bool = False):
         self.mount = mount
+        self.force = force  # zero-worker --force: take over a dead machine's filesystem
         self.cache = cache
         self.config_path = config_path
         self.fuse_options = fuse_options
@@ -177,7 +178,8 @@ class Supervisor:
         env.pop("NOTIFY_SOCKET", None)  # readiness is the supervisor's to tell systemd
         # The worker first, and zero-fuse only once it holds its lock: zero-fuse
         # then never says "zero-worker is not running" while it is starting.
-        self.worker = Child("zero-worker", [program("zero-worker"), str(self.cache.root), *self._argv_tail()], env)
+        worker_argv = [program("zero-worker"), str(self.cache.root), *self._argv_tail()]
+        self.worker = Child("zero-worker", worker_argv + (["--force"] if self.force else []), env)
         self._wait_until(lambda: holder_pid(self.cache.lock_path("worker")) == self.worker.pid,
                          "zero-worker to start")
         fuse_argv = [program("zero-fuse"), str(self.mount), str(self.cache.root), *self._argv_tail()]

@@ -11,7 +11,8 @@ from pathlib import Path
 from zero import config as config_module
 from zero import fsutil, logsetup, wakeup
 from zero.cachedir import CacheDir, require_private
-from zero.errors import ZeroError
+from zero.errors import NotTheWriter, ZeroError
+from zero.meta import writer as writer_lease
 from zero.locking import PidLock
 
 log = logging.getLogger("zero.fuse")
@@ -80,6 +81,18 @@ def run(args) -> int:
     listener.start()
     op_stats = OpStats(database)
     worker = WorkerLink(database, cache, listener, config.fault_in_timeout_s, on_fault_in=op_stats.waited_for_fault_in)
+    asked = mountpoint.parse_mount_options(args.options)
+    try:
+        if writer_lease.is_read_only(database):
+            log.info("This cache is a read-only restore point (zero restore --at): mounting it read-only")
+            asked["ro"] = True
+        elif not asked.get("ro"):
+            refuse_if_not_the_writer(database, worker, listener, config.fault_in_timeout_s)
+    except ZeroError:
+        listener.stop()
+        database.dispose()
+        lock.release()
+        raise
     operations = ZeroOperations(database, cache, config, worker, chunk_size, op_stats)
     if worker.worker_pid() is None:
         log.warning("zero-worker is not running for %s: nothing is uploaded and evicted chunks cannot be read "
@@ -90,7 +103,7 @@ def run(args) -> int:
                    default_permissions=True, debug=args.debug)
     if os.getuid() == 0:
         options["allow_other"] = True
-    options.update(mountpoint.parse_mount_options(args.options))
+    options.update(asked)
     if options.get("ro"):
         log.info("Mounting read-only: writes fail with 'Read-only file system'")
     op_stats.start()
@@ -108,6 +121,28 @@ def run(args) -> int:
         lock.release()
     log.info("Unmounted %s cleanly", mount)
     return 0
+
+
+def refuse_if_not_the_writer(database, worker, listener, timeout_s: float) -> None:
+    """A cache whose worker found another machine writing the filesystem is not
+    mounted read-write: what would be written there could never be uploaded.
+    A worker that is starting gets until ``timeout_s`` to decide; without a
+    worker, its last decision stands."""
+    def decided():
+        verdict = writer_lease.read_verdict(database)
+        running = worker.worker_pid()
+        if running is not None and (verdict is None or verdict["pid"] != running):
+            return None  # that worker has not checked the lease yet
+        return verdict or {}
+
+    try:
+        verdict = wakeup.wait_for(listener, decided, timeout_s, lambda: TimeoutError())
+    except TimeoutError:
+        log.info("zero-worker has not checked the writer lease yet; mounting, and it uploads only once it holds it")
+        return
+    if verdict.get("role") in (writer_lease.REFUSED, writer_lease.FENCED):
+        raise NotTheWriter(f"not mounted: zero-worker found that {verdict['message']}. To read this cache's "
+                           f"files meanwhile, mount it read-only (-o ro)")
 
 
 if __name__ == "__main__":

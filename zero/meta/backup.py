@@ -45,6 +45,11 @@ class MetadataBackup:
 
     # -- one step --------------------------------------------------------------------------
 
+    def may_write(self) -> bool:
+        """Only the filesystem's writer stores segments (zero.meta.writer); a context without
+        the question (restore's, the unit tests') has no lease to ask."""
+        return getattr(self.context, "may_write", lambda: True)()
+
     def _settings(self) -> dict[str, str]:
         return state_db.format_settings(self.context.database)
 
@@ -61,6 +66,9 @@ class MetadataBackup:
     def back_up(self, force_snapshot: bool = False) -> int | None:
         """Store one segment if there is anything to store; its sequence, or None.
         Raises RemoteUnavailable when no remote took it (nothing changes then)."""
+        if not self.may_write():
+            # Fenced or read-only: a segment from here would overwrite the writer's numbers.
+            raise RemoteUnavailable("this cache is not the filesystem's writer; its metadata is not backed up")
         settings = self._settings()
         now = self.clock()
         snapshot = force_snapshot or self.snapshot_due(settings, now)
@@ -157,6 +165,8 @@ class MetadataBackup:
     # -- the worker's thread -------------------------------------------------------------------
 
     def due(self, last_backup_at: float) -> bool:
+        if not self.may_write():
+            return False
         with self.context.database.read() as connection:
             if changelog.has_requests(connection):
                 return True
@@ -215,7 +225,7 @@ class BackupThread:
         try:
             with self.context.database.read() as connection:
                 changed = changelog.has_changes(connection)
-            if changed:
+            if changed and self.backup.may_write():
                 self.backup.back_up()
         except RemoteUnavailable as error:
             log.warning("Could not store the last metadata changes before stopping (%s); the next start will", error)

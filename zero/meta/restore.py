@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zero.errors import ObjectCorrupt, ObjectMissing, RemoteUnavailable, RestoreError
-from zero.meta import backup, keyring
+from zero.meta import backup, keyring, writer
 from zero.meta.segment import JOURNAL, SNAPSHOT, Segment, decode
 from zero.remote import layout
 from zero.remote.codec import Codec
@@ -122,12 +122,17 @@ class Restored:
     journals: list[int]
     rows: int
     path: Path
+    writer_id: str
+    sequence: int  # the newest segment in the remotes: where this state's own numbering continues
 
 
 def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | None = None,
-            at: float | None = None, progress=None) -> Restored:
+            at: float | None = None, progress=None, read_only: bool = False, before_writing=None) -> Restored:
     """Rebuild the state at ``database_path`` (which must not exist). ``progress``
-    is a tqdm-like factory (total=..., unit=...) or None."""
+    is a tqdm-like factory (total=..., unit=...) or None. ``read_only`` makes a
+    cache that never writes to the remotes (zero.meta.writer). ``before_writing(fs_id,
+    newest_sequence)`` runs once the segments are read and before anything is written
+    (the writer lease's check)."""
     database_path = Path(database_path)
     for existing in (database_path, Path(f"{database_path}-wal")):
         if existing.exists():
@@ -141,6 +146,8 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
     snapshot, journals = found.plan(at)
     segments = [fetch_segment(remotes, codec, fs_id, SNAPSHOT, snapshot, found.snapshots[snapshot][1])]
     segments += [fetch_segment(remotes, codec, fs_id, JOURNAL, s, found.journals[s][1]) for s in journals]
+    if before_writing is not None:
+        before_writing(fs_id, found.newest_sequence())
     total = sum(segment.row_count() for segment in segments)
     database_path.parent.mkdir(parents=True, exist_ok=True)
     building = database_path.with_name(database_path.name + ".restoring")
@@ -159,6 +166,9 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
                     if bar is not None:
                         bar.update(len(segment.rows.get(table, ())) + len(segment.deleted.get(table, ())))
             _adopt_identity(connection, found, segments, data_keys, envelope)
+            if read_only:
+                state_db.set_meta(connection, writer.MODE_META, writer.READ_ONLY)
+            writer_id = state_db.get_meta(connection, writer.WRITER_ID_META)  # made fresh with the new state
         with database.engine.connect() as connection:
             connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -168,7 +178,8 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
     os.rename(building, database_path)
     log.info("Restored filesystem %s from snapshot %d and %d journal segment(s): %d rows", fs_id, snapshot,
              len(journals), total)
-    return Restored(fs_id=fs_id, snapshot=snapshot, journals=journals, rows=total, path=database_path)
+    return Restored(fs_id=fs_id, snapshot=snapshot, journals=journals, rows=total, path=database_path,
+                    writer_id=writer_id, sequence=found.newest_sequence())
 
 
 def _adopt_identity(connection, found: Catalog, segments: list[Segment], data_keys, envelope: bytes) -> None:

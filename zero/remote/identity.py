@@ -7,13 +7,11 @@ swapped bucket all look like this)."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from zero.errors import ObjectCorrupt, ObjectMissing
-from zero.remote import layout
+from zero.remote import layout, records
 from zero.remote.base import Remote
 
 MARKER_FORMAT = 1
@@ -27,7 +25,7 @@ class Marker:
     created: float
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        return records.encode(self)
 
 
 def new_marker(fs_id: str) -> Marker:
@@ -35,27 +33,13 @@ def new_marker(fs_id: str) -> Marker:
 
 
 def decode(blob: bytes, key: str) -> Marker:
-    try:
-        fields = json.loads(blob)
-        marker = Marker(fs_id=str(fields["fs_id"]), remote_id=str(fields["remote_id"]),
-                        format=int(fields["format"]), created=float(fields["created"]))
-    except (ValueError, KeyError, TypeError):
-        raise ObjectCorrupt(f"the marker {key} is not a zero marker (damaged, or written by something else)") \
-            from None
-    if marker.format > MARKER_FORMAT:
-        raise ObjectCorrupt(f"the marker {key} has format {marker.format}, newer than this zero knows "
-                            f"({MARKER_FORMAT}); upgrade zero")
-    return marker
+    return records.decode(Marker, blob, key, "marker", MARKER_FORMAT)
 
 
 def read(remote: Remote, fs_id: str) -> Marker | None:
     """The remote's marker for ``fs_id``, or None when it has none.
     RemoteUnavailable passes through: an unreachable remote is not an empty one."""
-    key = layout.marker_key(fs_id)
-    try:
-        return decode(remote.get(key), key)
-    except ObjectMissing:
-        return None
+    return records.read(remote, layout.marker_key(fs_id), decode)
 
 
 def write(remote: Remote, marker: Marker) -> None:

@@ -168,6 +168,8 @@ def open_database(path: Path, chunk_size_bytes: int | None = None, root_uid: int
             "hash_key": secrets.token_hex(32),
             "encryption_key": secrets.token_hex(32),
             "created_ns": str(now),
+            # Names this cache in the writer lease (zero.meta.writer); a restore gets a new one.
+            "writer_id": uuid.uuid4().hex,
         }.items():
             connection.execute(insert(schema.meta).values(key=key, value=value))
         connection.execute(insert(schema.inodes).values(

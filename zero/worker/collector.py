@@ -32,6 +32,11 @@ class Collector:
         `zero gc --delete`) is told of each deletion and of how many are claimed."""
         now = time.time() if now is None else now
         grace = self.context.config.gc_grace_period_s
+        writer = self.context.writer
+        if writer is not None and not writer.confirm_now():
+            # Another machine writes the filesystem: what this state calls unused may be its data.
+            log.info("Not collecting: this cache is not the filesystem's writer (%s)", writer.role)
+            return 0
         with self.context.database.write() as connection:
             objects.mark_unreferenced(connection, now)
             # Unused for at least the grace period: a stamp exactly ``grace`` old counts,

@@ -22,6 +22,13 @@ class WorkerContext:
     codec: Codec
     fs_id: str
     chunk_size: int
+    # The lease that lets this process write to the remotes (zero.meta.writer.Writer); the
+    # worker sets it. None only for one-shot tools that checked the lease themselves.
+    writer: object | None = None
+
+    def may_write(self) -> bool:
+        """Uploads, metadata segments and deletions ask this first: the fence."""
+        return self.writer is None or self.writer.may_write()
 
     def remote_key(self, object_key: str) -> str:
         """Objects live under the filesystem's id, so several caches can share a

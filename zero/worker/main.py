@@ -24,6 +24,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="zero-worker", description="Move a zero cache's data to and from the remotes.")
     parser.add_argument("cache", help="the cache folder zero-fuse uses")
     parser.add_argument("--config", help="config.yml (default: $ZERO_CONFIG or ~/.config/zero/config.yml)")
+    parser.add_argument("--force", action="store_true",
+                        help="take the filesystem over from a writer that did not stop cleanly and whose heartbeat "
+                             "is older than writerTimeout (a dead machine); a live writer is never taken over")
     return parser.parse_args(argv)
 
 
@@ -42,6 +45,7 @@ def main(argv=None) -> int:
 def run(args) -> int:
     from zero.worker.recovery import recover
     from zero.meta.keyring import ensure_published
+    from zero.meta.writer import Writer
     from zero.worker.remotes import RemoteKeeper
     from zero.worker.service import Worker
 
@@ -69,9 +73,14 @@ def run(args) -> int:
         recover(context)
         keeper = RemoteKeeper(context)
         keeper.start()  # refuses a config that strands data; marks each remote's health
-        # The keys, sealed, in every remote that is ours and answering (never into a stranger).
-        ensure_published(context.database, [remote for remote in context.pool.remotes
-                                            if remote.name in context.pool.durable_names()], config)
+        usable = lambda: [remote for remote in context.pool.remotes  # noqa: E731 - ours and answering, now
+                          if remote.name in context.pool.durable_names()]
+        writer = Writer(context.database, context.fs_id, cache.root, config.writer_timeout_s, usable)
+        context.writer = writer
+        # The keys, sealed, in every remote that is ours and answering (never into a stranger), by the writer only.
+        writer.on_writer = lambda: ensure_published(context.database, usable(), config)
+        writer.on_change = lambda: (context.wake_fuse(), listener.poke())  # the uploader may go, or must stop
+        writer.start(force=args.force)  # NotTheWriter when another machine holds the lease
         listener.start()
         names = ", ".join(f"{remote.name} ({remote!r})" for remote in context.pool.remotes)
         log.info("Worker started for %s: remotes %s; keeping the cache under %d MiB", cache.root, names,
@@ -89,6 +98,7 @@ def run(args) -> int:
         log.info("Stopping: finishing the uploads and fault-ins under way")
         worker.stop()
         metrics.stop()
+        writer.release()  # after the last metadata segment: the lease names it
     finally:
         listener.stop()
         context.database.dispose()

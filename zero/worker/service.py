@@ -25,6 +25,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from zero import wakeup
 from zero.errors import RemoteUnavailable
 from zero.meta.backup import BackupThread
+from zero.meta.writer import FENCED, REFUSED
 from zero.state import chunks, db as state_db
 from zero.worker.collector import Collector
 from zero.worker.context import WorkerContext
@@ -75,6 +76,9 @@ class Worker:
         self._scheduler.add_job(self.heartbeat, "interval", seconds=HEARTBEAT_INTERVAL_S, id="heartbeat")
         self._scheduler.add_job(self._collect_safely, "interval", seconds=GC_INTERVAL_S, id="gc")
         self._scheduler.add_job(self._probe_remotes, "interval", seconds=PROBE_INTERVAL_S, id="remotes")
+        if self.context.writer is not None:
+            self._scheduler.add_job(self._keep_lease, "interval", seconds=self.context.writer.heartbeat_interval_s,
+                                    id="writer-lease")
         self._scheduler.start()
         self.meta_backup.start()
         self.scrub.start()
@@ -155,7 +159,7 @@ class Worker:
         pins_applied_at = 0.0
         while not self.stopping.is_set():
             generation = self.listener.generation
-            if self.evictor.over_target():
+            if self.evictor.over_target() and not self._fenced():
                 self.evictor.evict()
             if time.monotonic() - pins_applied_at > 10 or self._pins_changed():
                 if apply_pins(self.context):
@@ -189,6 +193,18 @@ class Worker:
                 self.listener.poke()
         except Exception:
             log.exception("Checking the remotes failed; trying again in %.0fs", PROBE_INTERVAL_S)
+
+    def _keep_lease(self) -> None:
+        try:
+            self.context.writer.heartbeat()
+        except Exception:
+            log.exception("Refreshing the writer lease failed; trying again in %.0fs",
+                          self.context.writer.heartbeat_interval_s)
+
+    def _fenced(self) -> bool:
+        """Taken over: keep what is local, since the new writer's collector may delete objects
+        that only this cache's state names."""
+        return self.context.writer is not None and self.context.writer.role in (FENCED, REFUSED)
 
     def _collect_safely(self) -> None:
         try:

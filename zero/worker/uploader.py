@@ -46,7 +46,10 @@ class Uploader:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def due(self, hurry: bool) -> list:
-        """Chunks to upload now: the requested ones first, then the quiet ones."""
+        """Chunks to upload now: the requested ones first, then the quiet ones.
+        None while this worker may not write to the remotes (zero.meta.writer)."""
+        if not self.context.may_write():
+            return []
         config = self.context.config
         now = time.time()
         with self.context.database.read() as connection:
@@ -60,7 +63,9 @@ class Uploader:
         return due[:BATCH]
 
     def next_due_in(self) -> float | None:
-        """Seconds until the next dirty chunk becomes quiet enough, if any."""
+        """Seconds until the next dirty chunk becomes quiet enough, if any (none while fenced)."""
+        if not self.context.may_write():
+            return None
         with self.context.database.read() as connection:
             rows = chunks.uploadable(connection, limit=1)
         if not rows:
@@ -92,6 +97,8 @@ class Uploader:
         """
         done = 0
         unavailable: RemoteUnavailable | None = None
+        if not self.context.may_write():
+            return 0
         for start in range(0, len(rows), GROUP):
             group_done, error = self._upload_group(rows[start:start + GROUP])
             done += group_done
