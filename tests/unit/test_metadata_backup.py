@@ -8,6 +8,7 @@ import dataclasses
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from zero.state import changelog, chunks, namespace, objects
 from zero.state import db as state_db
 from zero.wiring import build_context
 from zero.worker.remotes import RemoteKeeper
+from zero.worker.collector import Collector
 from zero.worker.uploader import Uploader
 
 CHUNK = 64 * 1024
@@ -329,3 +331,43 @@ def test_objects_a_retained_point_references_are_protected(context):
         assert changelog.referenced_by_retained_snapshots(connection, ["before", "after", "long-gone"]) == {"before"}
         changelog.forget_points(connection, [1])
         assert changelog.referenced_by_retained_snapshots(connection, ["before"]) == set()
+
+
+def test_an_hour_old_point_restores_its_data_although_gc_ran_in_between(tmp_path, context):
+    """Issue 10: `zero restore --at` an hour-old point shows the old contents, though the
+    file was overwritten since and the collector ran past its grace period. The clocks are
+    simulated: the backup's, the collector's, and the remote's mtimes (which --at plans on)."""
+    start = time.time() + 60  # the objects' `created` stamps are real time: the simulated clock runs after them
+    clock = [start]
+    worker = MetadataBackup(context, clock=lambda: clock[0])
+    ino = make_inode(context, b"notes.txt")
+    old = b"version 1, an hour ago. " * 100
+    write_chunk(context, ino, 0, old)
+    upload_all(context)
+    assert worker.back_up() == 1
+    with context.database.read() as connection:
+        old_key = chunks.get(connection, ino, 0).object_key
+
+    clock[0] += 2 * backup.SNAPSHOT_EVERY_S
+    write_chunk(context, ino, 0, b"version 2, now. " * 100)
+    upload_all(context)
+    assert worker.back_up() == 2  # an hour later: another snapshot, and the old one stays retained
+    remote = context.pool.remotes[0]
+    for sequence, at in ((1, start), (2, clock[0])):
+        os.utime(remote.path_of(layout.snapshot_key(context.fs_id, sequence)), (at, at))
+
+    collector = Collector(context)
+    grace = context.config.gc_grace_period_s
+    collector.collect(now=clock[0] + 1)              # stamps the old object unreferenced
+    collector.collect(now=clock[0] + 2 * grace + 2)  # long past the grace period
+    assert remote.head(context.remote_key(old_key)) is not None, "gc deleted what an hour-old point needs"
+
+    result, restored = restore_into(tmp_path, context, at=start + 60)
+    try:
+        with restored.read() as connection:
+            row = chunks.get(connection, ino, 0)
+        assert row.object_key == old_key
+        blob = remote.get(context.remote_key(old_key))
+        assert context.codec.open(blob, expected_key=old_key) == old
+    finally:
+        restored.dispose()
