@@ -76,6 +76,13 @@ def restored_mount(root: Path, remote: Path, *restore_args: str, **config) -> Ze
     return mount
 
 
+def assert_fsck_clean(mount: ZeroMount) -> None:
+    """A restored state, used and stopped, is consistent with its cache and the remote."""
+    mount.close()
+    result = mount.zero("fsck", str(mount.cache), check=False)
+    assert result.returncode == 0 and "No problems found." in result.stdout, result.stdout + result.stderr
+
+
 def close_all(mounts) -> list[str]:
     """Close every mount; the log lines (warnings, errors) nobody expected."""
     problems = []
@@ -132,6 +139,7 @@ def test_lose_the_machine(tmp_path):
         assert (third.mnt / "tree" / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
         listing = third.zero("snapshots", str(third.cache)).stdout
         assert "snapshot" in listing and "the newest point" in listing
+        assert_fsck_clean(third)
     finally:
         problems = close_all(mounts)
     assert not problems, "zero logged unexpected warnings or errors:\n" + "\n".join(problems)
@@ -161,6 +169,7 @@ def test_what_fsync_returned_for_survives_a_kill_right_after_it(tmp_path):
         second = restored_mount(tmp_path / "second", first.remote, "--recovery-key-file", str(keyfile))
         mounts.append(second)
         assert (second.mnt / "projects" / "thesis" / "chapter-1.tex").read_bytes() == data
+        assert_fsck_clean(second)
     finally:
         problems = close_all(mounts)
     assert not problems, "zero logged unexpected warnings or errors:\n" + "\n".join(problems)

@@ -5,6 +5,7 @@
     zero unpin <path>...
     zero sync <mountpoint> upload everything written so far, then return
     zero key export|change-passphrase <cache>
+    zero fsck <cache>      check (and with --repair, repair) the state, the cache and the remotes
     zero restore <cache>   rebuild a lost machine's state from the remotes
     zero snapshots [cache or config]
     zero mount <mountpoint> <cache> [-d]   zero-worker and zero-fuse together; zero umount <mountpoint>
@@ -16,6 +17,7 @@ import argparse
 import sys
 
 from zero import logsetup, wiring
+from zero.cli import fsck
 from zero.cli.drain import drain
 from zero.cli.gc import gc
 from zero.cli.key import change_passphrase, export
@@ -109,6 +111,10 @@ def main(argv=None) -> int:
     command.add_argument("--at", help="restore the newest point at or before this time (see zero snapshots)")
     command.add_argument("--fs-id", help="which filesystem, when the remotes hold several")
     command.set_defaults(run=restore)
+    command = commands.add_parser("fsck", help="check the state, the cache and the remotes against each other; "
+                                  "--repair repairs what loses nothing")
+    fsck.add_arguments(command)
+    command.set_defaults(run=fsck.fsck, error_exit=fsck.OPERATIONAL_ERROR)
     command = commands.add_parser("snapshots", help="list the restore points in the remotes")
     command.add_argument("location", nargs="?", help="a cache folder or a config file (default: the config)")
     command.add_argument("--fs-id", help="which filesystem, when the remotes hold several")
@@ -121,10 +127,10 @@ def main(argv=None) -> int:
         return args.run(args, config)
     except ZeroError as error:
         print(f"zero: {error}", file=sys.stderr)
-        return EXIT_ERROR
+        return getattr(args, "error_exit", EXIT_ERROR)
     except OSError as error:
         print(f"zero: {error.filename or ''}: {error.strerror}", file=sys.stderr)
-        return EXIT_ERROR
+        return getattr(args, "error_exit", EXIT_ERROR)
 
 
 if __name__ == "__main__":
