@@ -108,7 +108,7 @@ def _verdict(finding, args) -> str:
     if finding.repaired:
         return f"repaired: {finding.repair}"
     if finding.fix is None:
-        return "cannot be repaired safely; it needs a person (see docs/operations.md, zero fsck)"
+        return "cannot be repaired safely; it needs a person (docs/operations.md, section zero fsck, says what to do)"
     if finding.lost is not None:
         return f"left as it is; --repair --accept-loss would {finding.repair}"
     return f"--repair would {finding.repair}"

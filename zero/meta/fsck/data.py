@@ -32,15 +32,14 @@ def rows_belong_to_existing_inodes(context: Context, connection: Connection):
 def nothing_is_mid_move(context: Context, connection: Connection):
     """No process runs, so no write lease is held and no upload or fault-in is under way."""
     for row in _chunk_rows(context, connection):
-        where = _where(context, row)
         if row.state == U.value:
-            yield Finding(f"{where} is marked uploading, but no worker runs",
+            yield Finding(f"{_where(context, row)} is marked uploading, but no worker runs",
                           "mark it dirty: the worker uploads it again", _move(row, U, D))
         elif row.state == F.value:
-            yield Finding(f"{where} is marked being fetched, but no worker runs",
+            yield Finding(f"{_where(context, row)} is marked being fetched, but no worker runs",
                           "mark it evicted: it is fetched when read", _move(row, F, R))
         if row.leased:
-            yield Finding(f"{where} is leased for writing, but zero-fuse does not run",
+            yield Finding(f"{_where(context, row)} is leased for writing, but zero-fuse does not run",
                           "release the lease", lambda c, row=row: chunks.release_leases(c, row.ino, [row.idx]))
 
 
@@ -48,10 +47,11 @@ def local_chunks_have_their_files(context: Context, connection: Connection):
     files = _chunk_file_sizes(context)
     sizes, holders = state_fsck.object_sizes(connection), state_fsck.placements(connection)
     for row in _chunk_rows(context, connection):
-        if not chunks.is_local(row):
-            continue
-        where, size = _where(context, row), files.get((row.ino, row.idx))
-        key = row.object_key
+        size, key = files.get((row.ino, row.idx)), row.object_key
+        if not chunks.is_local(row) or (size is not None and size <= context.chunk_size
+                                        and (row.state != C.value or sizes.get(key, size) == size)):
+            continue  # the common case, decided without a path or a listing
+        where = _where(context, row)
         copy = context.remotes.copy(key, holders.get(key, ())) if key in sizes else Copy.ABSENT
         if size is None and chunks.is_unuploaded(row):
             yield _lost(context, connection, row, f"{where}: its cache file is missing and it was never uploaded")
