@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection
 
 from zero.cachedir import CacheDir
+from zero.meta.fsck.remotes import RemoteView
 from zero.state import fsck as state_fsck
 from zero.state.namespace import ROOT_INO
 
@@ -104,7 +105,7 @@ class Context:
 
     cache: CacheDir
     chunk_size: int
-    remotes: object  # a RemoteView
+    remotes: RemoteView
     progress: Callable | None = None
     _names: Names | None = None
     _connection: Connection | None = None

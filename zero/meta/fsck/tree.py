@@ -107,8 +107,8 @@ def _loop_tops(unreached: set[int], names_of) -> set[int]:
 
 def no_orphan_inodes(context: Context, connection: Connection):
     inodes = _inodes(context, connection)
-    named = {entry.ino for entry in state_fsck.entries(connection)}
-    parents = {entry.parent for entry in state_fsck.entries(connection)}
+    entries = list(state_fsck.entries(connection))
+    named, parents = {entry.ino for entry in entries}, {entry.parent for entry in entries}
     for ino in sorted(set(inodes) - named - {ROOT_INO}):
         row = inodes[ino]
         chunk_count = len(chunks.all_rows_of(connection, ino))
