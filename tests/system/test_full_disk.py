@@ -105,6 +105,9 @@ def test_a_fast_writer_on_a_full_cache_disk_gets_enospc_and_the_state_stays_whol
         finally:
             database.close()
         assert wrong == [], f"link counts in the state disagree with the directory entries: {wrong}"
+        m.unmount()
+        result = m.zero("fsck", str(m.cache), check=False)
+        assert result.returncode == 0 and "No problems found." in result.stdout, result.stdout + result.stderr
     finally:
         m.close()
     problems = m.unexpected_log_lines(allowed)

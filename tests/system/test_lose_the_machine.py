@@ -87,6 +87,13 @@ def restored_mount(root: Path, remote: dict, *restore_args: str, **config) -> Ze
     return mount
 
 
+def assert_fsck_clean(mount: ZeroMount) -> None:
+    """A restored state, used and stopped, is consistent with its cache and the remote."""
+    mount.close()
+    result = mount.zero("fsck", str(mount.cache), check=False)
+    assert result.returncode == 0 and "No problems found." in result.stdout, result.stdout + result.stderr
+
+
 def close_all(mounts) -> list[str]:
     """Close every mount; the log lines (warnings, errors) nobody expected."""
     problems = []
@@ -145,6 +152,7 @@ def test_lose_the_machine(tmp_path, s3):
         assert sha256_of(third.mnt / "tree" / "big.bin") == sha256_of(source / "big.bin")
         listing = third.zero("snapshots", str(third.cache)).stdout
         assert "snapshot" in listing and "the newest point" in listing
+        assert_fsck_clean(third)
     finally:
         problems = close_all(mounts)
     assert not problems, "zero logged unexpected warnings or errors:\n" + "\n".join(problems)
@@ -175,6 +183,7 @@ def test_what_fsync_returned_for_survives_a_kill_right_after_it(tmp_path):
                                 str(keyfile), "--force")
         mounts.append(second)
         assert (second.mnt / "projects" / "thesis" / "chapter-1.tex").read_bytes() == data
+        assert_fsck_clean(second)
     finally:
         problems = close_all(mounts)
     assert not problems, "zero logged unexpected warnings or errors:\n" + "\n".join(problems)

@@ -7,6 +7,7 @@
     zero sync <mountpoint> upload everything written so far, then return
     zero key export|change-passphrase <cache>
     zero scrub <cache>     verify every stored copy, repair bad ones
+    zero fsck <cache>      check (and with --repair, repair) the state, the cache and the remotes
     zero restore <cache>   rebuild a lost machine's state from the remotes
     zero snapshots [cache or config]
     zero mount <mountpoint> <cache> [-d]   zero-worker and zero-fuse together; zero umount <mountpoint>
@@ -18,6 +19,7 @@ import argparse
 import sys
 
 from zero import fsutil, logsetup, wiring
+from zero.cli import fsck
 from zero.cli.drain import drain
 from zero.cli.gc import gc
 from zero.cli.key import change_passphrase, export
@@ -129,6 +131,10 @@ def main(argv=None) -> int:
     command.add_argument("--force", action="store_true", help="take the filesystem over from a writer that did not "
                          "stop cleanly and whose heartbeat is older than writerTimeout (a dead machine)")
     command.set_defaults(run=restore)
+    command = commands.add_parser("fsck", help="check the state, the cache and the remotes against each other; "
+                                  "--repair repairs what loses nothing")
+    fsck.add_arguments(command)
+    command.set_defaults(run=fsck.fsck, error_exit=fsck.OPERATIONAL_ERROR)
     command = commands.add_parser("snapshots", help="list the restore points in the remotes")
     command.add_argument("location", nargs="?", help="a cache folder or a config file (default: the config)")
     command.add_argument("--fs-id", help="which filesystem, when the remotes hold several")
@@ -142,10 +148,10 @@ def main(argv=None) -> int:
         return args.run(args, config)
     except ZeroError as error:
         print(f"zero: {error}", file=sys.stderr)
-        return EXIT_ERROR
+        return getattr(args, "error_exit", EXIT_ERROR)
     except OSError as error:
         print(f"zero: {error.filename or ''}: {error.strerror}", file=sys.stderr)
-        return EXIT_ERROR
+        return getattr(args, "error_exit", EXIT_ERROR)
 
 
 if __name__ == "__main__":

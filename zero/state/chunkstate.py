@@ -27,6 +27,7 @@ class Owner(str, enum.Enum):
 
     FUSE = "fuse"
     WORKER = "worker"
+    FSCK = "fsck"  # `zero fsck --repair`, run while neither process holds the cache
 
 
 D, U, C, R, F = ChunkState.DIRTY, ChunkState.UPLOADING, ChunkState.CLEAN, ChunkState.REMOTE, ChunkState.FETCHING
@@ -34,14 +35,16 @@ D, U, C, R, F = ChunkState.DIRTY, ChunkState.UPLOADING, ChunkState.CLEAN, ChunkS
 # (from, to) -> the processes that may make the move; an edge may have several owners.
 TRANSITIONS: dict[tuple[ChunkState, ChunkState], frozenset[Owner]] = {
     (D, D): frozenset({Owner.FUSE}),                # take the write lease again (bumps the version)
-    (C, D): frozenset({Owner.FUSE}),                # a write to an uploaded chunk
-    (U, D): frozenset({Owner.FUSE, Owner.WORKER}),  # fuse: a write during an upload; worker: upload failed
+    # fuse: a write to an uploaded chunk; fsck: its object is on no remote, upload the cache file again
+    (C, D): frozenset({Owner.FUSE, Owner.FSCK}),
+    # fuse: a write during an upload; worker: upload failed; fsck: an upload a stop interrupted
+    (U, D): frozenset({Owner.FUSE, Owner.WORKER, Owner.FSCK}),
     (D, U): frozenset({Owner.WORKER}),              # upload starts
     (U, C): frozenset({Owner.WORKER}),              # upload done, version unchanged
-    (C, R): frozenset({Owner.WORKER}),              # eviction
+    (C, R): frozenset({Owner.WORKER, Owner.FSCK}),  # eviction; fsck: the file is gone, a remote holds the object
     (R, F): frozenset({Owner.WORKER}),              # fault-in starts
     (F, C): frozenset({Owner.WORKER}),              # fault-in done
-    (F, R): frozenset({Owner.WORKER}),              # fault-in failed or was interrupted
+    (F, R): frozenset({Owner.WORKER, Owner.FSCK}),  # fault-in failed or was interrupted
 }
 
 # The state a chunk row is created in, by its owner: fuse's first write to a hole.
