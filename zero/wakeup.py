@@ -52,6 +52,7 @@ class WakeListener:
         self._condition = threading.Condition()
         self._generation = 0
         self._observer: Observer | None = None
+        self._also: list[threading.Event] = []
 
     def start(self) -> None:
         self.wake_dir.mkdir(parents=True, exist_ok=True)
@@ -69,10 +70,18 @@ class WakeListener:
             self._observer.join(timeout=5)
             self._observer = None
 
+    def also_set(self, event: threading.Event) -> None:
+        """Set ``event`` on every wake-up too: for a loop that waits on its own
+        work finishing as well as on the other process."""
+        if event not in self._also:
+            self._also.append(event)
+
     def poke(self) -> None:
         with self._condition:
             self._generation += 1
             self._condition.notify_all()
+        for event in self._also:
+            event.set()
 
     @property
     def generation(self) -> int:

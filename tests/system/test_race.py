@@ -461,7 +461,7 @@ def test_a_file_unlinked_while_open_is_still_read_and_written_through_its_handle
             uncache(fd)
             got = read_all(fd, len(model))
         assert digest(got) == digest(model), f"the unlinked file read whole: {first_difference(got, bytes(model))}"
-        # Before the last close, which deletes the rows (on a busy machine, before a query after it).
+        # Before the last close: right after it zero-fuse deletes these rows.
         keys = {key for (key,) in state.query(
             "SELECT object_key FROM chunks WHERE ino = ? AND object_key IS NOT NULL", ino)}
     finally:

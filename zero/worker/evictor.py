@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from zero.errors import StateConflict
 from zero.state import chunks, counters, objects
@@ -18,12 +19,15 @@ from zero.worker.context import WorkerContext
 log = logging.getLogger(__name__)
 
 BATCH = 256
+MEASURE_EVERY_S = 1.0  # make_room trusts its running estimate this long before walking the cache again
 
 
 class Evictor:
     def __init__(self, context: WorkerContext):
         self.context = context
         self.last_usage = 0
+        self._room_estimate = 0
+        self._room_measured_at = float("-inf")
 
     @property
     def target(self) -> int:
@@ -33,22 +37,38 @@ class Evictor:
     def low_watermark(self) -> int:
         return int(self.target * self.context.config.low_watermark)
 
-    def over_target(self) -> bool:
+    def measure(self) -> int:
         self.last_usage = self.context.cache.usage().total_bytes
-        return self.last_usage > self.target
+        return self.last_usage
 
-    def make_room(self, incoming_bytes: int) -> None:
-        """Before a fault-in: evict so that ``incoming_bytes`` more still fit under the target."""
-        usage = self.context.cache.usage().total_bytes
-        self.last_usage = usage
-        if usage + incoming_bytes > self.target:
-            self.evict(max(0, min(self.low_watermark, self.target - incoming_bytes)))
+    def over_target(self) -> bool:
+        return self.measure() > self.target
 
-    def evict(self, goal_bytes: int | None = None) -> int:
-        """Evict until usage is at or under ``goal_bytes`` (the low watermark);
-        returns how many chunks went."""
+    def make_room(self, incoming_bytes: int, in_flight_bytes: int = 0) -> None:
+        """Before fault-ins: evict so that ``incoming_bytes`` more still fit under
+        the target, counting ``in_flight_bytes`` of fault-ins started earlier that
+        may not have landed yet.
+
+        Walking the cache costs milliseconds and a sequential reader faults in
+        dozens of chunks a second, so between walks the fetcher's own estimate is
+        used: the last walk, plus what was in flight then, plus what it started
+        since (an upper bound; fuse's writes are dirty data, which the keeper's
+        walks account for)."""
+        now = time.monotonic()
+        if now - self._room_measured_at > MEASURE_EVERY_S or self._room_estimate + incoming_bytes > self.target:
+            self._room_estimate = self.measure() + in_flight_bytes
+            self._room_measured_at = now
+        if self._room_estimate + incoming_bytes > self.target:
+            self.evict(max(0, min(self.low_watermark, self.target - incoming_bytes)), usage=self._room_estimate)
+            self._room_estimate = self.last_usage
+        self._room_estimate += incoming_bytes
+
+    def evict(self, goal_bytes: int | None = None, usage: int | None = None) -> int:
+        """Evict until usage (measured, unless the caller just did) is at or
+        under ``goal_bytes`` (the low watermark); returns how many chunks went."""
         goal = self.low_watermark if goal_bytes is None else goal_bytes
-        usage = self.context.cache.usage().total_bytes
+        if usage is None:
+            usage = self.measure()
         evicted = 0
         while usage > goal:
             durable_on = self.context.pool.durable_names()

@@ -6,16 +6,20 @@ deleted meanwhile never gets a stray file.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
+import threading
 
-from zero.fsutil import disk_bytes, fsync_dir
+from zero.fsutil import disk_bytes
 from zero.errors import ObjectCorrupt, ObjectMissing, RemoteUnavailable, StateConflict
 from zero.state import chunks, counters, namespace, objects, quarantine, requests
 from zero.worker import crashpoints
 from zero.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
+
+FETCH_THREADS = 6  # downloads, verifies and durable writes overlap; a reader may use any of them
 
 
 class Fetcher:
@@ -67,7 +71,8 @@ class Fetcher:
                 crashpoints.crash("fetch.renamed")
                 requests.done_fetch(connection, ino, idx)
                 counters.bump(connection, "fault_ins")
-            fsync_dir(os.path.dirname(path))
+            # No fsync of the folder: a rename that a power cut loses leaves a clean
+            # row without its file, which worker recovery completes as an eviction.
             self.fetched_bytes += len(data)
         except (ObjectMissing, ObjectCorrupt) as error:
             away = set(holders) - self.still_ours(holders)
@@ -131,3 +136,69 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+class FetchDispatcher:
+    """Keeps up to FETCH_THREADS fetches in flight and starts the next request the
+    moment one finishes, rather than in rounds that wait for their slowest fetch
+    (a sequential reader was starved between rounds). Lower priorities (prefetch,
+    pins, priming) leave one thread free, so a reader never queues behind them."""
+
+    def __init__(self, fetcher: Fetcher, make_room, threads: int = FETCH_THREADS):
+        self.fetcher = fetcher
+        self.make_room = make_room  # evict before fault-ins, so they do not push the cache over its target
+        self.threads = threads
+        self.wanted = threading.Event()  # a request arrived or a fetch finished: look again
+
+    def run(self, stopping: threading.Event, listener, idle_s: float, retry_s: float) -> None:
+        listener.also_set(self.wanted)
+        in_flight: dict[tuple[int, int], tuple[int, concurrent.futures.Future]] = {}
+        with concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="zero-fetch") as pool:
+            while not stopping.is_set():
+                self.wanted.clear()
+                if self._reap(in_flight):
+                    listener.wait(listener.generation, retry_s)
+                    continue
+                started = self._start(pool, in_flight)
+                if not started:
+                    self.wanted.wait(idle_s)
+            for _priority, future in in_flight.values():
+                future.cancel()
+
+    def _reap(self, in_flight) -> bool:
+        """Forget finished fetches; True if a remote was unavailable (try later)."""
+        unavailable = False
+        for key, (_priority, future) in list(in_flight.items()):
+            if future.done():
+                del in_flight[key]
+                try:
+                    future.result()
+                except RemoteUnavailable:
+                    unavailable = True
+        return unavailable
+
+    def _start(self, pool, in_flight) -> int:
+        free = self.threads - len(in_flight)
+        if free <= 0:
+            return 0
+        low = sum(1 for priority, _ in in_flight.values() if priority > requests.READER)
+        chosen = []
+        for row in self.fetcher.pending(limit=len(in_flight) + 2 * self.threads):
+            if len(chosen) == free:
+                break
+            if (row.ino, row.idx) in in_flight:
+                continue
+            if row.priority > requests.READER:
+                if low >= self.threads - 1:
+                    continue
+                low += 1
+            chosen.append(row)
+        if not chosen:
+            return 0
+        chunk_size = self.fetcher.context.chunk_size
+        self.make_room(len(chosen) * chunk_size, in_flight_bytes=len(in_flight) * chunk_size)
+        for row in chosen:
+            future = pool.submit(self.fetcher.fetch, row.ino, row.idx)
+            future.add_done_callback(lambda _future: self.wanted.set())
+            in_flight[(row.ino, row.idx)] = (row.priority, future)
+        return len(chosen)

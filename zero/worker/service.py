@@ -13,7 +13,6 @@ that `zero status` reads.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from zero.state import chunks, db as state_db
 from zero.worker.collector import Collector
 from zero.worker.context import WorkerContext
 from zero.worker.evictor import Evictor
-from zero.worker.fetcher import Fetcher
+from zero.worker.fetcher import FetchDispatcher, Fetcher
 from zero.worker.pins import apply_pins, prime
 from zero.worker.remotes import PROBE_INTERVAL_S, RemoteKeeper
 from zero.worker.scrubbing import ScrubThread
@@ -45,7 +44,6 @@ HEARTBEAT_INTERVAL_S = 2.0
 GC_INTERVAL_S = 600.0
 KEEPER_MIN_INTERVAL_S = 0.05
 UPLOADER_MIN_INTERVAL_S = 0.02  # idle re-checks at most this often, however many closes wake it  # a burst of wake-ups (every close wakes) re-walks the cache at most this often
-FETCH_THREADS = 4
 
 
 class Worker:
@@ -57,6 +55,7 @@ class Worker:
         self.evictor = Evictor(context)
         self.scrub = ScrubThread(context, still_ours=keeper.still_ours)  # quarantine, repair, scrubRate
         self.fetcher = Fetcher(context, still_ours=keeper.still_ours, copies_read=self.scrub.copies_read)
+        self.fetches = FetchDispatcher(self.fetcher, self.evictor.make_room)
         self.collector = Collector(context)
         self.meta_backup = BackupThread(context, listener)  # metadata to the remotes (zero/meta/backup.py)
         self.stopping = threading.Event()
@@ -114,24 +113,7 @@ class Worker:
     # --- loops -------------------------------------------------------------------------
 
     def _fetch_loop(self) -> None:
-        with concurrent.futures.ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="zero-fetch") as pool:
-            while not self.stopping.is_set():
-                generation = self.listener.generation
-                pending = self.fetcher.pending(limit=FETCH_THREADS * 2)
-                if not pending:
-                    self._wait(generation, IDLE_RECHECK_S)
-                    continue
-                # Make room first: fault-ins must not push the cache over its target.
-                self.evictor.make_room(len(pending) * self.context.chunk_size)
-                futures = [pool.submit(self.fetcher.fetch, row.ino, row.idx) for row in pending]
-                failed = False
-                for future in futures:
-                    try:
-                        future.result()
-                    except RemoteUnavailable:
-                        failed = True
-                if failed:
-                    self._wait(self.listener.generation, RETRY_AFTER_REMOTE_ERROR_S)
+        self.fetches.run(self.stopping, self.listener, idle_s=IDLE_RECHECK_S, retry_s=RETRY_AFTER_REMOTE_ERROR_S)
 
     def _upload_loop(self) -> None:
         while not self.stopping.is_set():
