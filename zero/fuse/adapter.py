@@ -39,6 +39,12 @@ STAT_BLOCK_SIZE = 128 * 1024
 MAX_REQUEST_BYTES = 1024 * 1024
 STATFS_BLOCK_BYTES = 4096
 STATFS_INODES = 2**40
+# Names change only through this mount (one zero-fuse per cache, and the kernel
+# updates its own dentries on every create, unlink and rename it passes on), so
+# the kernel may keep names and "no such name" for long: a stat after a create
+# costs no LOOKUP. Attributes keep the short timeout: st_blocks changes when the
+# worker evicts, and other names of a hard-linked file are invalidated by hand.
+ENTRY_TIMEOUT_S = 30.0
 
 
 class ZeroOperations(Operations):
@@ -70,8 +76,8 @@ class ZeroOperations(Operations):
             # rename into an unlink and keeps the name out of sight (see Names._hide).
             config.nullpath_ok = 1      # handle-based calls work on unlinked files
             config.attr_timeout = ATTR_TIMEOUT_S
-            config.entry_timeout = ATTR_TIMEOUT_S
-            config.negative_timeout = ATTR_TIMEOUT_S
+            config.entry_timeout = ENTRY_TIMEOUT_S
+            config.negative_timeout = ENTRY_TIMEOUT_S
             config.kernel_cache = 0
             config.auto_cache = 0
         if conn_info is not None:
