@@ -139,13 +139,14 @@ class Flusher:
         with self._closed_lock:
             self._closing.clear()
             closed, self._closed = self._closed, {}
+        accesses, self.accesses = self.accesses, {}
+        # The tree's lock before any inode's: unlink holds it while it waits for an inode's lock.
+        with self.tree.lock:
+            pending = [self.tree.inodes[ino] for ino in list(self.tree.unflushed) if ino in self.tree.inodes]
         locked = [inode for inode in closed.values() if inode.lock.acquire(blocking=False)]
         try:
             due = {inode.ino: list(inode.leases) for inode in locked
                    if inode.write_handles == 0 and inode.leases and inode.ino in self.tree.inodes}
-            accesses, self.accesses = self.accesses, {}
-            with self.tree.lock:
-                pending = [self.tree.inodes[ino] for ino in list(self.tree.unflushed) if ino in self.tree.inodes]
             releasing = [inode for inode in locked if inode.ino in due]
             if accesses or pending or releasing:
                 with self.tree.changing(*pending, *releasing) as connection:
