@@ -8,7 +8,9 @@ import hashlib
 import os
 
 from support import zero_mounted
-from workerkit import wait_until
+from workerkit import State, wait_until
+
+from zero.cachedir import CacheDir
 
 CHUNK = 64 * 1024
 
@@ -148,3 +150,56 @@ def test_close_clears_the_dead_mount_of_a_crashed_zero_fuse(tmp_path):
     finally:
         fs.close()
     assert not zero_mounted(fs.mnt), "close() left the dead mount of a killed zero-fuse behind"
+
+
+def test_kill_9_with_closes_and_attribute_changes_not_yet_committed(make_mount):
+    """Closes, chmod, chown and utimens are committed in batches (zero/fuse/flusher.py).
+    Killed with a batch pending: every closed file keeps its bytes and size (the
+    create committed its first chunk's row; the reconciler releases the leases and
+    restores sizes), what fsync returned for keeps its attributes too, and the
+    state is consistent: the worker uploads everything and nothing is left leased."""
+    fs = make_mount(worker=False, chunkSize="64KiB")
+    fs.unmount()
+    fs.env["ZERO_TEST_CLOSE_BATCH_S"] = "600"  # nothing batched is committed before the kill
+    fs.start_fuse()
+    closed = {f"closed-{n}": os.urandom(n * 3001) for n in range(12)}  # n = 0: an empty file
+    for name, data in closed.items():
+        write_file(fs.mnt / name, data, fsync=False)
+    synced = fs.mnt / "synced"
+    write_file(synced, os.urandom(CHUNK + 5), fsync=False)
+    os.chmod(synced, 0o600)
+    os.utime(synced, ns=(1_000_000_000, 2_000_000_000))
+    with open(synced, "rb+") as out:
+        os.fsync(out.fileno())
+    unsynced_mode = fs.mnt / "closed-3"
+    os.chmod(unsynced_mode, 0o640)
+
+    state = State(fs.cache)
+    # Sizes are committed with the closes' batch: a size still 0 in the state is a close not yet committed.
+    regular_empty = "SELECT count(*) FROM inodes WHERE size = 0 AND mode & 61440 = 32768"  # S_IFREG
+    pending_at_kill = state.query(regular_empty)[0][0]
+    fs.kill_fuse()
+    assert pending_at_kill >= len(closed) - 1, "the closes were committed before the kill: nothing was pending"
+
+    fs.start_fuse()
+    for name, data in closed.items():
+        path = fs.mnt / name
+        assert os.stat(path).st_size == len(data), name
+        assert digest(path.read_bytes()) == digest(data), name
+    st = os.stat(synced)
+    assert (st.st_mode & 0o777, st.st_atime_ns, st.st_mtime_ns) == (0o600, 1_000_000_000, 2_000_000_000)
+    assert os.stat(unsynced_mode).st_mode & 0o777 in (0o640, 0o644)  # not fsync'd: either is allowed
+    assert state.query("SELECT count(*) FROM chunks WHERE leased = 1")[0][0] == 0
+    files = {(ino, idx) for ino, idx, *_ in fs_chunk_files(fs.cache)}
+    rows = set(state.query("SELECT ino, idx FROM chunks"))
+    assert rows == files, "chunk rows and chunk files disagree after the recovery"
+
+    fs.start_worker()
+    fs.zero("sync", str(fs.mnt))
+    assert set(state.states()) == {"clean"}
+    for name, data in closed.items():
+        assert digest((fs.mnt / name).read_bytes()) == digest(data), name
+
+
+def fs_chunk_files(cache):
+    return list(CacheDir(cache).iter_chunk_files())

@@ -40,6 +40,12 @@ STAT_BLOCK_SIZE = 128 * 1024
 MAX_REQUEST_BYTES = 1024 * 1024
 STATFS_BLOCK_BYTES = 4096
 STATFS_INODES = 2**40
+# Names change only through this mount (one zero-fuse per cache, and the kernel
+# updates its own dentries on every create, unlink and rename it passes on), so
+# the kernel may keep names and "no such name" for long: a stat after a create
+# costs no LOOKUP. Attributes keep the short timeout: st_blocks changes when the
+# worker evicts, and other names of a hard-linked file are invalidated by hand.
+ENTRY_TIMEOUT_S = 30.0
 
 
 class ZeroOperations(Operations):
@@ -72,8 +78,8 @@ class ZeroOperations(Operations):
             # rename into an unlink and keeps the name out of sight (see Names._hide).
             config.nullpath_ok = 1      # handle-based calls work on unlinked files
             config.attr_timeout = ATTR_TIMEOUT_S
-            config.entry_timeout = ATTR_TIMEOUT_S
-            config.negative_timeout = ATTR_TIMEOUT_S
+            config.entry_timeout = ENTRY_TIMEOUT_S
+            config.negative_timeout = ENTRY_TIMEOUT_S
             config.kernel_cache = 0
             config.auto_cache = 0
         if conn_info is not None:
@@ -87,6 +93,7 @@ class ZeroOperations(Operations):
         return self.flusher.started
 
     def start(self) -> None:
+        self.files.start()
         self.flusher.start()
 
     def destroy(self, path) -> None:
@@ -110,6 +117,7 @@ class ZeroOperations(Operations):
                 versions = chunks.unuploaded_versions(connection, inode.ino)
                 if versions:
                     by_inode[inode.ino] = versions
+        self.files.stop()
         self.files.close_all()
         self.worker.wake_worker_now()
         if by_inode and self.worker.worker_pid() is not None:
@@ -149,16 +157,16 @@ class ZeroOperations(Operations):
     @translated
     def chmod(self, path, mode, fh=None):
         inode = self._target(path, fh)
-        with self.tree.lock, self.tree.changing(inode) as connection:
+        with self.tree.lock:
             inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
             inode.ctime_ns = now_ns()
-            self.tree.persist(connection, inode)
+            self._attributes_changed(inode)
         self._after_change(inode, path)
 
     @translated
     def chown(self, path, uid, gid, fh=None):
         inode = self._target(path, fh)
-        with self.tree.lock, self.tree.changing(inode) as connection:
+        with self.tree.lock:
             if uid != -1:
                 inode.uid = uid
             if gid != -1:
@@ -168,7 +176,7 @@ class ZeroOperations(Operations):
                 if inode.mode & stat.S_IXGRP:
                     inode.mode &= ~stat.S_ISGID
             inode.ctime_ns = now_ns()
-            self.tree.persist(connection, inode)
+            self._attributes_changed(inode)
         self._after_change(inode, path)
 
     @translated
@@ -176,14 +184,21 @@ class ZeroOperations(Operations):
         inode = self._target(path, fh)
         now = now_ns()
         atime, mtime = times
-        with self.tree.lock, self.tree.changing(inode) as connection:
+        with self.tree.lock:
             if atime != "omit":
                 inode.atime_ns = now if atime == "now" else atime
             if mtime != "omit":
                 inode.mtime_ns = now if mtime == "now" else mtime
             inode.ctime_ns = now
-            self.tree.persist(connection, inode)
+            self._attributes_changed(inode)
         self._after_change(inode, path)
+
+    def _attributes_changed(self, inode: Inode) -> None:
+        """chmod, chown, utimens: batched like sizes and times (tar x sets all
+        three on every file: three commits each). The next batch, within
+        CLOSE_BATCH_S, commits them; fsync commits them at once."""
+        self.tree.mark_unflushed(inode)
+        self.flusher.flush_soon()
 
     # --- directories ---------------------------------------------------------------------
 
@@ -211,6 +226,7 @@ class ZeroOperations(Operations):
 
     @translated
     def fsyncdir(self, path, datasync, fh):
+        self.flusher.flush()
         self.database.durable_checkpoint()
 
     # --- names -------------------------------------------------------------------------------
@@ -258,7 +274,8 @@ class ZeroOperations(Operations):
 
     @translated
     def create(self, path, mode, flags):
-        inode = self.names.make(path, stat.S_IFREG | stat.S_IMODE(mode), 0, None)
+        writable = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+        inode = self.names.make(path, stat.S_IFREG | stat.S_IMODE(mode), 0, None, lease_first_chunk=writable)
         return self._open_handle(inode, flags), 1
 
     @translated
@@ -295,10 +312,8 @@ class ZeroOperations(Operations):
                 if handle.writable:
                     inode.write_handles -= 1
                 last_writer = handle.writable and inode.write_handles == 0
-            if last_writer:
-                self.leases.release(inode, persist=True)
         if last_writer:
-            self.worker.wake_worker()
+            self.flusher.release_soon(inode)
             self._after_change(inode, None)
         self.tree.purge_if_unused(inode)
 

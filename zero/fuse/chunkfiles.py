@@ -9,12 +9,19 @@ replaces the shared descriptor, and readers pick up the new one.
 Descriptors are reference-counted: a replaced or trimmed descriptor is
 closed only after its last reader finishes, so a number is never reused
 under a thread that is still reading it.
+
+The files of a deleted inode are unlinked by a thread, after the commit that
+deleted its rows: unlinking costs a millisecond and more on a busy disk, and
+rm -r should not wait for it. Inode numbers are never reused, so no new file
+can appear at those paths; a crash before the thread gets to them leaves
+files without rows, which the mount-time reconciler deletes.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import queue
 import threading
 
 from zero.cachedir import CacheDir
@@ -35,6 +42,19 @@ class ChunkFiles:
         self.max_open = max_open
         self._lock = threading.Lock()
         self._files: collections.OrderedDict[tuple[int, int], ChunkFile] = collections.OrderedDict()
+        self._doomed: queue.Queue[tuple[int, list[int]] | None] = queue.Queue()
+        self._unlinker: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._unlinker = threading.Thread(target=self._unlink_doomed, name="zero-unlinker", daemon=True)
+        self._unlinker.start()
+
+    def stop(self) -> None:
+        """Unlink what is queued, then end the thread."""
+        if self._unlinker is not None:
+            self._doomed.put(None)
+            self._unlinker.join()
+            self._unlinker = None
 
     def acquire(self, ino: int, idx: int) -> ChunkFile | None:
         """The shared descriptor for a chunk, opening its file if needed;
@@ -114,6 +134,32 @@ class ChunkFiles:
                 os.unlink(self.cache.chunk_path(ino, idx))
             except FileNotFoundError:
                 pass
+
+    def delete_later(self, ino: int, indexes) -> None:
+        """As delete(), for an inode whose rows are gone for good: the descriptors
+        go now, the files soon, on the unlinker thread."""
+        indexes = list(indexes)
+        self.forget(ino, indexes)
+        if self._unlinker is None:
+            self.delete(ino, indexes)
+        elif indexes:
+            self._doomed.put((ino, indexes))
+
+    def settle(self) -> None:
+        """Wait until every queued file is unlinked (to measure free space)."""
+        self._doomed.join()
+
+    def _unlink_doomed(self) -> None:
+        while True:
+            item = self._doomed.get()
+            try:
+                if item is None:
+                    return
+                self.delete(*item)
+            except OSError:
+                pass  # the reconciler deletes files without rows at the next mount
+            finally:
+                self._doomed.task_done()
 
     def drop_unlinked(self) -> int:
         """Close descriptors whose files the worker evicted: an open descriptor

@@ -2,6 +2,14 @@
 access times), close descriptors of evicted chunks, hand quiet chunks to the
 worker, and decide whether writers must slow down or stop.
 
+- Closes: the last close of a written file hands its chunks to the worker
+  and writes its size and times. Closes that arrive within CLOSE_BATCH_S of
+  each other share one commit (tar x, cp -r: one commit for a burst, not
+  one per file). Nothing is at risk meanwhile: the chunk rows are committed
+  (dirty, leased) before the first write lands, and after a crash the
+  mount-time reconciler releases every lease and restores sizes from the
+  chunk files (docs/decisions.md).
+
 - Backpressure: when unuploaded data alone exceeds targetDiskUsage, each
   write waits briefly for the worker's progress and quiet chunks go to the
   worker sooner.
@@ -21,6 +29,7 @@ from zero.cachedir import CacheDir
 from zero.config import Config
 from zero.fuse.binding import FuseOSError
 from zero.fuse.chunkfiles import ChunkFiles
+from zero.fuse.inodes import Inode
 from zero.fuse.leases import Leases
 from zero.fuse.tree import Tree
 from zero.fuse.worker_link import WorkerLink
@@ -34,6 +43,9 @@ DISK_CHECK_INTERVAL_S = 0.5
 THROTTLE_WAIT_S = 0.05        # how long one write waits for the worker while dirty data is over target
 THROTTLE_QUIET_S = 0.25       # while throttled, chunks quiet this long go to the worker at once
 JOIN_TIMEOUT_S = 10.0
+# Closes and attribute changes within this window share one commit. The crash
+# test stretches it (ZERO_TEST_CLOSE_BATCH_S) to kill zero-fuse with a batch pending.
+CLOSE_BATCH_S = float(os.environ.get("ZERO_TEST_CLOSE_BATCH_S", "0.05"))
 
 
 class Flusher:
@@ -55,6 +67,9 @@ class Flusher:
         self._disk_full = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closed: dict[int, Inode] = {}
+        self._closed_lock = threading.Lock()
+        self._closing = threading.Event()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -72,14 +87,24 @@ class Flusher:
         if self._stop.is_set():
             return False
         self._stop.set()
+        self._closing.set()
         if self._thread is not None:
             self._thread.join(timeout=JOIN_TIMEOUT_S)
         return True
 
     def _loop(self) -> None:
         ticks = 0
-        while not self._stop.wait(FLUSH_INTERVAL_S):
+        next_tick = time.monotonic() + FLUSH_INTERVAL_S
+        while True:
+            if self._closing.wait(max(next_tick - time.monotonic(), 0)):
+                self._stop.wait(CLOSE_BATCH_S)  # let the closes of a burst gather
+            if self._stop.is_set():
+                return
             try:
+                if time.monotonic() < next_tick:
+                    self.flush()  # woken early: closes or attribute changes to commit
+                    continue
+                next_tick = time.monotonic() + FLUSH_INTERVAL_S
                 self.flush()
                 self.files.drop_unlinked()  # let evicted chunks' disk space go
                 self._measure_dirty()
@@ -94,20 +119,55 @@ class Flusher:
 
     # --- batching -------------------------------------------------------------------------
 
+    def release_soon(self, inode: Inode) -> None:
+        """The last writer of ``inode`` closed: its leases go in the next batch."""
+        with self._closed_lock:
+            self._closed[inode.ino] = inode
+        self._closing.set()
+
+    def flush_soon(self) -> None:
+        """Attributes changed in memory (chmod, chown, utimens): commit them in the next batch."""
+        self._closing.set()
+
     def record_access(self, ino: int, idx: int, at: float) -> None:
         self.accesses[(ino, idx)] = at
 
     def flush(self) -> None:
-        """Write batched sizes, times and access times in one transaction."""
+        """One transaction: the leases of closed files, batched sizes, times and
+        attributes, access times. A closed file whose lock a writer holds now
+        waits for the next batch (taking it here could deadlock)."""
+        with self._closed_lock:
+            self._closing.clear()
+            closed, self._closed = self._closed, {}
         accesses, self.accesses = self.accesses, {}
+        # The tree's lock before any inode's: unlink holds it while it waits for an inode's lock.
         with self.tree.lock:
             pending = [self.tree.inodes[ino] for ino in list(self.tree.unflushed) if ino in self.tree.inodes]
-        if not accesses and not pending:
-            return
-        with self.tree.changing(*pending) as connection:
-            chunks.record_access(connection, accesses)
-            for inode in pending:
-                self.tree.persist(connection, inode)
+        locked = [inode for inode in closed.values() if inode.lock.acquire(blocking=False)]
+        try:
+            due = {inode.ino: list(inode.leases) for inode in locked
+                   if inode.write_handles == 0 and inode.leases and inode.ino in self.tree.inodes}
+            releasing = [inode for inode in locked if inode.ino in due]
+            if accesses or pending or releasing:
+                with self.tree.changing(*pending, *releasing) as connection:
+                    chunks.record_access(connection, accesses)
+                    for inode in pending:
+                        self.tree.persist(connection, inode)
+                    for inode in releasing:
+                        self.leases.release_in(connection, inode, due[inode.ino])
+                for inode in releasing:
+                    self.leases.released(inode, due[inode.ino])
+                    del closed[inode.ino]
+        finally:
+            for inode in locked:
+                inode.lock.release()
+            if closed:  # busy, still written, or the commit failed: the next batch tries again
+                with self._closed_lock:
+                    for ino, inode in closed.items():
+                        if inode.leases and inode.write_handles == 0 and inode.ino in self.tree.inodes:
+                            self._closed.setdefault(ino, inode)
+        if due:
+            self.worker.wake_worker()
 
     # --- before a write -------------------------------------------------------------------
 
@@ -147,6 +207,8 @@ class Flusher:
         with self._space_lock:
             now = time.monotonic()
             if self._free_estimate - size < floor or now - self._measured_at > DISK_CHECK_INTERVAL_S:
+                if self._free_estimate - size < floor:
+                    self.files.settle()  # deleted files' space counts only once they are unlinked
                 vfs = os.statvfs(self.cache.root)
                 self._free_estimate = vfs.f_bavail * vfs.f_frsize
                 self._measured_at = now

@@ -17,7 +17,7 @@ ATTR_FIELDS = ("mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "c
 
 class Inode:
     __slots__ = ("ino", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "ctime_ns", "rdev",
-                 "target", "lock", "open_handles", "write_handles", "leases", "attrs_unflushed",
+                 "target", "lock", "open_handles", "write_handles", "leases", "unwritten", "attrs_unflushed",
                  "last_read_end", "xattrs", "allocated_bytes", "allocated_at")
 
     def __init__(self, row):
@@ -29,6 +29,8 @@ class Inode:
         self.open_handles = 0
         self.write_handles = 0
         self.leases: dict[int, float] = {}  # chunk idx -> monotonic time of the last write under the lease
+        # Leased in advance (a new file's first chunk, in the create's commit) and not written yet.
+        self.unwritten: set[int] = set()
         self.attrs_unflushed = False
         self.last_read_end = 0  # a read from the start counts as sequential
         # Loaded on first use. The kernel asks for security.capability before

@@ -42,9 +42,13 @@ class Leases:
                 if chunk_file is not None:
                     self.files.release(chunk_file)
                 chunk_file = self.files.reopen(inode.ino, idx)
-            return chunk_file
-        chunk_file = self.files.acquire(inode.ino, idx)
-        return chunk_file if chunk_file is not None else self.files.reopen(inode.ino, idx)
+        else:
+            # An unwritten chunk has no file yet: do not look for one.
+            chunk_file = None if idx in inode.unwritten else self.files.acquire(inode.ino, idx)
+            if chunk_file is None:
+                chunk_file = self.files.reopen(inode.ino, idx)
+        inode.unwritten.discard(idx)  # its file exists now: release keeps the row
+        return chunk_file
 
     def touched(self, inode: Inode, idx: int) -> None:
         """A write under the lease: the quiet period restarts."""
@@ -66,17 +70,28 @@ class Leases:
 
     def release(self, inode: Inode, indexes=None, persist: bool = False) -> None:
         """Hand chunks to the worker; with ``persist``, write the batched size and
-        times in the same transaction (the last close: one commit, not two)."""
+        times in the same transaction (fsync: one commit, not two)."""
         indexes = list(inode.leases if indexes is None else indexes)
         persist = persist and inode.attrs_unflushed and inode.ino in self.tree.inodes
         if not indexes and not persist:
             return
         with self.tree.changing(inode) as connection:
-            if persist:
-                self.tree.persist(connection, inode)
-            chunks.release_leases(connection, inode.ino, indexes)
+            self.release_in(connection, inode, indexes, persist)
+        self.released(inode, indexes)
+
+    def release_in(self, connection, inode: Inode, indexes: list[int], persist: bool = False) -> None:
+        """The rows' part of a release, in the caller's transaction (the caller
+        holds ``inode.lock`` and calls released() after the commit)."""
+        if persist:
+            self.tree.persist(connection, inode)
+        chunks.drop_unwritten(connection, inode.ino, [idx for idx in indexes if idx in inode.unwritten])
+        chunks.release_leases(connection, inode.ino, [idx for idx in indexes if idx not in inode.unwritten])
+
+    @staticmethod
+    def released(inode: Inode, indexes: list[int]) -> None:
         for idx in indexes:
             inode.leases.pop(idx, None)
+            inode.unwritten.discard(idx)
 
     def release_quiet(self, quiet_s: float) -> bool:
         """Chunks nobody wrote for ``quiet_s`` go to the worker even while their

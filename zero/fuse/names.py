@@ -8,12 +8,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import stat
+import time
+from types import SimpleNamespace
 
 from zero.fuse.binding import FuseOSError, fuse_get_context
 from zero.fuse.inodes import Inode
 from zero.fuse.translate import split
 from zero.fuse.tree import HIDDEN_PREFIX, Tree, now_ns
-from zero.state import namespace
+from zero.state import chunks, namespace
 
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 
@@ -26,7 +28,10 @@ class Names:
 
     # --- creating ------------------------------------------------------------------------
 
-    def make(self, path: str, mode: int, rdev: int, target: bytes | None) -> Inode:
+    def make(self, path: str, mode: int, rdev: int, target: bytes | None, lease_first_chunk: bool = False) -> Inode:
+        """Create a name and its inode in one commit. With ``lease_first_chunk``
+        (a file created for writing) that commit also takes the write lease of
+        its first chunk, so a small file's first write costs no commit of its own."""
         uid, gid, _ = fuse_get_context()
         self.admit_new_name()
         tree = self.tree
@@ -45,12 +50,16 @@ class Names:
             with tree.changing(parent) as connection:
                 ino = namespace.insert_inode(connection, target=target, **attrs)
                 namespace.insert_dentry(connection, parent.ino, name, ino)
+                if lease_first_chunk:
+                    chunks.lease_new_chunk(connection, ino, 0)
                 if stat.S_ISDIR(mode):
                     parent.nlink += 1
                 tree.touch_dir(connection, parent, now)
-                row = namespace.get_inode(connection, ino)
-            inode = Inode(row)
+            inode = Inode(SimpleNamespace(ino=ino, target=target, **attrs))  # what was inserted: no read back
             inode.xattrs = {}  # new: none yet
+            if lease_first_chunk:
+                inode.leases[0] = time.monotonic()
+                inode.unwritten.add(0)
             tree.inodes[ino] = inode
             entries[name] = ino
             if stat.S_ISDIR(mode):
@@ -137,7 +146,7 @@ class Names:
             if last:
                 tree.forget(inode)
         if last:
-            tree.files.delete(inode.ino, indexes)
+            tree.files.delete_later(inode.ino, indexes)
             return
         if inode.nlink > 0:
             tree.invalidate_names(inode)

@@ -186,7 +186,7 @@ class Tree:
                 with self.database.write() as connection:
                     indexes = namespace.delete_inode(connection, inode.ino)
                 self.forget(inode)
-        self.files.delete(inode.ino, indexes)
+        self.files.delete_later(inode.ino, indexes)
 
     def forget(self, inode: Inode) -> None:
         """After its rows were deleted; the caller holds ``lock``."""
@@ -194,6 +194,7 @@ class Tree:
         self.inode_count -= 1
         self.unflushed.discard(inode.ino)
         inode.leases.clear()
+        inode.unwritten.clear()
 
     def refresh_totals(self) -> None:
         with self.database.read() as connection:

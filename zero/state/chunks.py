@@ -134,6 +134,22 @@ def take_lease(connection: Connection, ino: int, idx: int, pinned: bool = False,
     return Readiness.HERE
 
 
+def lease_new_chunk(connection: Connection, ino: int, idx: int) -> None:
+    """The lease of a chunk that cannot have a row yet (a file being created),
+    taken in the create's own transaction: the first write then costs no commit."""
+    connection.exec_driver_sql(
+        "INSERT INTO chunks (ino, idx, state, version, leased, stored_bytes, last_access, pinned) "
+        "VALUES (?, ?, ?, 1, 1, 0, ?, 0)", (ino, idx, CREATED[FUSE].value, time.time()))
+
+
+def drop_unwritten(connection: Connection, ino: int, indexes: Iterable[int]) -> None:
+    """Delete rows of chunks leased in advance and never written: there is
+    nothing to upload, and a row without a file would read as a hole anyway."""
+    params = [(ino, idx) for idx in indexes]
+    if params:
+        connection.exec_driver_sql("DELETE FROM chunks WHERE ino = ? AND idx = ? AND leased = 1", params)
+
+
 def release_leases(connection: Connection, ino: int, indexes: Iterable[int]) -> None:
     """Hand chunks to the worker; last_access dates the last write, which the upload delay counts from."""
     params = [(time.time(), ino, idx) for idx in indexes]

@@ -33,15 +33,18 @@ class Database:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.engine = create_engine(
-            f"sqlite:///{self.path}",
-            poolclass=QueuePool,
-            pool_size=8,
-            max_overflow=32,
-            connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
-        )
+        url = f"sqlite:///{self.path}"
+        self.engine = create_engine(url, poolclass=QueuePool, pool_size=8, max_overflow=32,
+                                    connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False})
         event.listen(self.engine, "connect", self._on_connect)
         event.listen(self.engine, "begin", self._on_begin)
+        # Write transactions get their own connections, whose busy handler is off
+        # for good (see _on_begin_write): two PRAGMAs fewer per commit.
+        self._write_engine = create_engine(url, poolclass=QueuePool, pool_size=1, max_overflow=4,
+                                           connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False})
+        event.listen(self._write_engine, "connect", self._on_connect)
+        event.listen(self._write_engine, "connect", self._no_busy_handler)
+        event.listen(self._write_engine, "begin", self._on_begin_write)
         self._local = threading.local()
         # Writers of this process queue here instead of in SQLite's busy handler,
         # which sleeps 1 ms and more per retry: a create racing the asynchronous
@@ -63,31 +66,32 @@ class Database:
         dbapi_connection.set_authorizer(StateWriteGuard.authorize)
 
     @staticmethod
+    def _no_busy_handler(dbapi_connection, _record) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout = 0")
+
+    @staticmethod
     def _on_begin(connection: Connection) -> None:
-        if not connection.get_execution_options().get("zero_write"):
-            connection.exec_driver_sql("BEGIN DEFERRED")
-            return
+        connection.exec_driver_sql("BEGIN DEFERRED")
+
+    @staticmethod
+    def _on_begin_write(connection: Connection) -> None:
         # Waiting for the other process's write transaction: SQLite's busy handler
         # sleeps 1, 2, 5, 10... ms between tries, while a transaction here lasts a
         # fraction of a millisecond, so zero-fuse lost most of its create rate to
         # those sleeps whenever the worker committed (measured). Retry BEGIN here
         # with short sleeps instead, with the same overall deadline.
         dbapi = connection.connection.driver_connection
-        dbapi.execute("PRAGMA busy_timeout = 0")
-        try:
-            deadline = time.monotonic() + BUSY_TIMEOUT_S
-            pause = BEGIN_RETRY_FIRST_S
-            while True:
-                try:
-                    dbapi.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as error:
-                    if "locked" not in str(error) or time.monotonic() > deadline:
-                        raise
-                time.sleep(pause)
-                pause = min(pause * 2, BEGIN_RETRY_MAX_S)
-        finally:
-            dbapi.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        pause = BEGIN_RETRY_FIRST_S
+        while True:
+            try:
+                dbapi.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, BEGIN_RETRY_MAX_S)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
@@ -96,8 +100,7 @@ class Database:
         if not self._write_lock.acquire(timeout=BUSY_TIMEOUT_S):
             raise DatabaseBusy(f"another thread held the write lock on {self.path} for {BUSY_TIMEOUT_S:.0f}s")
         try:
-            with self.engine.connect() as connection:
-                connection = connection.execution_options(zero_write=True)
+            with self._write_engine.connect() as connection:
                 with connection.begin():
                     yield connection
         except exc.OperationalError as error:
@@ -121,6 +124,7 @@ class Database:
             connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def dispose(self) -> None:
+        self._write_engine.dispose()
         self.engine.dispose()
 
 
