@@ -2,6 +2,7 @@
 transitions, objects and the request queues."""
 
 import sqlite3
+import os
 import stat
 import types
 
@@ -687,3 +688,18 @@ def test_upload_queue(database, clock):
         assert requests.pending_uploads(connection) == [9, 3]
         requests.done_upload(connection, 9)
         assert requests.pending_uploads(connection) == [3]
+
+
+def test_durable_checkpoint_fsyncs_the_wal_even_when_a_reader_blocks_the_checkpoint(database, path, monkeypatch):
+    """fsync's promise rests on this: a PASSIVE checkpoint that a reader keeps from copying
+    anything syncs nothing, so the commits in the WAL must be fsynced directly."""
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(db.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                    real_fsync(fd)))
+    with database.read() as reader:
+        reader.exec_driver_sql("SELECT count(*) FROM inodes").scalar()  # holds its snapshot open
+        with database.write() as connection:
+            make_file(connection, namespace.ROOT_INO, b"committed")
+        database.durable_checkpoint()
+    assert f"{path}-wal" in synced
