@@ -18,7 +18,7 @@ ATTR_FIELDS = ("mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "c
 class Inode:
     __slots__ = ("ino", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "ctime_ns", "rdev",
                  "target", "lock", "open_handles", "write_handles", "leases", "unwritten", "attrs_unflushed",
-                 "last_read_end", "xattrs", "allocated_bytes", "allocated_at")
+                 "attrs_version", "last_read_end", "xattrs", "allocated_bytes", "allocated_at")
 
     def __init__(self, row):
         self.ino = row.ino
@@ -32,6 +32,7 @@ class Inode:
         # Leased in advance (a new file's first chunk, in the create's commit) and not written yet.
         self.unwritten: set[int] = set()
         self.attrs_unflushed = False
+        self.attrs_version = 0  # bumped by each change, so a flush knows whether it wrote the newest
         self.last_read_end = 0  # a read from the start counts as sequential
         # Loaded on first use. The kernel asks for security.capability before
         # every write, so this must not cost a database read each time.

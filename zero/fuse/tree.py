@@ -38,6 +38,7 @@ class Tree:
         self.children: dict[int, dict[bytes, int]] = {}
         self.hidden: dict[int, dict[bytes, int]] = {}  # parent -> libfuse's names for unlinked open files
         self.unflushed: set[int] = set()
+        self._marks = threading.Lock()  # marking changed and marking flushed, never interleaved
         self.used_bytes = 0
         self.inode_count = 0
 
@@ -145,12 +146,22 @@ class Tree:
             raise
 
     def persist(self, connection, inode: Inode) -> None:
+        """Write ``inode``'s attributes; it counts as flushed only if nothing changed
+        them meanwhile. The flusher writes without the locks of those who change
+        them (a write, a chmod): a change that lands during the write must stay
+        marked, or after an unmount the state keeps the older mode or size."""
+        with self._marks:
+            seen = inode.attrs_version
         namespace.update_inode(connection, inode.ino, **inode.attrs())
-        inode.attrs_unflushed = False
-        self.unflushed.discard(inode.ino)
+        with self._marks:
+            if inode.attrs_version == seen:
+                inode.attrs_unflushed = False
+                self.unflushed.discard(inode.ino)
 
     def mark_unflushed(self, inode: Inode) -> None:
-        if not inode.attrs_unflushed:
+        """After changing ``inode``'s attributes in memory: the next batch writes them."""
+        with self._marks:
+            inode.attrs_version += 1
             inode.attrs_unflushed = True
             self.unflushed.add(inode.ino)
 
