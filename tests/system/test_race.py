@@ -403,12 +403,16 @@ def test_two_handles_write_interleaved_regions_of_one_file(make_mount):
     try:
         for k in (0, 1):
             threads.start(f"writer-{k}", writer(k))
-        threads.run_until(moved_on(m, before, evictions=16, fault_ins=4),
-                          "the worker to evict and fault in chunks of the file under the two writers")
+        worker_moved_on = moved_on(m, before, evictions=16, fault_ins=4)
+        # Both conditions waited for: on a busy machine one writer may be scheduled little
+        # while the worker reaches its counts (asserting its steps afterwards was a race).
+        threads.run_until(lambda: min(threads.steps["writer-0"], threads.steps["writer-1"]) >= 3
+                          and worker_moved_on(),
+                          "the worker to evict and fault in chunks of the file under the two writers, "
+                          "each writer to run at least three rounds")
     finally:
         for fd in fds:
             os.close(fd)
-    assert min(threads.steps["writer-0"], threads.steps["writer-1"]) >= 3, threads.steps
     want = bytes(model)
     verify_file(m, path, want, "after the writers closed")
     m.zero("sync", str(m.mnt), timeout=120)
