@@ -177,8 +177,9 @@ class ZeroMount:
     def start(self) -> None:
         self.remote = self.work / "remote"
         self.config = self.work / "config.yml"
-        for folder in (self.mnt, self.cache, self.remote):
+        for folder in (self.mnt, self.remote):
             folder.mkdir()
+        self.cache.mkdir(mode=0o700)  # zero refuses a cache other users can read (decision 43)
         write_config(self.config, self.remote)
         self.env = dict(os.environ, ZERO_CONFIG=str(self.config))
         for name, command in self._commands().items():

@@ -1,0 +1,23 @@
+"""The benchmark harness itself runs: a change to zero's start-up rules (a
+private cache folder, decision 43) once broke it without any test noticing."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_benchmark_mounts_zero_and_measures_every_workload(tmp_path):
+    report = tmp_path / "bench.json"
+    finished = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--files", "20", "--size-mib", "8",
+         "--base-dir", str(tmp_path), "--json", str(report)],
+        capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    results = json.loads(report.read_text())["results"]
+    assert len(results) == 6
+    for row in results:
+        assert row["zero"] > 0 and row["plain"] > 0, row
+    assert list(tmp_path.iterdir()) == [report], "the harness leaves its scratch folder behind"
