@@ -41,6 +41,8 @@ class CacheDir:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             for folder in (self.chunks, self.tmp, self.wake):
                 folder.mkdir(exist_ok=True)
+            for bucket in range(256):  # chunk files are spread by inode (chunk_dir)
+                os.makedirs(f"{self.chunks}/{bucket:02x}", exist_ok=True)
         except OSError as error:
             raise MountError(f"cannot create the cache folder {self.root}: {error.strerror}; "
                              "choose a folder you can write to") from None
