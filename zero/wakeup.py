@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 WORKER = "worker"  # fuse -> worker: new dirty data, fault-in or upload requests
@@ -23,9 +23,27 @@ FUSE = "fuse"      # worker -> fuse: a fetch or an upload finished
 T = TypeVar("T")
 
 
-def notify(wake_dir: Path, target: str) -> None:
+WAKE_FILE = "now"
+
+
+def target_dir(wake_dir: Path | str, target: str) -> str:
+    """Each target has a folder of its own, so a process watches only its own
+    wake-ups, not those it sends (fuse wakes the worker on every close burst)."""
     path = os.path.join(wake_dir, target)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    if not os.path.isdir(path):
+        if os.path.lexists(path):
+            os.unlink(path)  # a wake file of an older zero, where targets shared one folder
+        os.makedirs(path, exist_ok=True)
+    return path
+
+
+def notify(wake_dir: Path, target: str) -> None:
+    path = os.path.join(wake_dir, target, WAKE_FILE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except (FileNotFoundError, NotADirectoryError):
+        fd = os.open(os.path.join(target_dir(wake_dir, target), WAKE_FILE),
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         os.write(fd, b".")
         if os.fstat(fd).st_size > 4096:
@@ -34,13 +52,20 @@ def notify(wake_dir: Path, target: str) -> None:
         os.close(fd)
 
 
+def last_notified_ns(wake_dir: Path, target: str) -> int | None:
+    """When ``target`` was last notified (for targets nobody listens to, such as pins)."""
+    try:
+        return os.stat(os.path.join(wake_dir, target, WAKE_FILE)).st_mtime_ns
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, listener: "WakeListener"):
         self.listener = listener
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if os.path.basename(os.fsdecode(event.src_path)) == self.listener.target:
-            self.listener.poke()
+        self.listener.poke()
 
 
 class WakeListener:
@@ -55,9 +80,10 @@ class WakeListener:
         self._also: list[threading.Event] = []
 
     def start(self) -> None:
-        self.wake_dir.mkdir(parents=True, exist_ok=True)
         self._observer = Observer()
-        self._observer.schedule(_Handler(self), str(self.wake_dir), recursive=False)
+        # One event per wake-up: the close of the write, not also its open and modify.
+        self._observer.schedule(_Handler(self), target_dir(self.wake_dir, self.target), recursive=False,
+                                event_filter=[FileClosedEvent])
         self._observer.daemon = True
         self._observer.start()
 

@@ -161,10 +161,8 @@ class Worker:
             self._wait(generation, KEEPER_INTERVAL_S)
 
     def _pins_changed(self) -> bool:
-        path = os.path.join(self.context.cache.wake, "pins")
-        try:
-            stamp = os.stat(path).st_mtime_ns
-        except FileNotFoundError:
+        stamp = wakeup.last_notified_ns(self.context.cache.wake, "pins")
+        if stamp is None:
             return False
         changed = stamp != getattr(self, "_pins_stamp", None)
         self._pins_stamp = stamp
