@@ -309,6 +309,33 @@ def test_a_file_kept_open_gets_its_quiet_chunks_uploaded_and_the_writer_never_bl
     assert path.read_bytes() == bytes(written), "the file read back differs from what was appended"
 
 
+def test_a_sequential_writer_s_filled_chunks_upload_while_it_writes_on_and_a_rewrite_goes_again(make_mount):
+    # uploadDelay of an hour: only the hand-over of filled chunks can upload anything while the file is open.
+    chunk = 64 * KIB
+    m = make_mount(worker=True, chunkSize="64KiB", uploadDelay=3600)
+    wait_worker_ready(m)
+    state = State(m.cache)
+    path = m.mnt / "film.mkv"
+    data = bytearray(os.urandom(5 * chunk + chunk // 2))
+    with open(path, "wb", buffering=0) as film:
+        ino = os.fstat(film.fileno()).st_ino
+        for start in range(0, len(data), 16 * KIB):
+            film.write(data[start:start + 16 * KIB])
+        filled = {idx: "clean" for idx in range(5)}
+        wait_until(lambda: {idx: s for idx, s in state.chunks_of(ino).items() if idx < 5} == filled, 30,
+                   f"the five filled chunks to be uploaded while the file is open; states: {state.chunks_of(ino)}")
+        assert state.chunks_of(ino)[5] == "dirty", "the chunk still being written was handed over"
+        # Going back is not sequential: chunk 1 is leased again and stays with the writer until close.
+        data[chunk + 100:chunk + 200] = b"x" * 100
+        os.pwrite(film.fileno(), b"x" * 100, chunk + 100)
+        assert state.chunks_of(ino)[1] == "dirty"
+        os.fsync(film.fileno())
+        assert set(state.chunks_of(ino).values()) == {"clean"}, state.chunks_of(ino)
+    m.zero("sync", str(m.mnt))
+    drop_caches(path)
+    assert path.read_bytes() == bytes(data), "the file read back differs from what was written"
+
+
 # --- 3. pins ----------------------------------------------------------------------------------------
 
 def test_pinned_file_and_tree_are_faulted_in_and_stay_local_until_unpinned(make_mount):

@@ -109,6 +109,7 @@ class DataPath:
         with inode.lock:
             if handle is not None and handle.append:
                 offset = inode.size
+            sequential = offset == inode.last_write_end
             view = memoryview(data)
             position = offset
             while view:
@@ -127,6 +128,14 @@ class DataPath:
             inode.mtime_ns = inode.ctime_ns = now_ns()
             inode.allocated_bytes = None
             self.tree.mark_unflushed(inode)
+            inode.last_write_end = position
+            if sequential:
+                # Chunks this sequential writer filled and left: upload them while it
+                # writes on, so fsync or close waits only for the tail (decision 66).
+                filled = [idx for idx in range(offset // self.chunk_size, position // self.chunk_size)
+                          if idx in inode.leases]
+                if filled:
+                    self.leases.hand_over_filled(inode, filled)
         return len(data)
 
     def truncate(self, inode: Inode, length: int) -> None:
@@ -164,7 +173,11 @@ class DataPath:
         """Make the file's data durable in the cache and, with fsyncWaitsForUpload
         and a running worker, in the remotes before returning."""
         with inode.lock:
-            for idx in list(inode.leases):
+            # Every chunk not yet uploaded, not only the leased ones: a chunk handed
+            # over early (filled, or quiet) may still be only in the page cache.
+            with self.database.read() as connection:
+                unuploaded = {idx for _, idx in chunks.unuploaded_versions(connection, inode.ino)}
+            for idx in sorted(unuploaded | set(inode.leases)):
                 chunk_file = self.files.acquire(inode.ino, idx)
                 if chunk_file is not None:
                     try:

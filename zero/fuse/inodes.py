@@ -18,7 +18,7 @@ ATTR_FIELDS = ("mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "c
 class Inode:
     __slots__ = ("ino", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "ctime_ns", "rdev",
                  "target", "lock", "open_handles", "write_handles", "leases", "unwritten", "attrs_unflushed",
-                 "attrs_version", "last_read_end", "xattrs", "allocated_bytes", "allocated_at")
+                 "attrs_version", "last_read_end", "last_write_end", "xattrs", "allocated_bytes", "allocated_at")
 
     def __init__(self, row):
         self.ino = row.ino
@@ -34,6 +34,7 @@ class Inode:
         self.attrs_unflushed = False
         self.attrs_version = 0  # bumped by each change, so a flush knows whether it wrote the newest
         self.last_read_end = 0  # a read from the start counts as sequential
+        self.last_write_end = 0  # likewise a write
         # Loaded on first use. The kernel asks for security.capability before
         # every write, so this must not cost a database read each time.
         self.xattrs: dict[bytes, bytes] | None = None

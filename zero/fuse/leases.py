@@ -19,7 +19,7 @@ from zero.fuse.chunkfiles import ChunkFile, ChunkFiles
 from zero.fuse.inodes import Inode
 from zero.fuse.tree import Tree
 from zero.fuse.worker_link import WorkerLink
-from zero.state import chunks
+from zero.state import chunks, requests
 from zero.state.chunks import Readiness
 
 
@@ -86,6 +86,17 @@ class Leases:
             self.tree.persist(connection, inode)
         chunks.drop_unwritten(connection, inode.ino, [idx for idx in indexes if idx in inode.unwritten])
         chunks.release_leases(connection, inode.ino, [idx for idx in indexes if idx not in inode.unwritten])
+
+    def hand_over_filled(self, inode: Inode, indexes: list[int]) -> None:
+        """A sequential writer filled these chunks and moved on: release them and
+        ask for their upload now rather than after uploadDelay, as a close would
+        have. A later write takes the lease back (the upload then counts for
+        nothing and the chunk goes again). The caller holds ``inode.lock``."""
+        with self.database.write() as connection:
+            self.release_in(connection, inode, indexes)
+            requests.request_upload(connection, inode.ino)
+        self.released(inode, indexes)
+        self.worker.wake_worker()
 
     @staticmethod
     def released(inode: Inode, indexes: list[int]) -> None:

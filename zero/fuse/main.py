@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from zero import config as config_module
-from zero import fsutil, logsetup, wakeup
+from zero import fsutil, logsetup, memory, wakeup
 from zero.cachedir import CacheDir, require_private
 from zero.errors import NotTheWriter, ZeroError
 from zero.meta import writer as writer_lease
@@ -35,6 +35,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     fsutil.keep_private()
+    memory.keep_big_buffers()
     logsetup.configure("zero-fuse")
     try:
         return run(args)
@@ -65,8 +66,6 @@ def run(args) -> int:
     cache.prepare()
     require_private(config.database_path(cache.root), "the state database",
                     "the filesystem's keys and every file name")
-    for bucket in range(256):
-        os.makedirs(f"{cache.chunks}/{bucket:02x}", exist_ok=True)
     lock = PidLock(cache.lock_path("fuse"), "zero-fuse")
     lock.acquire()
     database = state_db.open_database(config.database_path(cache.root), config.chunk_size_bytes,
@@ -107,6 +106,7 @@ def run(args) -> int:
     if options.get("ro"):
         log.info("Mounting read-only: writes fail with 'Read-only file system'")
     op_stats.start()
+    memory.fewer_gc_passes()
     try:
         binding.ZeroFUSE(operations, str(mount), **options)
     except RuntimeError as error:

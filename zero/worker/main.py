@@ -10,7 +10,7 @@ import sys
 import threading
 
 from zero import config as config_module
-from zero import fsutil, logsetup, wakeup
+from zero import fsutil, logsetup, memory, wakeup
 from zero.cachedir import CacheDir, require_private
 from zero.errors import ZeroError
 from zero.locking import PidLock
@@ -33,6 +33,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     fsutil.keep_private()
+    memory.keep_big_buffers()
     logsetup.configure("zero-worker")
     try:
         return run(args)
@@ -55,8 +56,6 @@ def run(args) -> int:
     cache.prepare()
     require_private(config.database_path(cache.root), "the state database",
                     "the filesystem's keys and every file name")
-    for bucket in range(256):
-        os.makedirs(f"{cache.chunks}/{bucket:02x}", exist_ok=True)
     lock = PidLock(cache.lock_path("worker"), "zero-worker")
     lock.acquire()
     stop, reload_asked, woken = threading.Event(), threading.Event(), threading.Event()
@@ -88,6 +87,7 @@ def run(args) -> int:
         worker = Worker(context, listener, keeper)
         metrics = start_metrics(context, worker, registry)
         worker.published["settings"] = reloader.settings(context.config)
+        memory.fewer_gc_passes()
         worker.start()
         while not stop.is_set():
             woken.wait()

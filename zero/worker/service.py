@@ -21,8 +21,7 @@ import time
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from zero import wakeup
-from zero.errors import RemoteUnavailable
+from zero import memory, wakeup
 from zero.meta.backup import BackupThread
 from zero.meta.writer import FENCED, REFUSED
 from zero.state import chunks, db as state_db
@@ -52,7 +51,7 @@ class Worker:
         self.context = context
         self.listener = listener
         self.keeper = keeper
-        self.uploader = Uploader(context, still_ours=keeper.still_ours)
+        self.uploader = Uploader(context, still_ours=keeper.still_ours, on_group_done=self._group_uploaded)
         self.evictor = Evictor(context)
         self.scrub = ScrubThread(context, still_ours=keeper.still_ours)  # quarantine, repair, scrubRate
         self.fetcher = Fetcher(context, still_ours=keeper.still_ours, copies_read=self.scrub.copies_read)
@@ -117,26 +116,30 @@ class Worker:
         self.fetches.run(self.stopping, self.listener, idle_s=IDLE_RECHECK_S, retry_s=RETRY_AFTER_REMOTE_ERROR_S)
 
     def _upload_loop(self) -> None:
-        while not self.stopping.is_set():
-            generation = self.listener.generation
-            hurry = self.evictor.last_usage > self.context.config.target_disk_usage_bytes
-            due = self.uploader.due(hurry=hurry)
-            if due:
-                failed = False
-                try:
-                    self.uploader.upload_batch(due)
-                except RemoteUnavailable:
-                    failed = True
-                self.uploader.finish_requests()
-                self.context.wake_fuse()
-                self.listener.poke()  # clean chunks may now be evictable
-                if failed:
+        """Keeps up to GROUPS_IN_FLIGHT groups uploading; each one's end wakes it."""
+        try:
+            while not self.stopping.is_set():
+                generation = self.listener.generation
+                if self.uploader.reap():
+                    self.uploader.finish_requests()
+                    self.uploader.wait_in_flight()
                     self._wait(self.listener.generation, RETRY_AFTER_REMOTE_ERROR_S)
-                continue
+                    continue
+                if self.uploader.has_room():
+                    hurry = self.evictor.last_usage > self.context.config.target_disk_usage_bytes
+                    if self.uploader.submit(self.uploader.due(hurry=hurry)):
+                        continue
+                self.uploader.finish_requests()
+                self.stopping.wait(UPLOADER_MIN_INTERVAL_S)
+                next_due = self.uploader.next_due_in()
+                self._wait(generation, IDLE_RECHECK_S if next_due is None else min(next_due + 0.05, IDLE_RECHECK_S))
+        finally:
+            self.uploader.wait_in_flight()  # a stop lets the groups under way commit
             self.uploader.finish_requests()
-            self.stopping.wait(UPLOADER_MIN_INTERVAL_S)
-            next_due = self.uploader.next_due_in()
-            self._wait(generation, IDLE_RECHECK_S if next_due is None else min(next_due + 0.05, IDLE_RECHECK_S))
+
+    def _group_uploaded(self) -> None:
+        self.context.wake_fuse()  # fsync and zero sync wait for these chunks
+        self.listener.poke()      # the upload loop has room again; clean chunks may now be evictable
 
     def _keep_loop(self) -> None:
         pins_applied_at = 0.0
@@ -216,3 +219,5 @@ class Worker:
         }
         with self.context.database.write() as connection:
             state_db.set_meta(connection, "worker_status", json.dumps(status))
+        if not self.uploader.in_flight():
+            memory.release_free()  # the chunk buffers of the last burst (zero/memory.py)

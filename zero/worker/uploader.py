@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 BATCH = 64
 GROUP = 16    # chunks per group of commits; with 4 MiB chunks, at most 64 MiB in memory
 THREADS = 4   # parallel reads, seals and sends
+GROUPS_IN_FLIGHT = 3  # groups uploading at once: a sequential writer hands over one chunk at a time
 
 
 @dataclass
@@ -38,12 +39,15 @@ class _Upload:
 
 
 class Uploader:
-    def __init__(self, context: WorkerContext, still_ours=lambda names: set(names)):
+    def __init__(self, context: WorkerContext, still_ours=lambda names: set(names), on_group_done=lambda: None):
         self.context = context
         # Which remotes that took copies still carry their marker (RemoteKeeper.still_ours).
         self.still_ours = still_ours
+        self.on_group_done = on_group_done  # the worker's loop looks again for due chunks
         self.uploaded_bytes = 0
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._groups: concurrent.futures.ThreadPoolExecutor | None = None
+        self._in_flight: dict[concurrent.futures.Future, set[tuple[int, int]]] = {}
 
     def due(self, hurry: bool) -> list:
         """Chunks to upload now: the requested ones first, then the quiet ones.
@@ -106,6 +110,59 @@ class Uploader:
         if unavailable is not None:
             raise unavailable
         return done
+
+    # --- groups in flight (the worker's upload loop) ---------------------------------------
+
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def has_room(self) -> bool:
+        return len(self._in_flight) < GROUPS_IN_FLIGHT
+
+    def submit(self, rows) -> int:
+        """Start uploading ``rows`` (from due()) beside the groups already in flight,
+        leaving out chunks those hold; returns how many chunks were started.
+        A sequential writer hands its chunks over one by one as it fills them:
+        uploaded one after another they would leave fsync waiting for a backlog."""
+        held = set().union(*self._in_flight.values())
+        rows = [row for row in rows if (row.ino, row.idx) not in held]
+        if self._groups is None:
+            self._groups = concurrent.futures.ThreadPoolExecutor(GROUPS_IN_FLIGHT,
+                                                                 thread_name_prefix="zero-upload-group")
+        started = 0
+        for start in range(0, len(rows), GROUP):
+            if not self.has_room():
+                break
+            group = rows[start:start + GROUP]
+            future = self._groups.submit(self._upload_group_then_tell, group)
+            self._in_flight[future] = {(row.ino, row.idx) for row in group}
+            started += len(group)
+        return started
+
+    def reap(self) -> bool:
+        """Forget finished groups; True if one of them found a remote unavailable."""
+        unavailable = False
+        for future in [future for future in self._in_flight if future.done()]:
+            del self._in_flight[future]
+            error = future.exception()
+            if isinstance(error, RemoteUnavailable):
+                unavailable = True
+            elif error is not None:
+                log.error("Uploading a group of chunks failed; they stay dirty and are tried again",
+                          exc_info=error)
+        return unavailable
+
+    def wait_in_flight(self) -> None:
+        concurrent.futures.wait(list(self._in_flight))
+        self.reap()
+
+    def _upload_group_then_tell(self, rows) -> None:
+        try:
+            _, unavailable = self._upload_group(rows)
+        finally:
+            self.on_group_done()
+        if unavailable is not None:
+            raise unavailable
 
     def _upload_group(self, rows) -> tuple[int, RemoteUnavailable | None]:
         context = self.context
@@ -223,6 +280,9 @@ class Uploader:
         return list(self._pool.map(function, items))
 
     def close(self) -> None:
+        if self._groups is not None:
+            self._groups.shutdown(wait=True)
+            self._groups = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

@@ -1,0 +1,106 @@
+"""zero-fuse's data path in-process: a sequential writer hands filled chunks to
+the worker early (decision 66), and fsync still makes every chunk not yet
+uploaded durable in the cache, not only those it holds the lease of."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from zero.cachedir import CacheDir
+from zero.config import Config
+from zero.fuse import data as data_module
+from zero.fuse.chunkfiles import ChunkFiles
+from zero.fuse.data import DataPath
+from zero.fuse.leases import Leases
+from zero.fuse.tree import Tree
+from zero.state import db, namespace, requests
+
+CHUNK = 64 * 1024
+
+
+class NoWorker:
+    woken = 0
+
+    def wake_worker(self):
+        self.woken += 1
+
+    def worker_pid(self):
+        return None
+
+    def metadata_pending(self):
+        return False
+
+
+class NoFlusher:
+    def admit_write(self, size):
+        pass
+
+    def record_access(self, ino, idx, at):
+        pass
+
+
+@pytest.fixture
+def data_path(tmp_path):
+    cache = CacheDir(tmp_path / "cache")
+    cache.prepare()
+    database = db.open_database(cache.root / "state.sqlite3", CHUNK)
+    files = ChunkFiles(cache)
+    tree = Tree(database, files=files, kernel_cache=None)
+    worker = NoWorker()
+    leases = Leases(tree, cache, files, worker)
+    config = Config(source="test", chunk_size_bytes=CHUNK, fsync_waits_for_upload=False)
+    yield DataPath(tree, leases, NoFlusher(), files, config, worker, CHUNK)
+    database.dispose()
+
+
+def new_file(data_path: DataPath):
+    with data_path.database.write() as connection:
+        ino = namespace.insert_inode(connection, mode=stat.S_IFREG | 0o600, uid=0, gid=0, nlink=1, size=0,
+                                     atime_ns=1, mtime_ns=1, ctime_ns=1, rdev=0)
+        namespace.insert_dentry(connection, namespace.ROOT_INO, b"f", ino)
+    return data_path.tree.inode(ino)
+
+
+def leased(data_path: DataPath, ino: int) -> dict[int, bool]:
+    with data_path.database.read() as connection:
+        rows = connection.exec_driver_sql("SELECT idx, leased FROM chunks WHERE ino = ?", (ino,)).all()
+    return {idx: bool(flag) for idx, flag in rows}
+
+
+def test_a_sequential_writer_hands_over_each_chunk_it_filled_and_asks_for_its_upload(data_path):
+    inode = new_file(data_path)
+    for offset in range(0, 2 * CHUNK + 100, 8192):
+        data_path.write(inode, None, b"a" * 8192, offset)
+    assert leased(data_path, inode.ino) == {0: False, 1: False, 2: True}
+    assert set(inode.leases) == {2}
+    with data_path.database.read() as connection:
+        assert requests.pending_uploads(connection) == [inode.ino]
+    assert data_path.worker.woken >= 2
+
+
+def test_a_write_elsewhere_keeps_its_lease_until_close(data_path):
+    inode = new_file(data_path)
+    data_path.write(inode, None, b"a" * CHUNK, 0)
+    data_path.write(inode, None, b"b" * 100, 10)  # back into the chunk handed over: not sequential
+    data_path.write(inode, None, b"c" * CHUNK, 3 * CHUNK)  # a jump: not sequential either
+    assert leased(data_path, inode.ino) == {0: True, 3: True}
+
+
+def test_fsync_syncs_the_chunks_handed_over_early_too(data_path, monkeypatch):
+    inode = new_file(data_path)
+    data_path.write(inode, None, b"a" * (2 * CHUNK + 100), 0)
+    assert set(inode.leases) == {2}
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(data_module.os, "fsync", recording_fsync)
+    data_path.fsync(inode)
+    chunk_files = {f"{inode.ino}-{idx}" for idx in range(3)}
+    assert chunk_files <= set(synced), f"fsync left {sorted(chunk_files - set(synced))} unsynced"
