@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 ATTR_TIMEOUT_S = 1.0  # how long the kernel keeps attributes and entries
 ALLOCATED_TTL_S = ATTR_TIMEOUT_S
+SEQUENTIAL_SLACK_BYTES = 2 * 1024 * 1024  # a request and the read-ahead window (max_readahead, 1 MiB) each
 READ_ATTEMPTS = 5  # a chunk evicted and fetched back between two looks is looked at again
 
 
@@ -50,9 +51,10 @@ class DataPath:
         if offset >= end:
             return b""
         # Judged on arrival, before this read waits for a fault-in: the kernel sends
-        # its read-ahead together, and reads that wait finish out of order.
-        sequential = inode.last_read_end == offset
-        inode.last_read_end = end
+        # its read-ahead together, and FUSE's threads may take them out of order,
+        # so a read near where the last one ended counts as sequential too.
+        sequential = abs(offset - inode.last_read_end) <= SEQUENTIAL_SLACK_BYTES
+        inode.last_read_end = max(end, inode.last_read_end) if sequential else end
         if sequential and (end - 1) // self.chunk_size != (offset - 1) // self.chunk_size:
             self._prefetch_after(inode, (end - 1) // self.chunk_size)
         pieces = []
