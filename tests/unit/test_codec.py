@@ -6,7 +6,8 @@ import random
 import pytest
 
 from zero.errors import ObjectCorrupt
-from zero.remote.codec import FLAG_ZSTD, HEADER_BYTES, MAGIC, Codec
+from zero.remote import codec as codec_module
+from zero.remote.codec import FLAG_KEY_BOUND, FLAG_ZSTD, HEADER_BYTES, MAGIC, Codec
 
 HASH_KEY = bytes(range(32))
 ENCRYPTION_KEY = bytes(range(32, 64))
@@ -23,6 +24,9 @@ GOLDEN_RAW_ABC = bytes.fromhex(
     "5a524f31006465666768696a6b6c6d6e6fd40fede616741a5743500e6f0dd268b6e3106a")
 GOLDEN_KEY_ABC = "d63a32d3e44738d7907f964316c241adaba0abfeabc32349677578a15a203f7f"
 GOLDEN_KEY_COMPRESSIBLE = "02ab7c8db8f2701edef22b7083e6ebb9309875314289a639ff71a7796b4d9324"
+# "abc" sealed as a chunk object bound to GOLDEN_KEY_ABC (flag bit 1).
+GOLDEN_KEY_BOUND_ABC = bytes.fromhex(
+    "5a524f31026465666768696a6b6c6d6e6fd40fed9cd99f00d392570467585578e12ece22")
 
 
 @pytest.fixture
@@ -152,9 +156,53 @@ def sealed_by_hand(flags, payload):
 
 def test_unknown_flags_ask_for_an_upgrade(codec):
     with pytest.raises(ObjectCorrupt, match="upgrade zero"):
-        codec.open(sealed_by_hand(0x02, b"abc"))
+        codec.open(sealed_by_hand(0x80, b"abc"))
 
 
 def test_authenticated_but_undecompressible_payload(codec):
     with pytest.raises(ObjectCorrupt, match="does not decompress"):
         codec.open(sealed_by_hand(FLAG_ZSTD, b"not a zstd frame"))
+
+
+# --- chunk objects bound to their object key (flag bit 1, decision 69) ---------------------------
+
+def test_a_key_bound_object_opens_with_its_key_without_hashing_it_again(codec, monkeypatch):
+    key = codec.object_key(COMPRESSIBLE)
+    blob = codec.seal(COMPRESSIBLE, object_key=key)
+    assert blob[len(MAGIC)] & FLAG_KEY_BOUND
+    monkeypatch.setattr(codec_module.hashlib, "blake2b", None)  # would fail if called
+    assert codec.open(blob, expected_key=key) == COMPRESSIBLE
+
+
+def test_a_key_bound_object_under_another_key_fails_authentication(codec):
+    blob = codec.seal(b"one object", object_key=codec.object_key(b"one object"))
+    with pytest.raises(ObjectCorrupt, match="failed authentication"):
+        codec.open(blob, expected_key=codec.object_key(b"another object"))
+
+
+def test_a_key_bound_object_needs_its_key_to_open(codec):
+    blob = codec.seal(b"abc", object_key=codec.object_key(b"abc"))
+    with pytest.raises(ObjectCorrupt, match="only be opened with its object key"):
+        codec.open(blob)
+
+
+def test_clearing_or_setting_the_key_bound_flag_is_detected(codec):
+    key = codec.object_key(b"abc")
+    bound = bytearray(codec.seal(b"abc", object_key=key))
+    bound[len(MAGIC)] &= ~FLAG_KEY_BOUND
+    with pytest.raises(ObjectCorrupt, match="failed authentication"):
+        codec.open(bytes(bound), expected_key=key)
+    plain = bytearray(codec.seal(b"abc"))
+    plain[len(MAGIC)] |= FLAG_KEY_BOUND
+    with pytest.raises(ObjectCorrupt, match="failed authentication"):
+        codec.open(bytes(plain), expected_key=key)
+
+
+def test_an_object_sealed_before_key_binding_still_opens_and_is_hashed(codec):
+    assert codec.open(GOLDEN_RAW_ABC, expected_key=GOLDEN_KEY_ABC) == b"abc"
+    with pytest.raises(ObjectCorrupt, match="another object"):
+        codec.open(GOLDEN_RAW_ABC, expected_key=GOLDEN_KEY_COMPRESSIBLE)
+
+
+def test_seal_golden_key_bound(codec):
+    assert codec.seal(b"abc", nonce=NONCE, object_key=GOLDEN_KEY_ABC) == GOLDEN_KEY_BOUND_ABC

@@ -179,7 +179,7 @@ class Scrubber:
             plaintext, source = self._from_other_copy(key, remote)
         if plaintext is None:
             return False
-        blob = self.context.codec.seal(plaintext)
+        blob = self.context.codec.seal(plaintext, object_key=key)
         try:
             if remote not in self.still_ours([remote]):
                 return False

@@ -6,7 +6,11 @@ The header (magic, flags, nonce) is authenticated as associated data, so
 changing any byte of a blob, or cutting it short, fails ``open`` instead of
 yielding garbage. The payload is the zstd-compressed plaintext, or the
 plaintext itself when compression does not make it smaller (flag bit 0 says
-which). Golden vectors in tests/unit/test_codec.py pin this format.
+which). A chunk object is sealed with its object key as associated data too
+(flag bit 1, decision 69): the tag then proves the blob is the object asked
+for, so a fault-in need not hash 4 MiB again to know it. Blobs without bit 1
+(metadata segments, and chunk objects of earlier versions) are checked by
+hashing, as before. Golden vectors in tests/unit/test_codec.py pin this format.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from zero.errors import ObjectCorrupt
 
 MAGIC = b"ZRO1"
 FLAG_ZSTD = 0x01
-KNOWN_FLAGS = FLAG_ZSTD
+FLAG_KEY_BOUND = 0x02  # the object key is authenticated with the header
+KNOWN_FLAGS = FLAG_ZSTD | FLAG_KEY_BOUND
 NONCE_BYTES = 12
 TAG_BYTES = 16
 HEADER_BYTES = len(MAGIC) + 1 + NONCE_BYTES
@@ -46,9 +51,10 @@ class Codec:
         it holds a known file by hashing that file."""
         return hashlib.blake2b(plaintext, key=self._hash_key, digest_size=OBJECT_KEY_DIGEST_BYTES).hexdigest()
 
-    def seal(self, plaintext: bytes, nonce: bytes | None = None) -> bytes:
-        """The blob to upload. ``nonce`` is for golden-vector tests only: reusing a
-        nonce under one key breaks GCM, so production code leaves it random."""
+    def seal(self, plaintext: bytes, nonce: bytes | None = None, object_key: str | None = None) -> bytes:
+        """The blob to upload; a chunk's blob is bound to its ``object_key``.
+        ``nonce`` is for golden-vector tests only: reusing a nonce under one key
+        breaks GCM, so production code leaves it random."""
         if nonce is None:
             nonce = os.urandom(NONCE_BYTES)
         elif len(nonce) != NONCE_BYTES:
@@ -58,8 +64,10 @@ class Codec:
             flags, payload = FLAG_ZSTD, compressed
         else:
             flags, payload = 0, plaintext
+        if object_key is not None:
+            flags |= FLAG_KEY_BOUND
         header = MAGIC + bytes([flags]) + nonce
-        return header + self._aead.encrypt(nonce, payload, header)
+        return header + self._aead.encrypt(nonce, payload, _associated(header, flags, object_key))
 
     def open(self, blob: bytes, expected_key: str | None = None) -> bytes:
         """The plaintext of a sealed blob; ObjectCorrupt if it is not exactly what
@@ -74,8 +82,11 @@ class Codec:
         header = bytes(blob[:HEADER_BYTES])
         flags = header[len(MAGIC)]
         nonce = header[len(MAGIC) + 1:]
+        if flags & FLAG_KEY_BOUND and expected_key is None:
+            raise ObjectCorrupt("a chunk object can only be opened with its object key")
         try:
-            payload = self._aead.decrypt(nonce, bytes(blob[HEADER_BYTES:]), header)
+            payload = self._aead.decrypt(nonce, bytes(blob[HEADER_BYTES:]),
+                                         _associated(header, flags, expected_key))
         except InvalidTag:
             raise ObjectCorrupt(f"object{_naming(expected_key)} failed authentication: it was changed or "
                                 "truncated after upload, or sealed with another key") from None
@@ -91,10 +102,18 @@ class Codec:
                                     f"decompress ({error}); it was sealed by a faulty writer") from None
         else:
             plaintext = payload
-        if expected_key is not None and self.object_key(plaintext) != expected_key:
+        # A key-bound blob authenticated with expected_key: it is that object.
+        if expected_key is not None and not flags & FLAG_KEY_BOUND and self.object_key(plaintext) != expected_key:
             raise ObjectCorrupt(f"object {expected_key} holds the content of another object; "
                                 "it was stored under the wrong key")
         return plaintext
+
+
+def _associated(header: bytes, flags: int, object_key: str | None) -> bytes:
+    """What GCM authenticates besides the ciphertext: the header, and the object key if bound."""
+    if flags & FLAG_KEY_BOUND:
+        return header + object_key.encode("ascii")
+    return header
 
 
 def _naming(key: str | None) -> str:

@@ -241,7 +241,7 @@ class Uploader:
         return _Upload(row, data, self.context.codec.object_key(data), stored)
 
     def _send(self, item: "_Upload"):
-        blob = self.context.codec.seal(item.data)
+        blob = self.context.codec.seal(item.data, object_key=item.key)
         try:
             return len(blob), self.context.pool.put(self.context.remote_key(item.key), blob, holders=item.holders)
         except RemoteUnavailable as error:
