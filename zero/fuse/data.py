@@ -93,15 +93,18 @@ class DataPath:
                         f"try the read again")
 
     def _prefetch_after(self, inode: Inode, last_idx: int) -> None:
-        """A sequential reader crossed into a new chunk: ask for the next ones."""
+        """A sequential reader crossed into a new chunk: ask the worker for the
+        next ones that are not cached (a look at the cache folder first: the
+        state is asked only when one of them has no file)."""
         count = self.config.prefetch_chunks
         if count <= 0:
             return
         wanted = range(last_idx + 1, min(last_idx + 1 + count, (inode.size - 1) // self.chunk_size + 1))
-        if not wanted:
+        missing = [idx for idx in wanted if not os.path.exists(self.files.cache.chunk_path(inode.ino, idx))]
+        if not missing:
             return
         with self.database.read() as connection:
-            remote = chunks.remote_indexes(connection, inode.ino, wanted)
+            remote = chunks.remote_indexes(connection, inode.ino, missing)
         self.worker.request_fetches(inode.ino, remote, requests.PREFETCH)
 
     # --- write ------------------------------------------------------------------------------
