@@ -206,3 +206,30 @@ def test_an_object_sealed_before_key_binding_still_opens_and_is_hashed(codec):
 
 def test_seal_golden_key_bound(codec):
     assert codec.seal(b"abc", nonce=NONCE, object_key=GOLDEN_KEY_ABC) == GOLDEN_KEY_BOUND_ABC
+
+
+def test_a_big_incompressible_plaintext_is_stored_raw_without_compressing_it_whole(codec, monkeypatch):
+    plaintext = incompressible(1024 * 1024)
+    compressed_sizes = []
+    real = codec_module.zstandard.ZstdCompressor
+
+    class Counting:
+        def __init__(self, **kwargs):
+            self.real = real(**kwargs)
+
+        def compress(self, data):
+            compressed_sizes.append(len(data))
+            return self.real.compress(data)
+
+    monkeypatch.setattr(codec_module.zstandard, "ZstdCompressor", Counting)
+    blob = codec.seal(plaintext)
+    assert not blob[len(MAGIC)] & FLAG_ZSTD
+    assert max(compressed_sizes) == codec_module.SAMPLE_BYTES, "the whole chunk was compressed anyway"
+    assert codec.open(blob) == plaintext
+
+
+def test_a_big_plaintext_compressible_only_in_its_middle_is_compressed(codec):
+    plaintext = incompressible(512 * 1024) + b"\0" * (1024 * 1024) + incompressible(512 * 1024 + 1)
+    blob = codec.seal(plaintext)
+    assert blob[len(MAGIC)] & FLAG_ZSTD and len(blob) < len(plaintext) * 0.6
+    assert codec.open(blob) == plaintext
