@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 import pytest
 
@@ -78,6 +79,9 @@ def test_a_sequential_writer_hands_over_each_chunk_it_filled_and_asks_for_its_up
     assert set(inode.leases) == {2}
     with data_path.database.read() as connection:
         assert requests.pending_uploads(connection) == [inode.ino]
+        # Committed with the release: once uploaded and evicted, a chunk has no file
+        # from which the reconciler could restore a size lost in a crash.
+        assert namespace.get_inode(connection, inode.ino).size >= 2 * CHUNK
     assert data_path.worker.woken >= 2
 
 
@@ -104,3 +108,16 @@ def test_fsync_syncs_the_chunks_handed_over_early_too(data_path, monkeypatch):
     data_path.fsync(inode)
     chunk_files = {f"{inode.ino}-{idx}" for idx in range(3)}
     assert chunk_files <= set(synced), f"fsync left {sorted(chunk_files - set(synced))} unsynced"
+
+
+def test_a_release_dates_each_chunk_by_its_last_write_not_by_the_commit(data_path):
+    # A file's tail is released at its close batch; dated by that commit it would look
+    # newer than chunks of the next file handed over meanwhile, and be evicted after them.
+    inode = new_file(data_path)
+    data_path.write(inode, None, b"a" * 100, 0)
+    inode.leases[0] -= 100.0  # the write happened 100 s ago
+    data_path.leases.release(inode)
+    with data_path.database.read() as connection:
+        (last_access,) = connection.exec_driver_sql("SELECT last_access FROM chunks WHERE ino = ?",
+                                                    (inode.ino,)).one()
+    assert last_access == pytest.approx(time.time() - 100.0, abs=5.0)

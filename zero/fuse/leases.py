@@ -85,15 +85,24 @@ class Leases:
         if persist:
             self.tree.persist(connection, inode)
         chunks.drop_unwritten(connection, inode.ino, [idx for idx in indexes if idx in inode.unwritten])
-        chunks.release_leases(connection, inode.ino, [idx for idx in indexes if idx not in inode.unwritten])
+        # The last write, not this commit, dates a chunk: a file's tail released at its
+        # close batch must not look newer than the next file's chunks handed over meanwhile.
+        wall_minus_monotonic = time.time() - time.monotonic()
+        written_at = {idx: wall_minus_monotonic + inode.leases[idx] for idx in indexes if idx in inode.leases}
+        chunks.release_leases(connection, inode.ino, [idx for idx in indexes if idx not in inode.unwritten], written_at)
 
     def hand_over_filled(self, inode: Inode, indexes: list[int]) -> None:
         """A sequential writer filled these chunks and moved on: release them and
         ask for their upload now rather than after uploadDelay, as a close would
         have. A later write takes the lease back (the upload then counts for
-        nothing and the chunk goes again). The caller holds ``inode.lock``."""
-        with self.database.write() as connection:
-            self.release_in(connection, inode, indexes)
+        nothing and the chunk goes again). The caller holds ``inode.lock``.
+
+        The size is written in the same commit, as every release does: once
+        uploaded and evicted a chunk has no file, and after a crash the
+        reconciler can restore a size only from files still dirty."""
+        persist = inode.attrs_unflushed and inode.ino in self.tree.inodes
+        with self.tree.changing(inode) as connection:
+            self.release_in(connection, inode, indexes, persist)
             requests.request_upload(connection, inode.ino)
         self.released(inode, indexes)
         self.worker.wake_worker()

@@ -150,9 +150,13 @@ def drop_unwritten(connection: Connection, ino: int, indexes: Iterable[int]) -> 
         connection.exec_driver_sql("DELETE FROM chunks WHERE ino = ? AND idx = ? AND leased = 1", params)
 
 
-def release_leases(connection: Connection, ino: int, indexes: Iterable[int]) -> None:
-    """Hand chunks to the worker; last_access dates the last write, which the upload delay counts from."""
-    params = [(time.time(), ino, idx) for idx in indexes]
+def release_leases(connection: Connection, ino: int, indexes: Iterable[int],
+                   written_at: dict[int, float] | None = None) -> None:
+    """Hand chunks to the worker; last_access dates the last write (``written_at``,
+    wall-clock seconds by index; now if not given), which the upload delay counts
+    from and eviction orders by."""
+    now = time.time()
+    params = [((written_at or {}).get(idx, now), ino, idx) for idx in indexes]
     if params:
         connection.exec_driver_sql("UPDATE chunks SET leased = 0, last_access = ? WHERE ino = ? AND idx = ?",
                                    params)

@@ -10,6 +10,10 @@ row of docs/dev/chunk_lifecycle.md recovers.
   step, and then kills -9 (a crash there) or removes the file (the process
   carries on and never pauses again).
 
+While an upload step is paused at, the uploader runs one group at a time
+(one_group_at_a_time()): the state the test looks at is then one group's
+step, not several groups' steps mixed.
+
 Unset, crash() costs one dict lookup.
 """
 
@@ -88,3 +92,8 @@ def crash(step: str) -> None:
     action = _ACTIONS.get(step)
     if action is not None:
         action(step)
+
+
+def one_group_at_a_time() -> bool:
+    """Whether the uploader must not overlap groups: a pause at an upload step is armed."""
+    return any(step.startswith("upload.") and isinstance(action, _Pause) for step, action in _ACTIONS.items())

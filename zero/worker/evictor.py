@@ -65,6 +65,20 @@ class Evictor:
             self._room_estimate = self.last_usage
         self._room_estimate += incoming_bytes
 
+    def make_room_for_clean(self, clean_bytes: int) -> None:
+        """Before an upload turns ``clean_bytes`` of dirty chunks clean: evict what
+        keeps the cache under its target once they count (invariant 4), down to
+        the low watermark as the keeper does. They are on disk already, so the
+        running estimate does not grow by them (counting them again made it evict
+        ever more, and priming fetched straight back what it evicted)."""
+        now = time.monotonic()
+        if now - self._room_measured_at > MEASURE_EVERY_S:
+            self._room_estimate = self.measure()
+            self._room_measured_at = now
+        if self._room_estimate + clean_bytes > self.target:
+            self.evict(max(0, min(self.low_watermark, self.target - clean_bytes)), usage=self._room_estimate)
+            self._room_estimate = self.last_usage
+
     def evict(self, goal_bytes: int | None = None, usage: int | None = None) -> int:
         """Evict until usage (measured, unless the caller just did) is at or
         under ``goal_bytes`` (the low watermark); returns how many chunks went."""

@@ -51,8 +51,9 @@ class Worker:
         self.context = context
         self.listener = listener
         self.keeper = keeper
-        self.uploader = Uploader(context, still_ours=keeper.still_ours, on_group_done=self._group_uploaded)
         self.evictor = Evictor(context)
+        self.uploader = Uploader(context, still_ours=keeper.still_ours, on_group_done=self._group_uploaded,
+                                 make_room=self._room_for_clean)
         self.scrub = ScrubThread(context, still_ours=keeper.still_ours)  # quarantine, repair, scrubRate
         self.fetcher = Fetcher(context, still_ours=keeper.still_ours, copies_read=self.scrub.copies_read)
         self.fetches = FetchDispatcher(self.fetcher, self.evictor.make_room)
@@ -136,6 +137,10 @@ class Worker:
         finally:
             self.uploader.wait_in_flight()  # a stop lets the groups under way commit
             self.uploader.finish_requests()
+
+    def _room_for_clean(self, incoming_bytes: int) -> None:  # called by upload groups, before they commit
+        if not self._fenced():  # a fenced worker keeps what is local (see _fenced)
+            self.evictor.make_room_for_clean(incoming_bytes)
 
     def _group_uploaded(self) -> None:
         self.context.wake_fuse()  # fsync and zero sync wait for these chunks

@@ -39,8 +39,12 @@ class _Upload:
 
 
 class Uploader:
-    def __init__(self, context: WorkerContext, still_ours=lambda names: set(names), on_group_done=lambda: None):
+    def __init__(self, context: WorkerContext, still_ours=lambda names: set(names), on_group_done=lambda: None,
+                 make_room=lambda incoming_bytes: None):
         self.context = context
+        # Evicts so that chunks about to turn clean keep the cache under its target
+        # (Evictor.make_room_for_clean): a sequential writer's chunks turn clean while it writes.
+        self.make_room = make_room
         # Which remotes that took copies still carry their marker (RemoteKeeper.still_ours).
         self.still_ours = still_ours
         self.on_group_done = on_group_done  # the worker's loop looks again for due chunks
@@ -117,7 +121,7 @@ class Uploader:
         return len(self._in_flight)
 
     def has_room(self) -> bool:
-        return len(self._in_flight) < GROUPS_IN_FLIGHT
+        return len(self._in_flight) < (1 if crashpoints.one_group_at_a_time() else GROUPS_IN_FLIGHT)
 
     def submit(self, rows) -> int:
         """Start uploading ``rows`` (from due()) beside the groups already in flight,
@@ -178,6 +182,7 @@ class Uploader:
             return 0, None
         crashpoints.crash("upload.started")
         read = [result for result in self._parallel(self._read, started) if result is not None]
+        self.make_room(sum(item.stored for item in read))
         done = 0
         to_send = []
         with context.database.write() as connection:
