@@ -22,6 +22,8 @@ FUSE = "fuse"      # worker -> fuse: a fetch or an upload finished
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 
 WAKE_FILE = "now"
 
@@ -50,6 +52,63 @@ def notify(wake_dir: Path, target: str) -> None:
             os.ftruncate(fd, 0)
     finally:
         os.close(fd)
+
+
+class Waker:
+    """Sends wake-ups to ``target`` from a thread, so the caller never waits on the
+    file system, and as one when several are asked for within ``coalesce_s``
+    (or, with ``soon``, within ``soon_s``: for wake-ups that may wait a little)."""
+
+    def __init__(self, wake_dir: Path | str, target: str, coalesce_s: float = 0.002, soon_s: float = 0.1):
+        self.wake_dir = wake_dir
+        self.target = target
+        self.coalesce_s = coalesce_s
+        self.soon_s = soon_s
+        self._lock = threading.Condition()
+        self._now = False
+        self._soon_since: float | None = None
+        self._thread: threading.Thread | None = None
+
+    def wake(self, soon: bool = False) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._send, name=f"zero-wake-{self.target}", daemon=True)
+                self._thread.start()
+            if not soon:
+                self._now = True
+            elif self._soon_since is None:
+                self._soon_since = time.monotonic()
+            else:
+                return
+            self._lock.notify()
+
+    def wake_now(self) -> None:
+        """Synchronous: for a process about to exit."""
+        with self._lock:
+            self._now, self._soon_since = False, None
+        notify(self.wake_dir, self.target)
+
+    def _wait_until_wanted(self) -> None:
+        with self._lock:
+            while not self._now:
+                if self._soon_since is None:
+                    self._lock.wait()
+                    continue
+                remaining = self._soon_since + self.soon_s - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._lock.wait(remaining)
+            self._now, self._soon_since = False, None
+
+    def _send(self) -> None:
+        while True:
+            self._wait_until_wanted()
+            try:
+                notify(self.wake_dir, self.target)
+            except OSError as error:  # the other process still rechecks on its own timer
+                log.warning("Could not wake %s (%s); it will notice within its recheck interval",
+                            self.target, error)
+            time.sleep(self.coalesce_s)
 
 
 def last_notified_ns(wake_dir: Path, target: str) -> int | None:

@@ -37,3 +37,20 @@ def test_a_listener_watches_only_its_own_target(tmp_path):
     finally:
         listener.stop()
     assert watched == {str(tmp_path / wakeup.WORKER)}
+
+
+def test_a_waker_sends_a_burst_as_few_wake_ups_and_a_soon_one_within_its_window(tmp_path):
+    listener = wakeup.WakeListener(tmp_path, wakeup.WORKER)
+    listener.start()
+    waker = wakeup.Waker(tmp_path, wakeup.WORKER, soon_s=0.05)
+    try:
+        before = listener.generation
+        for _ in range(200):
+            waker.wake()
+        assert listener.wait(before, 10) != before, "a burst of wake-ups never arrived"
+        assert (tmp_path / wakeup.WORKER / wakeup.WAKE_FILE).stat().st_size < 200, "no wake-up was coalesced"
+        before = listener.generation
+        waker.wake(soon=True)
+        assert listener.wait(before, 10) != before, "a wake-up asked for soon never arrived"
+    finally:
+        listener.stop()

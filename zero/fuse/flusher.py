@@ -110,7 +110,7 @@ class Flusher:
                 self._measure_dirty()
                 quiet_s = THROTTLE_QUIET_S if self.dirty_over_target else self.config.upload_delay_s
                 if self.leases.release_quiet(quiet_s):
-                    self.worker.wake_worker()
+                    self.worker.wake_worker(soon=True)
                 ticks += 1
                 if ticks % TOTALS_EVERY_TICKS == 0:
                     self.tree.refresh_totals()
@@ -167,7 +167,7 @@ class Flusher:
                         if inode.leases and inode.write_handles == 0 and inode.ino in self.tree.inodes:
                             self._closed.setdefault(ino, inode)
         if due:
-            self.worker.wake_worker()
+            self.worker.wake_worker(soon=True)  # uploaded after uploadDelay anyway
 
     # --- before a write -------------------------------------------------------------------
 

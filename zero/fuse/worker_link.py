@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 
@@ -26,6 +25,7 @@ log = logging.getLogger(__name__)
 
 RECHECK_S = 1.0  # a lost wake-up costs at most this much latency
 WAKE_COALESCE_S = 0.002  # wake-ups asked for within this window go out as one
+WAKE_SOON_S = 0.1  # how long a wake-up for closed files may wait to share one with others
 EVICTION_RECHECK_S = 0.25
 
 
@@ -40,31 +40,21 @@ class WorkerLink:
         # Every close of a written file wakes the worker; touching the wake file
         # costs four system calls and an inotify event, so a thread sends them,
         # several at a time when files close in a burst (cp -r, untar).
-        self._wake_wanted = threading.Event()
-        self._waker = threading.Thread(target=self._send_wakes, name="zero-waker", daemon=True)
-        self._waker.start()
+        self._waker = wakeup.Waker(cache.wake, wakeup.WORKER, coalesce_s=WAKE_COALESCE_S, soon_s=WAKE_SOON_S)
 
     def worker_pid(self) -> int | None:
         return holder_pid(self.cache.lock_path("worker"))
 
-    def wake_worker(self) -> None:
-        self._wake_wanted.set()
+    def wake_worker(self, soon: bool = False) -> None:
+        """Wake the worker; with ``soon``, within WAKE_SOON_S. Closed files are only
+        uploaded after uploadDelay, so their wake-ups can wait and go as one: each
+        one sets all the worker's loops looking at the state, which took a third of
+        a core in a create loop."""
+        self._waker.wake(soon)
 
     def wake_worker_now(self) -> None:
         """Synchronous: for unmount, where the process may exit right after."""
-        self._wake_wanted.clear()
-        wakeup.notify(self.cache.wake, wakeup.WORKER)
-
-    def _send_wakes(self) -> None:
-        while True:
-            self._wake_wanted.wait()
-            self._wake_wanted.clear()
-            try:
-                wakeup.notify(self.cache.wake, wakeup.WORKER)
-            except OSError as error:  # the worker still rechecks on its own timer
-                log.warning("Could not wake zero-worker (%s); it will notice the new data within %.0fs",
-                            error, 30)
-            time.sleep(WAKE_COALESCE_S)
+        self._waker.wake_now()
 
     def wait_for_progress(self, timeout_s: float) -> None:
         """Wait until the worker reports progress (an upload or fetch finished) or the timeout."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zero import wakeup
 from zero.cachedir import CacheDir
@@ -25,6 +25,7 @@ class WorkerContext:
     # The lease that lets this process write to the remotes (zero.meta.writer.Writer); the
     # worker sets it. None only for one-shot tools that checked the lease themselves.
     writer: object | None = None
+    _fuse_waker: wakeup.Waker | None = field(default=None, repr=False, compare=False)
 
     def may_write(self) -> bool:
         """Uploads, metadata segments and deletions ask this first: the fence."""
@@ -40,4 +41,8 @@ class WorkerContext:
         return layout.objects_prefix(self.fs_id)
 
     def wake_fuse(self) -> None:
-        wakeup.notify(self.cache.wake, wakeup.FUSE)
+        """Tell zero-fuse (and `zero sync`) to look again, from a thread: an upload
+        group or a fault-in that touched the wake file itself waited on the disk."""
+        if self._fuse_waker is None:
+            self._fuse_waker = wakeup.Waker(self.cache.wake, wakeup.FUSE)
+        self._fuse_waker.wake()
