@@ -185,6 +185,7 @@ class ZeroMount:
         for name, command in self._commands().items():
             self._spawn(name, command)
         self._wait_for_mount()
+        self._wait_for_worker()
 
     def _commands(self) -> dict[str, list[str]]:
         return {
@@ -213,6 +214,7 @@ class ZeroMount:
         worker.wait(STOP_WAIT_S)
         write_config(self.config, self.remote, target)
         self._spawn("zero-worker", self._commands()["zero-worker"])
+        self._wait_for_worker()
 
     def evict_everything(self, target: str, timeout_s: float = 300.0) -> None:
         """Upload all, then restart the worker with a small targetDiskUsage so that
@@ -228,6 +230,21 @@ class ZeroMount:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not evict the cache down to {target} in {timeout_s:.0f}s")
             time.sleep(0.2)
+
+    def _wait_for_worker(self) -> None:
+        """Until zero-worker holds its lock: before that zero-fuse rightly takes it for
+        absent, and an fsync that promises the remotes fails with EIO."""
+        from zero.locking import holder_pid
+        worker = self.processes["zero-worker"]
+        deadline = time.monotonic() + self.mount_timeout_s
+        while holder_pid(self.cache / "worker.lock") != worker.pid:
+            if worker.poll() is not None:
+                raise RuntimeError(f"zero-worker exited with status {worker.returncode}:\n"
+                                   + log_tail(self.work / "zero-worker.log"))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"zero-worker did not start within {self.mount_timeout_s:.0f}s:\n"
+                                   + log_tail(self.work / "zero-worker.log"))
+            time.sleep(MOUNT_POLL_S)
 
     def _wait_for_mount(self) -> None:
         deadline = time.monotonic() + self.mount_timeout_s

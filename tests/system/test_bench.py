@@ -21,3 +21,15 @@ def test_the_benchmark_mounts_zero_and_measures_every_workload(tmp_path):
     for row in results:
         assert row["zero"] > 0 and row["plain"] > 0, row
     assert list(tmp_path.iterdir()) == [report], "the harness leaves its scratch folder behind"
+
+
+def test_the_quick_measurements_run_each_workload_and_clean_up(tmp_path):
+    for workload in ("write", "cold", "read", "create"):
+        finished = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "quick.py"), workload, "--rounds", "1", "--size-mib", "8",
+             "--files", "20", "--base-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=300)
+        assert finished.returncode == 0, finished.stdout + finished.stderr
+        assert finished.stdout.startswith("round 0: ") and "CPU user+sys: zero-worker" in finished.stdout, \
+            finished.stdout
+    assert not list(tmp_path.iterdir()), "the quick bench leaves its scratch folder behind"

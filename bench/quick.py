@@ -1,0 +1,157 @@
+"""Quick single-system measurements of zero, for A/B checks while changing the
+data path: one workload, a few rounds, with the CPU each zero process spent.
+
+    .venv/bin/python bench/quick.py write --size-mib 256 --rounds 3
+    .venv/bin/python bench/quick.py cold --size-mib 256      # evicted, then read (cache 32 MiB)
+    .venv/bin/python bench/quick.py read --size-mib 256      # page cache dropped, zero's cache warm
+    .venv/bin/python bench/quick.py create --files 2000 [--upload-delay 600]
+
+Same mount as bench/run.py (ZeroMount: zero-fuse and zero-worker over a
+local-folder remote in a scratch folder, removed afterwards). No peers, no
+plain folder: compare two versions of zero by running this on each. Needs
+root for dropping the page cache (read, cold)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as bench_run  # noqa: E402
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+class CpuMeter:
+    def __init__(self, mount: bench_run.ZeroMount):
+        self.mount = mount
+        self.start = {name: process_cpu(p.pid) for name, p in mount.processes.items()}
+
+    def spent(self) -> str:
+        parts = []
+        for name, process in self.mount.processes.items():
+            user, system = process_cpu(process.pid)
+            before = self.start.get(name, (user, system))
+            parts.append(f"{name} {user - before[0]:.2f}+{system - before[1]:.2f}s")
+        return "CPU user+sys: " + ", ".join(parts)
+
+
+def distinct_blocks(count: int, salt: int) -> list[bytes]:
+    """1 MiB blocks that neither compress nor dedup, different for each salt."""
+    return [struct.pack("<QQ", salt, i) + os.urandom((1 << 20) - 16) for i in range(count)]
+
+
+def write(mount, args, round_no: int) -> str:
+    blocks = distinct_blocks(args.size_mib, round_no)
+    meter = CpuMeter(mount)
+    started = time.perf_counter()
+    fd = os.open(mount.mnt / f"big-{round_no}", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for block in blocks:
+            os.write(fd, block)
+        written = time.perf_counter()
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    done = time.perf_counter()
+    return (f"write {args.size_mib / (written - started):.0f} MiB/s, fsync {done - written:.2f} s, "
+            f"write+fsync {args.size_mib / (done - started):.0f} MiB/s; {meter.spent()}")
+
+
+def _big_file(mount, args) -> Path:
+    path = mount.mnt / "big"
+    if not path.exists():
+        with open(path, "wb") as out:
+            for block in distinct_blocks(args.size_mib, 0):
+                out.write(block)
+        mount.zero("sync", str(mount.mnt))
+    return path
+
+
+def _read_all(path: Path) -> tuple[float, float]:
+    started = time.perf_counter()
+    with open(path, "rb", buffering=0) as source:
+        source.read(4096)
+        first_byte = time.perf_counter() - started
+        while source.read(1 << 20):
+            pass
+    return first_byte, time.perf_counter() - started
+
+
+def read(mount, args, round_no: int) -> str:
+    path = _big_file(mount, args)
+    bench_run.drop_page_cache()
+    meter = CpuMeter(mount)
+    _, took = _read_all(path)
+    return f"read {args.size_mib / took:.0f} MiB/s; {meter.spent()}"
+
+
+def cold(mount, args, round_no: int) -> str:
+    path = _big_file(mount, args)
+    mount.evict_everything("1MiB")
+    mount.restart_worker(f"{args.cache_mib}MiB")
+    bench_run.drop_page_cache()
+    meter = CpuMeter(mount)
+    first_byte, took = _read_all(path)
+    return f"cold read {args.size_mib / took:.0f} MiB/s, first byte {first_byte * 1000:.0f} ms; {meter.spent()}"
+
+
+def create(mount, args, round_no: int) -> str:
+    folder = mount.mnt / f"small-{round_no}"
+    folder.mkdir()
+    data = os.urandom(4096)
+    meter = CpuMeter(mount)
+    started = time.perf_counter()
+    for i in range(args.files):
+        with open(folder / f"f{i:06d}", "wb") as out:
+            out.write(data)
+    took = time.perf_counter() - started
+    return f"create {args.files / took:.0f} files/s; {meter.spent()}"
+
+
+WORKLOADS = {"write": write, "read": read, "cold": cold, "create": create}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("workload", choices=sorted(WORKLOADS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--cache-mib", type=int, default=32, help="cache limit for the cold read")
+    parser.add_argument("--upload-delay", type=float, default=1.0, help="uploadDelay (the bench's default: 1)")
+    parser.add_argument("--base-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="zero-quick-", dir=args.base_dir))
+    (work / "zero").mkdir()
+    mount = bench_run.ZeroMount(work / "zero", 60)
+    plain_config = bench_run.write_config
+
+    def config(path, remote, target="1000GB"):
+        plain_config(path, remote, target)
+        path.write_text(path.read_text().replace("uploadDelay: 1\n", f"uploadDelay: {args.upload_delay}\n"))
+
+    bench_run.write_config = config
+    try:
+        mount.start()
+        for round_no in range(args.rounds):
+            print(f"round {round_no}: {WORKLOADS[args.workload](mount, args, round_no)}", flush=True)
+    finally:
+        mount.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
