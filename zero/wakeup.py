@@ -33,8 +33,11 @@ def target_dir(wake_dir: Path | str, target: str) -> str:
     wake-ups, not those it sends (fuse wakes the worker on every close burst)."""
     path = os.path.join(wake_dir, target)
     if not os.path.isdir(path):
-        if os.path.lexists(path):
-            os.unlink(path)  # a wake file of an older zero, where targets shared one folder
+        if os.path.lexists(path) and not os.path.isdir(path):
+            try:
+                os.unlink(path)  # a wake file of an older zero, where targets shared one folder
+            except FileNotFoundError:
+                pass  # the other process replaced it first
         os.makedirs(path, exist_ok=True)
     return path
 

@@ -244,6 +244,53 @@ def test_a_write_during_an_upload_leaves_the_chunk_dirty_and_its_object_garbage(
         assert objects.known_keys(connection) == {fresh_key}
 
 
+def test_a_chunk_file_is_on_the_disk_before_its_chunk_is_marked_clean(context, monkeypatch):
+    # After a power cut a clean chunk's file is trusted (read, and re-uploaded by a partial
+    # rewrite); fuse's write may still have been in the page cache when the upload read it.
+    ino = make_file(context, b"a")
+    fuse_write(context, ino, 0, chunk_data(1))
+    synced_while_uploading = []
+    real_fdatasync = os.fdatasync
+
+    def recording_fdatasync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path == context.cache.chunk_path(ino, 0):
+            synced_while_uploading.append(state_of(context, ino, 0))
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recording_fdatasync)
+    uploader = Uploader(context)
+    assert uploader.upload(uploader.due(hurry=False)[0]) is True
+    assert synced_while_uploading == [ChunkState.UPLOADING]
+
+
+def test_an_unexpected_error_in_a_group_sends_its_chunks_back_to_dirty(context):
+    # Left uploading, nothing would retry them until the worker restarts: fsync and `zero sync` would wait.
+    ino = make_file(context, b"a")
+    fuse_write(context, ino, 0, chunk_data(1))
+    fuse_write(context, ino, 1, chunk_data(2))
+
+    def full_disk(_bytes):
+        raise OSError(28, "No space left on device")
+
+    uploader = Uploader(context, make_room=full_disk)
+    with pytest.raises(OSError):
+        uploader.upload_batch(uploader.due(hurry=False))
+    assert state_of(context, ino, 0) == ChunkState.DIRTY and state_of(context, ino, 1) == ChunkState.DIRTY
+    assert Uploader(context).upload_batch(Uploader(context).due(hurry=False)) == 2
+
+
+def test_a_group_in_flight_that_fails_is_reaped_and_its_chunks_are_due_again(context):
+    ino = make_file(context, b"a")
+    fuse_write(context, ino, 0, chunk_data(1))
+    failing = Uploader(context, make_room=lambda _bytes: 1 / 0)
+    assert failing.submit(failing.due(hurry=False)) == 1
+    failing.wait_in_flight()
+    failing.close()
+    assert state_of(context, ino, 0) == ChunkState.DIRTY
+    assert [(row.ino, row.idx) for row in Uploader(context).due(hurry=True)] == [(ino, 0)]
+
+
 def test_an_upload_of_a_chunk_fuse_took_back_does_not_start(context):
     ino = make_file(context, b"a")
     fuse_write(context, ino, 0, chunk_data(1))

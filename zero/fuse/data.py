@@ -140,7 +140,11 @@ class DataPath:
                 filled = [idx for idx in range(offset // self.chunk_size, position // self.chunk_size)
                           if idx in inode.leases]
                 if filled:
-                    self.leases.hand_over_filled(inode, filled)
+                    try:
+                        self.leases.hand_over_filled(inode, filled)
+                    except Exception as error:  # noqa: BLE001 - the bytes landed; the close hands them over
+                        log.warning("Could not hand chunks %s of inode %d to zero-worker early (%s); they go "
+                                    "at close or after uploadDelay instead", filled, inode.ino, error)
         return len(data)
 
     def truncate(self, inode: Inode, length: int) -> None:

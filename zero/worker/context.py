@@ -25,7 +25,10 @@ class WorkerContext:
     # The lease that lets this process write to the remotes (zero.meta.writer.Writer); the
     # worker sets it. None only for one-shot tools that checked the lease themselves.
     writer: object | None = None
-    _fuse_waker: wakeup.Waker | None = field(default=None, repr=False, compare=False)
+    _fuse_waker: wakeup.Waker = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._fuse_waker = wakeup.Waker(self.cache.wake, wakeup.FUSE)  # its thread starts at the first wake-up
 
     def may_write(self) -> bool:
         """Uploads, metadata segments and deletions ask this first: the fence."""
@@ -43,6 +46,4 @@ class WorkerContext:
     def wake_fuse(self) -> None:
         """Tell zero-fuse (and `zero sync`) to look again, from a thread: an upload
         group or a fault-in that touched the wake file itself waited on the disk."""
-        if self._fuse_waker is None:
-            self._fuse_waker = wakeup.Waker(self.cache.wake, wakeup.FUSE)
         self._fuse_waker.wake()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 from zero.errors import StateConflict
@@ -28,6 +29,9 @@ class Evictor:
         self.last_usage = 0
         self._room_estimate = 0
         self._room_measured_at = float("-inf")
+        # The keeper, the fetch dispatcher and upload groups all evict: one at a time,
+        # so two never evict from the same estimate (twice what was needed).
+        self._lock = threading.RLock()
 
     @property
     def target(self) -> int:
@@ -56,32 +60,42 @@ class Evictor:
         walks account for). Evicting from that upper bound frees at most a chunk
         or two more than needed; walking before every eviction took a tenth of
         the worker's time in a cold read, with the cache always at its target."""
-        now = time.monotonic()
-        if now - self._room_measured_at > MEASURE_EVERY_S:
-            self._room_estimate = self.measure() + in_flight_bytes
-            self._room_measured_at = now
-        if self._room_estimate + incoming_bytes > self.target:
-            self.evict(max(0, min(self.low_watermark, self.target - incoming_bytes)), usage=self._room_estimate)
-            self._room_estimate = self.last_usage
-        self._room_estimate += incoming_bytes
+        with self._lock:
+            now = time.monotonic()
+            if now - self._room_measured_at > MEASURE_EVERY_S:
+                self._room_estimate = self.measure() + in_flight_bytes
+                self._room_measured_at = now
+            if self._room_estimate + incoming_bytes > self.target:
+                self.evict(max(0, min(self.low_watermark, self.target - incoming_bytes)), usage=self._room_estimate)
+                self._room_estimate = self.last_usage
+            self._room_estimate += incoming_bytes
 
     def make_room_for_clean(self, clean_bytes: int) -> None:
         """Before an upload turns ``clean_bytes`` of dirty chunks clean: evict what
         keeps the cache under its target once they count (invariant 4), down to
-        the low watermark as the keeper does. They are on disk already, so the
-        running estimate does not grow by them (counting them again made it evict
-        ever more, and priming fetched straight back what it evicted)."""
-        now = time.monotonic()
-        if now - self._room_measured_at > MEASURE_EVERY_S:
-            self._room_estimate = self.measure()
-            self._room_measured_at = now
-        if self._room_estimate + clean_bytes > self.target:
-            self.evict(max(0, min(self.low_watermark, self.target - clean_bytes)), usage=self._room_estimate)
-            self._room_estimate = self.last_usage
+        the low watermark as the keeper does.
+
+        The estimate may be up to a second old and miss what fuse wrote since,
+        so the chunks are counted on top of it: when the last walk had counted
+        them already, this evicts up to their size more than needed. The running
+        estimate does not grow by them (they are on disk already; growing it made
+        eviction go ever deeper, and priming fetched straight back what it evicted)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._room_measured_at > MEASURE_EVERY_S:
+                self._room_estimate = self.measure()
+                self._room_measured_at = now
+            if self._room_estimate + clean_bytes > self.target:
+                self.evict(max(0, min(self.low_watermark, self.target - clean_bytes)), usage=self._room_estimate)
+                self._room_estimate = self.last_usage
 
     def evict(self, goal_bytes: int | None = None, usage: int | None = None) -> int:
         """Evict until usage (measured, unless the caller just did) is at or
         under ``goal_bytes`` (the low watermark); returns how many chunks went."""
+        with self._lock:
+            return self._evict(goal_bytes, usage)
+
+    def _evict(self, goal_bytes: int | None, usage: int | None) -> int:
         goal = self.low_watermark if goal_bytes is None else goal_bytes
         if usage is None:
             usage = self.measure()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -24,7 +25,7 @@ from zero.worker.context import WorkerContext
 log = logging.getLogger(__name__)
 
 BATCH = 64
-GROUP = 16    # chunks per group of commits; with 4 MiB chunks, at most 64 MiB in memory
+GROUP = 16    # chunks per group of commits; with 4 MiB chunks, 64 MiB in memory per group in flight
 THREADS = 4   # parallel reads, seals and sends
 GROUPS_IN_FLIGHT = 3  # groups uploading at once: a sequential writer hands over one chunk at a time
 
@@ -50,6 +51,7 @@ class Uploader:
         self.on_group_done = on_group_done  # the worker's loop looks again for due chunks
         self.uploaded_bytes = 0
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self._groups: concurrent.futures.ThreadPoolExecutor | None = None
         self._in_flight: dict[concurrent.futures.Future, set[tuple[int, int]]] = {}
 
@@ -152,7 +154,7 @@ class Uploader:
             if isinstance(error, RemoteUnavailable):
                 unavailable = True
             elif error is not None:
-                log.error("Uploading a group of chunks failed; they stay dirty and are tried again",
+                log.error("Uploading a group of chunks failed; they went back to dirty and are tried again",
                           exc_info=error)
         return unavailable
 
@@ -180,6 +182,14 @@ class Uploader:
                     pass  # fuse wrote to it again, or took it back: a later round
         if not started:
             return 0, None
+        try:
+            return self._upload_started(started)
+        except BaseException:
+            self._give_back_all(started)  # else they stay uploading until the worker restarts
+            raise
+
+    def _upload_started(self, started) -> tuple[int, RemoteUnavailable | None]:
+        context = self.context
         crashpoints.crash("upload.started")
         read = [result for result in self._parallel(self._read, started) if result is not None]
         self.make_room(sum(item.stored for item in read))
@@ -237,6 +247,10 @@ class Uploader:
         try:
             with open(self.context.cache.chunk_path(row.ino, row.idx), "rb") as chunk_file:
                 data = chunk_file.read()
+                # A clean chunk's file is trusted after a power cut (it is read, and a
+                # partial rewrite uploads it again), so it must be on the disk before
+                # the commit that says clean: fuse's writes may still be in the page cache.
+                os.fdatasync(chunk_file.fileno())
                 stored = disk_bytes(os.fstat(chunk_file.fileno()))
         except FileNotFoundError:
             # Truncated or deleted while uploading (its row went with it), or a
@@ -280,9 +294,11 @@ class Uploader:
     def _parallel(self, function, items) -> list:
         if len(items) == 1:
             return [function(items[0])]
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="zero-upload")
-        return list(self._pool.map(function, items))
+        with self._pool_lock:  # groups in flight share one pool
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="zero-upload")
+            pool = self._pool
+        return list(pool.map(function, items))
 
     def close(self) -> None:
         if self._groups is not None:
@@ -291,6 +307,12 @@ class Uploader:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+    def _give_back_all(self, rows) -> None:
+        """After an unexpected error: every chunk of the group still uploading goes back to dirty."""
+        with self.context.database.write() as connection:
+            for row in rows:
+                self._abort(connection, row)
 
     def _give_back(self, ino: int, idx: int) -> None:
         try:
