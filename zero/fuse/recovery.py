@@ -18,6 +18,7 @@ import logging
 import os
 
 from zero.cachedir import CacheDir
+from zero.meta import reboot
 from zero.state import chunks, namespace
 from zero.state.db import Database
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 def reconcile(database: Database, cache: CacheDir, chunk_size: int) -> dict[str, int]:
     repaired = {"leases": 0, "orphan_inodes": 0, "orphan_files": 0, "sizes": 0, "empty_chunks": 0}
+    # Before anything reads them: after a restart, recently uploaded chunk files are in doubt.
+    reboot.distrust_recent_clean_files(database, cache)
     with database.write() as connection:
         repaired["leases"] = chunks.release_all_leases(connection)
         purged_files = []

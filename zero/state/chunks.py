@@ -206,6 +206,16 @@ def all_rows(connection: Connection) -> list[Row]:
     return connection.execute(select(_c)).all()
 
 
+def recently_written_clean(connection: Connection, window_s: float) -> list[Row]:
+    """Clean chunks whose last write or read is within ``window_s`` of the newest
+    one recorded (zero.meta.reboot: the last activity before a restart)."""
+    newest = connection.execute(select(func.max(_c.c.last_access))).scalar()
+    if newest is None:
+        return []
+    return connection.execute(select(_c).where(_c.c.state == C.value,
+                                               _c.c.last_access >= newest - window_s)).all()
+
+
 def all_rows_of(connection: Connection, ino: int) -> list[Row]:
     return connection.execute(select(_c).where(_c.c.ino == ino).order_by(_c.c.idx)).all()
 

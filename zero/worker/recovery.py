@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 
+from zero.meta import reboot
 from zero.state import chunks
 from zero.worker.context import WorkerContext
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 def recover(context: WorkerContext) -> dict[str, int]:
     repaired = {"uploading": 0, "fetching": 0, "temp_files": 0, "evictions": 0, "stray_files": 0}
+    reboot.distrust_recent_clean_files(context.database, context.cache)  # their rows: evictions, below
     for entry in os.scandir(context.cache.tmp):
         os.unlink(entry.path)
         repaired["temp_files"] += 1

@@ -247,10 +247,8 @@ class Uploader:
         try:
             with open(self.context.cache.chunk_path(row.ino, row.idx), "rb") as chunk_file:
                 data = chunk_file.read()
-                # A clean chunk's file is trusted after a power cut (it is read, and a
-                # partial rewrite uploads it again), so it must be on the disk before
-                # the commit that says clean: fuse's writes may still be in the page cache.
-                os.fdatasync(chunk_file.fileno())
+                # Not synced: a power cut that takes these bytes from the page cache
+                # after the chunk is clean is undone at the next start (zero/meta/reboot.py).
                 stored = disk_bytes(os.fstat(chunk_file.fileno()))
         except FileNotFoundError:
             # Truncated or deleted while uploading (its row went with it), or a
