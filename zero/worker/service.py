@@ -60,6 +60,9 @@ class Worker:
         self.collector = Collector(context)
         self.meta_backup = BackupThread(context, listener)  # metadata to the remotes (zero/meta/backup.py)
         self.stopping = threading.Event()
+        # The upload loop's wake-up: every wake-up of the listener, and each group that finishes
+        # (those wake only it: the fetcher and the keeper have nothing to do about them).
+        self._upload_wanted = threading.Event()
         self._threads: list[threading.Thread] = []
         self._scheduler = BackgroundScheduler(daemon=True)
         self._rate_window: list[tuple[float, int]] = []
@@ -118,9 +121,10 @@ class Worker:
 
     def _upload_loop(self) -> None:
         """Keeps up to GROUPS_IN_FLIGHT groups uploading; each one's end wakes it."""
+        self.listener.also_set(self._upload_wanted)
         try:
             while not self.stopping.is_set():
-                generation = self.listener.generation
+                self._upload_wanted.clear()  # a wake-up from here on is kept for the wait below
                 if self.uploader.reap():
                     self.uploader.finish_requests()
                     self.uploader.wait_in_flight()
@@ -128,12 +132,13 @@ class Worker:
                     continue
                 if self.uploader.has_room():
                     hurry = self.evictor.last_usage > self.context.config.target_disk_usage_bytes
-                    if self.uploader.submit(self.uploader.due(hurry=hurry)):
+                    if self.uploader.submit(self.uploader.next_rows(hurry=hurry)):
                         continue
                 self.uploader.finish_requests()
                 self.stopping.wait(UPLOADER_MIN_INTERVAL_S)
                 next_due = self.uploader.next_due_in()
-                self._wait(generation, IDLE_RECHECK_S if next_due is None else min(next_due + 0.05, IDLE_RECHECK_S))
+                if not self.stopping.is_set():
+                    self._upload_wanted.wait(IDLE_RECHECK_S if next_due is None else min(next_due + 0.05, IDLE_RECHECK_S))
         finally:
             self.uploader.wait_in_flight()  # a stop lets the groups under way commit
             self.uploader.finish_requests()
@@ -143,8 +148,8 @@ class Worker:
             self.evictor.make_room_for_clean(incoming_bytes)
 
     def _group_uploaded(self) -> None:
-        self.context.wake_fuse()  # fsync and zero sync wait for these chunks
-        self.listener.poke()      # the upload loop has room again; clean chunks may now be evictable
+        self.context.wake_fuse()    # fsync and zero sync wait for these chunks
+        self._upload_wanted.set()   # room for another group; the group made room for its clean chunks itself
 
     def _keep_loop(self) -> None:
         pins_applied_at = 0.0

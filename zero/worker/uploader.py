@@ -54,6 +54,8 @@ class Uploader:
         self._pool_lock = threading.Lock()
         self._groups: concurrent.futures.ThreadPoolExecutor | None = None
         self._in_flight: dict[concurrent.futures.Future, set[tuple[int, int]]] = {}
+        self._backlog: list = []  # due rows not submitted yet (no room then)
+        self._requested: set[int] = set()  # inodes whose upload was asked for, as due() last saw them
 
     def due(self, hurry: bool) -> list:
         """Chunks to upload now: the requested ones first, then the quiet ones.
@@ -70,6 +72,7 @@ class Uploader:
                                     quiet_before=None if hurry else now - config.upload_delay_s,
                                     inos=requested)
         due.sort(key=lambda row: (row.ino not in requested, row.last_access))
+        self._requested = requested
         return due[:BATCH]
 
     def next_due_in(self) -> float | None:
@@ -132,6 +135,7 @@ class Uploader:
         uploaded one after another they would leave fsync waiting for a backlog."""
         held = set().union(*self._in_flight.values())
         rows = [row for row in rows if (row.ino, row.idx) not in held]
+        self._backlog = []
         if self._groups is None:
             self._groups = concurrent.futures.ThreadPoolExecutor(GROUPS_IN_FLIGHT,
                                                                  thread_name_prefix="zero-upload-group")
@@ -140,10 +144,23 @@ class Uploader:
             if not self.has_room():
                 break
             group = rows[start:start + GROUP]
+            if self._in_flight and len(group) < GROUP and not any(row.ino in self._requested for row in group):
+                # Beside groups in flight, a small group of quiet chunks (small files) waits to
+                # fill up: each group costs three commits and two looks at the markers.
+                # Asked-for chunks (fsync, a sequential writer's) go at once.
+                break
             future = self._groups.submit(self._upload_group_then_tell, group)
             self._in_flight[future] = {(row.ino, row.idx) for row in group}
             started += len(group)
+        self._backlog = rows[started:]
         return started
+
+    def next_rows(self, hurry: bool) -> list:
+        """What to submit next: the rows left over from the last due() while they
+        fill a group (a row gone stale since fails its compare-and-set and is
+        skipped), else due() afresh. Asking the state once per group that finished cost the
+        worker more than the uploads of small files."""
+        return self._backlog if len(self._backlog) >= GROUP else self.due(hurry)
 
     def reap(self) -> bool:
         """Forget finished groups; True if one of them found a remote unavailable."""
