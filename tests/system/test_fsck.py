@@ -20,7 +20,7 @@ from support import EXPECTED_WARNINGS, ZeroMount
 from workerkit import KIB, State, drop_caches, object_path, wait_until
 
 CHUNK = 256 * KIB
-CONFIG = {"chunkSize": "256KiB", "targetDiskUsage": "1MiB", "metadataBackupInterval": 3600}
+CONFIG = {"chunkSize": "256KiB", "targetDiskUsage": "2MiB", "metadataBackupInterval": 3600}
 FILES = {
     "docs/a.txt": b"hello\n",
     "docs/deep/big.bin": os.urandom(5 * CHUNK + 1000),
@@ -48,6 +48,36 @@ def real_state(tmp_path_factory) -> Path:
         state = State(mount.cache)
         wait_until(lambda: {"remote", "clean"} <= set(state.states()) and not state.dirty_chunk_files(), 60,
                    "some chunks evicted, the rest clean")
+        # The tests need big.bin with a chunk in each state, and clean chunks of movie.bin and
+        # top.txt. Uploads of different files overlap, so which chunks eviction took is
+        # timing; instead evict everything, then read back one chunk of each (the last:
+        # nothing after it to prefetch) into a cache that holds them.
+        assert mount.stop_worker() == 0
+        mount.config_path.write_text(mount.config_path.read_text().replace("targetDiskUsage: 2MiB",
+                                                                           "targetDiskUsage: 1KiB"))
+        mount.start_worker()
+        wait_until(lambda: set(state.states()) == {"remote"}, 60, "the worker to evict every chunk")
+        assert mount.stop_worker() == 0
+        mount.config_path.write_text(mount.config_path.read_text().replace("targetDiskUsage: 1KiB",
+                                                                           "targetDiskUsage: 2MiB"))
+        mount.start_worker()
+        for name in ("docs/deep/big.bin", "media/movie.bin", "top.txt"):
+            path = mount.mnt / name
+            last = (len(FILES[name]) - 1) // CHUNK
+            drop_caches(path)
+            with open(path, "rb") as reader:
+                reader.seek(last * CHUNK)
+                assert reader.read() == FILES[name][last * CHUNK:]
+        inos = {name: os.stat(mount.mnt / name).st_ino for name in ("docs/deep/big.bin", "media/movie.bin", "top.txt")}
+
+        def settled():
+            big, movie, top = (set(state.chunks_of(ino).values()) for ino in inos.values())
+            return {"clean", "remote"} <= big and "clean" in movie and "clean" in top and not state.dirty_chunk_files()
+
+        try:
+            wait_until(settled, 60, "big.bin to have a clean and an evicted chunk, movie.bin and top.txt clean ones")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; states: {[state.chunks_of(ino) for ino in inos.values()]}") from None
     finally:
         mount.close()
     assert not mount.unexpected_log_lines(EXPECTED_WARNINGS)

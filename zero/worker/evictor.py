@@ -29,6 +29,7 @@ class Evictor:
         self.last_usage = 0
         self._room_estimate = 0
         self._room_measured_at = float("-inf")
+        self._measured_wall = float("-inf")  # when the last walk started (wall clock, to compare with mtimes)
         # The keeper, the fetch dispatcher and upload groups all evict: one at a time,
         # so two never evict from the same estimate (twice what was needed).
         self._lock = threading.RLock()
@@ -42,7 +43,9 @@ class Evictor:
         return int(self.target * self.context.config.low_watermark)
 
     def measure(self) -> int:
+        started = time.time()
         self.last_usage = self.context.cache.usage().total_bytes
+        self._measured_wall = started
         return self.last_usage
 
     def over_target(self) -> bool:
@@ -70,21 +73,22 @@ class Evictor:
                 self._room_estimate = self.last_usage
             self._room_estimate += incoming_bytes
 
-    def make_room_for_clean(self, clean_bytes: int) -> None:
+    def make_room_for_clean(self, chunk_files: list[tuple[int, float]]) -> None:
         """Before an upload turns ``clean_bytes`` of dirty chunks clean: evict what
         keeps the cache under its target once they count (invariant 4), down to
         the low watermark as the keeper does.
 
-        The estimate may be up to a second old and miss what fuse wrote since,
-        so the chunks are counted on top of it: when the last walk had counted
-        them already, this evicts up to their size more than needed. The running
-        estimate does not grow by them (they are on disk already; growing it made
-        eviction go ever deeper, and priming fetched straight back what it evicted)."""
+        ``chunk_files`` are (disk bytes, mtime) of those chunks' files. The
+        estimate may be up to a second old: files changed since its walk began
+        (a second of slack for timestamps) are counted on top of it, the others
+        it holds already. Counting them all evicted below the low watermark, and
+        priming fetched straight back what that evicted."""
         with self._lock:
             now = time.monotonic()
             if now - self._room_measured_at > MEASURE_EVERY_S:
                 self._room_estimate = self.measure()
                 self._room_measured_at = now
+            clean_bytes = sum(size for size, mtime in chunk_files if mtime >= self._measured_wall - 1.0)
             if self._room_estimate + clean_bytes > self.target:
                 self.evict(max(0, min(self.low_watermark, self.target - clean_bytes)), usage=self._room_estimate)
                 self._room_estimate = self.last_usage
