@@ -29,7 +29,6 @@ class Evictor:
         self.last_usage = 0
         self._room_estimate = 0
         self._room_measured_at = float("-inf")
-        self._measured_wall = float("-inf")  # when the last walk started (wall clock, to compare with mtimes)
         # The keeper, the fetch dispatcher and upload groups all evict: one at a time,
         # so two never evict from the same estimate (twice what was needed).
         self._lock = threading.RLock()
@@ -43,9 +42,7 @@ class Evictor:
         return int(self.target * self.context.config.low_watermark)
 
     def measure(self) -> int:
-        started = time.time()
         self.last_usage = self.context.cache.usage().total_bytes
-        self._measured_wall = started
         return self.last_usage
 
     def over_target(self) -> bool:
@@ -73,13 +70,12 @@ class Evictor:
                 self._room_estimate = self.last_usage
             self._room_estimate += incoming_bytes
 
-    def make_room_for_clean(self, chunk_files: list[tuple[int, float]]) -> None:
+    def make_room_for_clean(self, clean_bytes: int) -> None:
         """Before an upload turns ``clean_bytes`` of dirty chunks clean: evict what
         keeps the cache under its target once they count (invariant 4), down to
         the low watermark as the keeper does.
 
-        ``chunk_files`` are (disk bytes, mtime) of those chunks' files. The
-        estimate may be up to a second old and miss them, so they are counted
+        The estimate may be up to a second old and miss them, so they are counted
         on top of it; when the walk had counted them already this evicts up to
         a group more than needed, which priming may fetch back (a known cost)."""
         with self._lock:
@@ -87,10 +83,9 @@ class Evictor:
             if now - self._room_measured_at > MEASURE_EVERY_S:
                 self._room_estimate = self.measure()
                 self._room_measured_at = now
-            # All counted, even those the last walk saw as dirty (mtime before it began):
-            # counting only the newer ones let a fast writer's chunks push the cache one
-            # group over its target now and then (tests/system/test_worker.py, invariant 4).
-            clean_bytes = sum(size for size, _mtime in chunk_files)
+            # All counted, even those the last walk saw as dirty: counting only files newer
+            # than the walk let a fast writer's chunks push the cache one group over its
+            # target now and then (tests/system/test_worker.py, invariant 4).
             if self._room_estimate + clean_bytes > self.target:
                 self.evict(max(0, min(self.low_watermark, self.target - clean_bytes)), usage=self._room_estimate)
                 self._room_estimate = self.last_usage
