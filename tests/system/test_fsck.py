@@ -188,7 +188,9 @@ def test_states_left_mid_move_are_settled(copy):
     sql(copy, "UPDATE chunks SET leased = 1 WHERE ino = ? AND idx = ?", *leased[:2])
 
     said = fsck(copy, expect=4)
-    assert "/media/movie.bin, chunk 0 (bytes 0-262143) is marked uploading, but no worker runs" in said
+    start = uploading[1] * CHUNK
+    assert f"/media/movie.bin, chunk {uploading[1]} (bytes {start}-{start + CHUNK - 1}) is marked uploading, " \
+           "but no worker runs" in said
     assert "is marked being fetched" in said and "/top.txt, chunk 0 (bytes 0-262143) is leased" in said
 
     repair_until_clean(copy)
