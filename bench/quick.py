@@ -5,6 +5,7 @@ data path: one workload, a few rounds, with the CPU each zero process spent.
     .venv/bin/python bench/quick.py cold --size-mib 256      # evicted, then read (cache 32 MiB)
     .venv/bin/python bench/quick.py read --size-mib 256      # page cache dropped, zero's cache warm
     .venv/bin/python bench/quick.py create --files 2000 [--upload-delay 600]
+    .venv/bin/python bench/quick.py namespace --files 200000 --rounds 1   # zero-fuse's RSS as files accrue
 
 Same mount as bench/run.py (ZeroMount: zero-fuse and zero-worker over a
 local-folder remote in a scratch folder, removed afterwards). No peers, no
@@ -120,7 +121,43 @@ def create(mount, args, round_no: int) -> str:
     return f"create {args.files / took:.0f} files/s; {meter.spent()}"
 
 
-WORKLOADS = {"write": write, "read": read, "cold": cold, "create": create}
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process, MiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return tuple(int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM"))
+
+
+def namespace(mount, args, round_no: int) -> str:
+    """Empty files in folders of 1000, as bench/peers.py --million fills its namespace;
+    zero-fuse's memory and the create rate at each tenth, then a stat of 1000 random
+    files after the kernel forgot them (each a LOOKUP that zero-fuse answers)."""
+    import random
+    root = mount.mnt / f"ns-{round_no}"
+    fuse_pid = mount.processes["zero-fuse"].pid
+    step = max(args.files // 10, 1000)
+    started = time.perf_counter()
+    for i in range(args.files):
+        path = root / f"d{i // 1000:04d}" / f"f{i % 1000:03d}"
+        if i % 1000 == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+        if (i + 1) % step == 0:
+            now = time.perf_counter()
+            rss, peak = rss_mib(fuse_pid)
+            print(f"  {i + 1:>9,} files: {step / (now - started):.0f} files/s, zero-fuse RSS {rss:.0f} MiB "
+                  f"(peak {peak:.0f})", flush=True)
+            started = now
+    picks = random.Random(1).choices(range(args.files), k=1000)
+    bench_run.drop_page_cache()
+    started = time.perf_counter()
+    for i in picks:
+        os.stat(root / f"d{i // 1000:04d}" / f"f{i % 1000:03d}")
+    rate = 1000 / (time.perf_counter() - started)
+    rss, peak = rss_mib(fuse_pid)
+    return f"stat {rate:.0f} files/s after a cache drop; zero-fuse RSS {rss:.0f} MiB, peak {peak:.0f} MiB"
+
+
+WORKLOADS = {"write": write, "read": read, "cold": cold, "create": create, "namespace": namespace}
 
 
 def main(argv=None) -> int:

@@ -92,6 +92,7 @@ class Config:
     snapshot_retention: tuple[tuple[str, int], ...] = (("hourly", 48), ("daily", 30))
     metrics_address: str = "127.0.0.1:9567"  # zero-worker's Prometheus endpoint; "" for none
     scrub_rate_bytes_per_s: int = 0  # the background scrub's read rate; 0: off (reading back costs egress)
+    memory_inodes: int = 50_000  # idle files and folders zero-fuse keeps in memory (about 0.5 KiB each)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def database_path(self, cache_dir: Path) -> Path:
@@ -166,6 +167,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "snapshotRetention": ("snapshot_retention", None),  # parsed by _parse_retention
     "metricsAddress": ("metrics_address", _parse_address),
     "scrubRate": ("scrub_rate_bytes_per_s", parse_size),
+    "memoryInodes": ("memory_inodes", lambda k, v: _integer(k, v, minimum=1)),
 }
 
 RETENTION_PERIODS = ("hourly", "daily", "weekly", "monthly")

@@ -42,7 +42,8 @@ from workerkit import cache_usage, deleted_chunk_files_held, status_counters, wa
 CHUNK_BYTES = 64 * 1024
 MAX_DATA_BYTES = 200 * 1024
 TARGET_BYTES = 128 * 1024  # two chunks: most examples write more than that
-WORKER_CONFIG = dict(chunkSize="64KiB", targetDiskUsage="128KiB", lowWatermark=0.5, uploadDelay=0)
+# memoryInodes: zero-fuse lets idle inodes go and reads them back after almost every step.
+WORKER_CONFIG = dict(chunkSize="64KiB", targetDiskUsage="128KiB", lowWatermark=0.5, uploadDelay=0, memoryInodes=4)
 SETTLE_TIMEOUT_S = 60
 NAMES = ("a", "b", "c")
 XATTR_NAMES = ("user.p", "user.q")

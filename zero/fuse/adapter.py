@@ -59,7 +59,7 @@ class ZeroOperations(Operations):
         self.worker = worker
         self.files = ChunkFiles(cache)
         self.kernel_cache = KernelCache()
-        self.tree = Tree(database, self.files, self.kernel_cache)
+        self.tree = Tree(database, self.files, self.kernel_cache, config.memory_inodes)
         self.leases = Leases(self.tree, cache, self.files, worker)
         self.flusher = Flusher(self.tree, self.leases, self.files, cache, config, worker)
         self.names = Names(self.tree, self.flusher.admit_new_name)
@@ -207,13 +207,18 @@ class ZeroOperations(Operations):
         inode = self.tree.resolve(path)
         if not inode.is_dir:
             raise FuseOSError(errno.ENOTDIR)
-        fh = next(self._fh_counter)
-        self.handles[fh] = Handle(inode=inode, flags=os.O_RDONLY, writable=False, append=False, is_dir=True)
+        with self.tree.lock:
+            fh = next(self._fh_counter)
+            self.handles[fh] = Handle(inode=inode, flags=os.O_RDONLY, writable=False, append=False, is_dir=True)
+            inode.open_handles += 1  # keeps it in memory: fchmod through the handle changes this object
         return fh
 
     @translated
     def releasedir(self, path, fh):
-        self.handles.pop(fh, None)
+        handle = self.handles.pop(fh, None)
+        if handle is not None:
+            with self.tree.lock:
+                self.tree.use(handle.inode).open_handles -= 1
 
     @translated
     def readdir(self, path, fh):
@@ -305,7 +310,7 @@ class ZeroOperations(Operations):
         handle = self.handles.pop(fh, None)
         if handle is None:
             return
-        inode = handle.inode
+        inode = self.tree.use(handle.inode)  # kept in memory until this release ends
         with inode.lock:
             with self.tree.lock:
                 inode.open_handles -= 1

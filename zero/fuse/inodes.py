@@ -18,7 +18,7 @@ ATTR_FIELDS = ("mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "c
 class Inode:
     __slots__ = ("ino", "mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "ctime_ns", "rdev",
                  "target", "lock", "open_handles", "write_handles", "leases", "unwritten", "attrs_unflushed",
-                 "attrs_version", "last_read_end", "last_write_end", "xattrs", "allocated_bytes", "allocated_at")
+                 "attrs_version", "last_read_end", "last_write_end", "xattrs", "allocated_bytes", "allocated_at", "used")
 
     def __init__(self, row):
         self.ino = row.ino
@@ -41,6 +41,7 @@ class Inode:
         # Disk bytes its chunk files hold (st_blocks), measured on demand by the data path.
         self.allocated_bytes: int | None = None
         self.allocated_at = 0.0
+        self.used = 0  # Tree's tick of the last operation that took it: idle ones may be let go
 
     @property
     def is_dir(self) -> bool:

@@ -60,10 +60,10 @@ class Names:
             if lease_first_chunk:
                 inode.leases[0] = time.monotonic()
                 inode.unwritten.add(0)
-            tree.inodes[ino] = inode
             entries[name] = ino
             if stat.S_ISDIR(mode):
                 tree.children[ino] = {}
+            tree.add(inode)
             tree.inode_count += 1
             return inode
 
@@ -112,6 +112,7 @@ class Names:
                 tree.touch_dir(connection, parent, now)
             del tree.entries(parent.ino)[name]
             tree.children.pop(ino, None)
+            tree.looked_up.pop(ino, None)
             tree.inodes.pop(ino, None)
             inode.nlink = 0
 
@@ -214,6 +215,7 @@ class Names:
                 new_entries[new_name] = moving.ino
                 if target is not None and target.is_dir:
                     tree.children.pop(target.ino, None)
+                    tree.looked_up.pop(target.ino, None)
                     tree.inodes.pop(target.ino, None)
         if replaced is not None:
             tree.purge_if_unused(replaced)

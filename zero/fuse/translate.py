@@ -27,12 +27,14 @@ def translated(method):
     """zero's errors -> errno, with a logged reason for EIO. ENOSPC is the
     caller's to handle (a full disk is not zero's failure), so it is not
     logged. Anything unexpected is EIO with its traceback, never mfusepy's EINVAL.
-    Each call is counted and timed in ``self.op_stats``."""
+    Each call is counted and timed in ``self.op_stats``, and registered with
+    ``self.tree`` while it runs (what it takes stays in memory)."""
     op = method.__name__
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         started = time.perf_counter()
+        operation = self.tree.operation_started()
         failed, result = True, None
         try:
             result = method(self, *args, **kwargs)
@@ -53,6 +55,7 @@ def translated(method):
             log.exception("%s failed unexpectedly", method.__name__)
             raise FuseOSError(errno.EIO) from None
         finally:
+            self.tree.operation_ended(operation)
             self.op_stats.record(op, time.perf_counter() - started, failed, result)
     return wrapper
 

@@ -5,12 +5,24 @@ zero-fuse is the namespace's only writer, so memory is the truth; ``lock``
 serialises namespace changes, so checking and applying under it is
 race-free. Sizes and times that change on every write are marked
 "unflushed" here and written in batches by the flusher.
+
+Memory holds at most about MEMORY_INODES idle inodes: beyond that the least
+recently used ones that nothing depends on are let go (their rows hold all
+they know) and loaded again when asked for. "Nothing depends on" must
+include an operation that took the inode a moment ago and is about to
+change it: were it let go and loaded again, two objects would stand for one
+inode and a change to the older would be lost. So every FUSE operation
+registers when it starts (``operation_started``), taking an inode stamps it
+(``use``), and only inodes stamped before the oldest running operation
+started are let go.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
+import itertools
 import threading
 import time
 
@@ -22,6 +34,9 @@ from zero.state import namespace
 from zero.state.db import Database
 
 HIDDEN_PREFIX = ".fuse_hidden"
+# Idle inodes kept in memory (about 0.5 KiB each with their directory entries):
+# a million-file namespace must not cost zero-fuse a gigabyte (issue 11).
+MEMORY_INODES = 50_000
 
 
 def now_ns() -> int:
@@ -29,38 +44,134 @@ def now_ns() -> int:
 
 
 class Tree:
-    def __init__(self, database: Database, files: ChunkFiles, kernel_cache: KernelCache):
+    def __init__(self, database: Database, files: ChunkFiles, kernel_cache: KernelCache,
+                 memory_inodes: int = MEMORY_INODES):
         self.database = database
         self.files = files
         self.kernel_cache = kernel_cache
         self.lock = threading.RLock()
         self.inodes: dict[int, Inode] = {}
-        self.children: dict[int, dict[bytes, int]] = {}
+        self.children: dict[int, dict[bytes, int]] = {}  # directory -> its whole listing, once loaded
+        # directory -> names looked up in it while its listing is not loaded (changes load the listing)
+        self.looked_up: dict[int, dict[bytes, int]] = {}
         self.hidden: dict[int, dict[bytes, int]] = {}  # parent -> libfuse's names for unlinked open files
         self.unflushed: set[int] = set()
         self._marks = threading.Lock()  # marking changed and marking flushed, never interleaved
         self.used_bytes = 0
         self.inode_count = 0
+        self.memory_inodes = memory_inodes
+        self._ticks = itertools.count(1)
+        self._running: dict[int, None] = {}  # start ticks of the operations running now
+        self._running_lock = threading.Lock()
+        self._sweep_above = memory_inodes
 
     # --- loading -----------------------------------------------------------------------
 
     def inode(self, ino: int) -> Inode:
-        inode = self.inodes.get(ino)
-        if inode is None:
-            with self.database.read() as connection:
-                row = namespace.get_inode(connection, ino)
-            if row is None:
-                raise FuseOSError(errno.ENOENT)
-            inode = self.inodes.setdefault(ino, Inode(row))
+        with self.lock:  # never between a sweep's look at an inode and its letting go
+            inode = self.inodes.get(ino)
+            if inode is None:
+                with self.database.read() as connection:
+                    row = namespace.get_inode(connection, ino)
+                if row is None:
+                    raise FuseOSError(errno.ENOENT)
+                inode = self.inodes[ino] = Inode(row)
+                inode.used = next(self._ticks)  # before the sweep, which would let it go at once
+                self.sweep_if_full()
+            inode.used = next(self._ticks)
+            return inode
+
+    def add(self, inode: Inode) -> None:
+        """A new inode, made by the caller (who holds ``lock``)."""
+        inode.used = next(self._ticks)
+        self.inodes[inode.ino] = inode
+        self.sweep_if_full()
+
+    # --- letting idle inodes go --------------------------------------------------------
+
+    def operation_started(self) -> int:
+        """At the start of each FUSE operation: what it takes stays in memory until
+        ``operation_ended`` with the number this returns."""
+        start = next(self._ticks)
+        with self._running_lock:
+            self._running[start] = None
+        return start
+
+    def operation_ended(self, start: int) -> None:
+        with self._running_lock:
+            del self._running[start]
+
+    def use(self, inode: Inode) -> Inode:
+        """Stamp an inode an operation took from elsewhere than ``inode()`` (a handle)."""
+        inode.used = next(self._ticks)
         return inode
 
+    def sweep_if_full(self) -> int:
+        """With more than ``memory_inodes`` in memory, let the idle quarter go; the
+        caller holds ``lock``. Returns how many went."""
+        if len(self.inodes) <= self._sweep_above:
+            return 0
+        with self._running_lock:
+            oldest = min(self._running, default=next(self._ticks))
+        idle = [inode for inode in self.inodes.values() if inode.used < oldest and self._idle(inode)]
+        keep = self.memory_inodes * 3 // 4
+        going = heapq.nsmallest(max(len(self.inodes) - keep, 0), idle, key=lambda inode: inode.used)
+        for inode in going:
+            del self.inodes[inode.ino]
+            self.children.pop(inode.ino, None)
+            self.looked_up.pop(inode.ino, None)
+        # Inodes in use stay; if most are, do not sweep again on every load.
+        self._sweep_above = max(self.memory_inodes, len(self.inodes) + self.memory_inodes // 4)
+        return len(going)
+
+    def _idle(self, inode: Inode) -> bool:
+        return (inode.ino != namespace.ROOT_INO and not inode.open_handles and not inode.leases
+                and not inode.unwritten and not inode.attrs_unflushed and inode.ino not in self.unflushed
+                and inode.ino not in self.hidden)
+
     def entries(self, parent: int) -> dict[bytes, int]:
+        """A directory's whole listing, loaded on first use; every change to a
+        directory goes through it (so names looked up one by one never go stale)."""
         entries = self.children.get(parent)
         if entries is None:
             with self.database.read() as connection:
                 entries = {name: ino for name, ino, _ in namespace.list_entries(connection, parent)}
             self.children[parent] = entries
+            self.looked_up.pop(parent, None)
         return entries
+
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        with self.lock:
+            found = self.child(parent, name)
+            return None if found is None else found.ino
+
+    def child(self, parent: int, name: bytes) -> Inode | None:
+        """The inode ``name`` in directory ``parent`` names, from its listing if
+        loaded, else by name: a lookup in a folder of a million names must not load
+        them all. The caller holds ``lock``."""
+        entries = self.children.get(parent)
+        if entries is None:
+            entries = self.looked_up.get(parent)
+        ino = None if entries is None else entries.get(name)
+        if ino is not None:
+            return self.inode(ino)
+        if parent in self.children:
+            return None
+        with self.database.read() as connection:
+            row = namespace.lookup_inode(connection, parent, name)
+        if row is None:
+            return None
+        known = self.looked_up.setdefault(parent, {})
+        if len(known) >= self.memory_inodes:
+            known.clear()  # a huge folder read at random: bounded like the inodes
+        known[name] = row.ino
+        inode = self.inodes.get(row.ino)
+        if inode is None:
+            inode = self.inodes[row.ino] = Inode(row)
+            inode.used = next(self._ticks)  # before the sweep, which would let it go at once
+            self.sweep_if_full()
+        inode.used = next(self._ticks)
+        return inode
 
     def resolve(self, path: str) -> Inode:
         with self.lock:
@@ -71,12 +182,13 @@ class Tree:
                 if not inode.is_dir:
                     raise FuseOSError(errno.ENOTDIR)
                 name = name_bytes(component)
-                ino = self.entries(inode.ino).get(name)
-                if ino is None:
-                    ino = self.hidden.get(inode.ino, {}).get(name)
-                if ino is None:
-                    raise FuseOSError(errno.ENOENT)
-                inode = self.inode(ino)
+                found = self.child(inode.ino, name)
+                if found is None:
+                    hidden = self.hidden.get(inode.ino, {}).get(name)
+                    if hidden is None:
+                        raise FuseOSError(errno.ENOENT)
+                    found = self.inode(hidden)
+                inode = found
             return inode
 
     def parent_and_name(self, path: str) -> tuple[Inode, bytes]:
@@ -94,7 +206,7 @@ class Tree:
         with self.lock:
             parent = self.resolve(parent_path)
             raw = name_bytes(name)
-            return raw in self.hidden.get(parent.ino, {}) and raw not in self.entries(parent.ino)
+            return raw in self.hidden.get(parent.ino, {}) and self.lookup(parent.ino, raw) is None
 
     def is_within(self, ino: int, ancestor: int) -> bool:
         """Is directory ``ino`` the directory ``ancestor`` or below it?"""
@@ -133,6 +245,10 @@ class Tree:
         (a full disk, say), their attributes in memory go back to what they
         were, so memory and the state never disagree."""
         saved = [(inode, inode.attrs(), inode.attrs_unflushed) for inode in inodes if inode is not None]
+        # An operation of its own until the commit (the flusher runs outside FUSE's): persist()
+        # marks an inode flushed before the commit, and one let go and read back in between
+        # would come back with the rows as they were.
+        operation = self.operation_started()
         try:
             with self.database.write() as connection:
                 yield connection
@@ -144,12 +260,15 @@ class Tree:
                 if unflushed:
                     self.mark_unflushed(inode)
             raise
+        finally:
+            self.operation_ended(operation)
 
     def persist(self, connection, inode: Inode) -> None:
         """Write ``inode``'s attributes; it counts as flushed only if nothing changed
         them meanwhile. The flusher writes without the locks of those who change
         them (a write, a chmod): a change that lands during the write must stay
         marked, or after an unmount the state keeps the older mode or size."""
+        inode.used = next(self._ticks)  # kept in memory until the commit (see changing)
         with self._marks:
             seen = inode.attrs_version
         namespace.update_inode(connection, inode.ino, **inode.attrs())

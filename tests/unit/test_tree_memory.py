@@ -1,0 +1,171 @@
+"""zero-fuse keeps at most about ``memory_inodes`` idle inodes in memory (a
+million-file namespace must not cost a gigabyte), and lets go of none that
+something depends on: an open file, a leased chunk, unflushed attributes, or
+an inode a running operation took a moment ago. Were such an inode let go
+and loaded again, two objects would stand for one inode and a change made to
+the older one would be lost."""
+
+from __future__ import annotations
+
+import itertools
+import stat
+
+import pytest
+
+from zero.fuse.tree import Tree
+from zero.state import db, namespace
+
+CAPACITY = 40
+NAMES = itertools.count()
+NAMES_OF: dict[int, int] = {}  # ino -> the number in its name
+
+
+@pytest.fixture
+def tree(tmp_path):
+    database = db.open_database(tmp_path / "state.sqlite3", 65536)
+    yield Tree(database, files=None, kernel_cache=None, memory_inodes=CAPACITY)
+    database.dispose()
+
+
+def new_files(tree: Tree, count: int) -> list[int]:
+    inos = []
+    with tree.database.write() as connection:
+        for i in range(count):
+            ino = namespace.insert_inode(connection, mode=stat.S_IFREG | 0o600, uid=0, gid=0, nlink=1, size=i,
+                                         atime_ns=1, mtime_ns=1, ctime_ns=1, rdev=0)
+            NAMES_OF[ino] = next(NAMES)
+            namespace.insert_dentry(connection, namespace.ROOT_INO, f"f{NAMES_OF[ino]}".encode(), ino)
+            inos.append(ino)
+    return inos
+
+
+def take(tree: Tree, ino: int):
+    """One short operation that takes the inode, as a getattr would."""
+    started = tree.operation_started()
+    try:
+        return tree.inode(ino)
+    finally:
+        tree.operation_ended(started)
+
+
+def test_idle_inodes_beyond_the_bound_are_let_go_and_read_back_unchanged(tree):
+    inos = new_files(tree, 5 * CAPACITY)
+    for ino in inos:
+        # The sweep a load sets off must not take the inode just loaded: the caller
+        # would change an object memory no longer holds.
+        taken = take(tree, ino)
+        assert tree.inodes.get(ino) is taken
+    assert len(tree.inodes) <= CAPACITY + 1  # the root stays
+    first = take(tree, inos[0])  # let go long ago: loaded again from its row
+    assert first.size == 0 and stat.S_IMODE(first.mode) == 0o600
+    assert take(tree, inos[-1]).size == len(inos) - 1
+
+
+def test_the_least_recently_used_go_first(tree):
+    inos = new_files(tree, CAPACITY)
+    for ino in inos:
+        take(tree, ino)
+    kept = take(tree, inos[0])  # used again: now the newest
+    for ino in new_files(tree, CAPACITY // 2):
+        take(tree, ino)
+    assert tree.inodes.get(inos[0]) is kept
+    assert inos[1] not in tree.inodes
+
+
+def test_inodes_something_depends_on_stay(tree):
+    inos = new_files(tree, 4)
+    opened, leased, unflushed, unwritten = (take(tree, ino) for ino in inos)
+    opened.open_handles = 1
+    leased.leases[0] = 1.0
+    unflushed.mode = stat.S_IFREG | 0o644
+    tree.mark_unflushed(unflushed)
+    unwritten.unwritten.add(0)
+    for ino in new_files(tree, 5 * CAPACITY):
+        take(tree, ino)
+    for inode in (opened, leased, unflushed, unwritten):
+        assert tree.inodes.get(inode.ino) is inode
+
+
+def test_an_inode_a_running_operation_took_stays_until_it_ends(tree):
+    inos = new_files(tree, 3 * CAPACITY)
+    running = tree.operation_started()
+    held = tree.inode(inos[0])  # taken, not yet changed: a chmod between resolve and commit
+    for ino in inos[1:]:
+        take(tree, ino)
+    assert tree.inodes.get(inos[0]) is held, "let go while an operation held it: a second object would follow"
+    tree.operation_ended(running)
+    for ino in new_files(tree, 2 * CAPACITY):
+        take(tree, ino)
+    assert inos[0] not in tree.inodes  # once the operation ended it is idle like any other
+
+
+def test_an_inode_taken_through_a_handle_by_a_running_operation_stays(tree):
+    inos = new_files(tree, 3 * CAPACITY)
+    handle_inode = take(tree, inos[0])
+    handle_inode.open_handles = 1
+    running = tree.operation_started()
+    tree.use(handle_inode)  # release(): the handle goes, the operation still works on the inode
+    handle_inode.open_handles = 0
+    for ino in inos[1:]:
+        take(tree, ino)
+    assert tree.inodes.get(inos[0]) is handle_inode
+    tree.operation_ended(running)
+
+
+def test_an_inode_looked_up_by_name_when_memory_is_full_is_the_one_memory_holds(tree):
+    inos = new_files(tree, 3 * CAPACITY)
+    for i, ino in enumerate(inos):
+        started = tree.operation_started()
+        found = tree.resolve(f"/f{NAMES_OF[ino]}")
+        tree.operation_ended(started)
+        assert found.ino == ino and tree.inodes.get(ino) is found, f"lookup {i}"
+
+
+def test_a_directory_lets_its_listing_go_with_it_and_reads_it_back(tree):
+    with tree.database.write() as connection:
+        folder = namespace.insert_inode(connection, mode=stat.S_IFDIR | 0o755, uid=0, gid=0, nlink=2, size=0,
+                                        atime_ns=1, mtime_ns=1, ctime_ns=1, rdev=0)
+        namespace.insert_dentry(connection, namespace.ROOT_INO, b"folder", folder)
+        child = namespace.insert_inode(connection, mode=stat.S_IFREG | 0o600, uid=0, gid=0, nlink=1, size=0,
+                                       atime_ns=1, mtime_ns=1, ctime_ns=1, rdev=0)
+        namespace.insert_dentry(connection, folder, b"child", child)
+    started = tree.operation_started()
+    assert tree.resolve("/folder/child").ino == child
+    assert folder not in tree.children  # a lookup reads one row, not the listing
+    assert tree.entries(folder) == {b"child": child}
+    tree.operation_ended(started)
+    for ino in new_files(tree, 3 * CAPACITY):
+        take(tree, ino)
+    assert folder not in tree.inodes and folder not in tree.children
+    started = tree.operation_started()
+    assert tree.resolve("/folder/child").ino == child
+    tree.operation_ended(started)
+
+
+def test_when_most_inodes_are_in_use_a_sweep_does_not_run_on_every_load(tree, monkeypatch):
+    inos = new_files(tree, 3 * CAPACITY)
+    for ino in inos[:CAPACITY]:
+        take(tree, ino).open_handles = 1  # all open: none can go
+    sweeps = []
+    real_idle = tree._idle
+    monkeypatch.setattr(tree, "_idle", lambda inode: sweeps.append(inode.ino) or real_idle(inode))
+    for ino in inos[CAPACITY:CAPACITY + CAPACITY // 4]:
+        take(tree, ino)
+    looked_at = len(sweeps)
+    assert looked_at <= 2 * CAPACITY, f"{looked_at} idleness checks for {CAPACITY // 4} loads"
+
+
+def test_an_inode_flushed_but_not_yet_committed_stays(tree):
+    """persist() marks an inode flushed inside the transaction; let go before the
+    commit, it would be read back with the old row and the change lost from memory."""
+    inos = new_files(tree, 3 * CAPACITY)
+    inode = take(tree, inos[0])
+    inode.mode = stat.S_IFREG | 0o644
+    tree.mark_unflushed(inode)
+    with tree.changing(inode) as connection:  # the flusher's batch, outside any FUSE operation
+        tree.persist(connection, inode)
+        assert not inode.attrs_unflushed
+        for ino in inos[1:]:
+            take(tree, ino)
+        assert tree.inodes.get(inode.ino) is inode
+    assert stat.S_IMODE(take(tree, inode.ino).mode) == 0o644
