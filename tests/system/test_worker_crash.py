@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from support import command
-from workerkit import KIB, State, deleted_chunk_files_held, drop_caches, status_counters, wait_until
+from workerkit import KIB, State, deleted_chunk_files_held, drop_caches, settle_evicted, status_counters, wait_until
 from zero.worker.crashpoints import STEPS
 
 CHUNK = 64 * KIB
@@ -415,22 +415,24 @@ def test_fuse_killed_mid_upload_with_worker_running(make_mount):
     finish_and_check(m, done)
 
 
-def test_a_power_cut_that_took_uploaded_chunk_files_from_the_page_cache_loses_nothing(make_mount):
-    """The uploader does not sync a chunk's file before marking it clean (decision 73): a
-    power cut soon after can leave clean rows over files that lost their bytes. On the
-    next boot zero reads those chunks back from the remote instead of serving the files."""
-    m = make_mount(worker=False, chunkSize="64KiB", uploadDelay=0)
+def an_uploaded_file(m, name: str) -> tuple[bytes, int, State]:
+    """Start the worker, write a file of several chunks and wait until all are clean."""
     start_worker(m)
     data = os.urandom(5 * CHUNK + 100)
-    write_file(m.mnt / "photo.raw", data)
+    write_file(m.mnt / name, data)
     m.zero("sync", str(m.mnt), timeout=60)
-    ino = os.stat(m.mnt / "photo.raw").st_ino
+    ino = os.stat(m.mnt / name).st_ino
     state = State(m.cache)
     wait_until(lambda: set(state.chunks_of(ino).values()) == {"clean"}, 30, "every chunk to be uploaded")
+    return data, ino, state
+
+
+def power_cut_and_restart(m, state: State, ino: int) -> None:
+    """Stop both processes, then leave what a power cut would: the chunk files' sizes
+    were committed by the journal, their bytes were still in the page cache (zeros
+    now). The machine boots again (another boot id) and zero starts."""
     assert m.stop_worker() == 0, m.worker_log()[-3000:]
     m.unmount()
-    # What the power cut leaves: the files' sizes were committed by the journal, their
-    # bytes were still in the page cache. And the machine booted again.
     for idx in state.chunks_of(ino):
         path = chunk_file(m, ino, idx)
         path.write_bytes(bytes(path.stat().st_size))
@@ -438,9 +440,39 @@ def test_a_power_cut_that_took_uploaded_chunk_files_from_the_page_cache_loses_no
     with database:
         database.execute("UPDATE meta SET value = 'the boot before the power cut' WHERE key = 'boot_id'")
     database.close()
-
     m.start_fuse()
     start_worker(m)
+
+
+def test_a_power_cut_after_fault_ins_loses_nothing(make_mount):
+    """Fault-ins do not sync the files they write either (decision 76): after a power cut
+    the chunks just faulted in are read back from the remote, not served from files
+    that lost their bytes."""
+    m = make_mount(worker=False, chunkSize="64KiB", uploadDelay=0, targetDiskUsage="1MiB")
+    data, ino, state = an_uploaded_file(m, "film.mkv")
+    # Evict it all (a worker with a tiny target), then read it back through fault-ins.
+    assert m.stop_worker() == 0, m.worker_log()[-3000:]
+    m.config_path.write_text(m.config_path.read_text().replace("targetDiskUsage: 1MiB", "targetDiskUsage: 1KiB"))
+    start_worker(m)
+    wait_until(lambda: set(state.chunks_of(ino).values()) == {"remote"}, 30, "every chunk to be evicted")
+    assert m.stop_worker() == 0, m.worker_log()[-3000:]
+    m.config_path.write_text(m.config_path.read_text().replace("targetDiskUsage: 1KiB", "targetDiskUsage: 1MiB"))
+    start_worker(m)
+    settle_evicted(m, m.mnt / "film.mkv")
+    assert (m.mnt / "film.mkv").read_bytes() == data
+    wait_until(lambda: set(state.chunks_of(ino).values()) == {"clean"}, 30, "every chunk faulted in")
+    power_cut_and_restart(m, state, ino)
+    drop_caches(m.mnt / "film.mkv")
+    assert (m.mnt / "film.mkv").read_bytes() == data, "zero served the zeros the power cut left"
+
+
+def test_a_power_cut_that_took_uploaded_chunk_files_from_the_page_cache_loses_nothing(make_mount):
+    """The uploader does not sync a chunk's file before marking it clean (decision 73): a
+    power cut soon after can leave clean rows over files that lost their bytes. On the
+    next boot zero reads those chunks back from the remote instead of serving the files."""
+    m = make_mount(worker=False, chunkSize="64KiB", uploadDelay=0)
+    data, ino, state = an_uploaded_file(m, "photo.raw")
+    power_cut_and_restart(m, state, ino)
     drop_caches(m.mnt / "photo.raw")
     assert (m.mnt / "photo.raw").read_bytes() == data, "zero served the zeros the power cut left"
     assert "will be read back from the remotes" in m.fuse_log() + m.worker_log()

@@ -5,6 +5,7 @@ uploaded durable in the cache, not only those it holds the lease of."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import time
 
@@ -13,6 +14,7 @@ import pytest
 from zero.cachedir import CacheDir
 from zero.config import Config
 from zero.fuse import data as data_module
+from zero.fuse import leases as leases_module
 from zero.fuse.chunkfiles import ChunkFiles
 from zero.fuse.data import DataPath
 from zero.fuse.leases import Leases
@@ -65,6 +67,14 @@ def new_file(data_path: DataPath):
     return data_path.tree.inode(ino)
 
 
+def recording(sync, synced: list):
+    """``sync`` (os.fsync, os.fdatasync) that also notes the name of each file it syncs."""
+    def wrapper(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        sync(fd)
+    return wrapper
+
+
 def leased(data_path: DataPath, ino: int) -> dict[int, bool]:
     with data_path.database.read() as connection:
         rows = connection.exec_driver_sql("SELECT idx, leased FROM chunks WHERE ino = ?", (ino,)).all()
@@ -98,13 +108,7 @@ def test_fsync_syncs_the_chunks_handed_over_early_too(data_path, monkeypatch):
     data_path.write(inode, None, b"a" * (2 * CHUNK + 100), 0)
     assert set(inode.leases) == {2}
     synced = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd):
-        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    monkeypatch.setattr(data_module.os, "fsync", recording_fsync)
+    monkeypatch.setattr(data_module.os, "fsync", recording(os.fsync, synced))
     data_path.fsync(inode)
     chunk_files = {f"{inode.ino}-{idx}" for idx in range(3)}
     assert chunk_files <= set(synced), f"fsync left {sorted(chunk_files - set(synced))} unsynced"
@@ -121,3 +125,23 @@ def test_a_release_dates_each_chunk_by_its_last_write_not_by_the_commit(data_pat
         (last_access,) = connection.exec_driver_sql("SELECT last_access FROM chunks WHERE ino = ?",
                                                     (inode.ino,)).one()
     assert last_access == pytest.approx(time.time() - 100.0, abs=5.0)
+
+
+def test_a_write_that_turns_a_clean_chunk_dirty_syncs_its_file_first(data_path, monkeypatch):
+    # Uploads and fault-ins leave a clean chunk's file to the kernel's writeback (decisions
+    # 73, 76). Once the row says dirty, a power cut would upload whatever the disk held for
+    # the bytes the write did not cover: zeros, where the remote had the file's data.
+    inode = new_file(data_path)
+    data_path.write(inode, None, b"a" * 100, 0)
+    data_path.leases.release(inode)
+    database = sqlite3.connect(data_path.database.path)
+    with database:  # what an upload leaves (the worker's side is not under test here)
+        database.execute("UPDATE chunks SET state = 'clean', object_key = 'k' WHERE ino = ?", (inode.ino,))
+    database.close()
+    synced = []
+    monkeypatch.setattr(leases_module.os, "fdatasync", recording(os.fdatasync, synced))
+    data_path.write(inode, None, b"b" * 10, 50)
+    assert synced == [f"{inode.ino}-0"]
+    data_path.leases.release(inode)
+    data_path.write(inode, None, b"c" * 10, 60)  # dirty already: nothing to sync
+    assert synced == [f"{inode.ino}-0"]

@@ -59,7 +59,7 @@ class Leases:
         while True:
             with self.database.write() as connection:
                 # Inside the write transaction a live eviction cannot be half-way.
-                readiness = chunks.take_lease(connection, inode.ino, idx, file_exists=lambda: os.path.exists(path))
+                readiness = chunks.take_lease(connection, inode.ino, idx, file_exists=lambda: _on_disk(path))
             if readiness == Readiness.HERE:
                 self.touched(inode, idx)
                 return
@@ -127,3 +127,20 @@ class Leases:
                     self.release(inode, quiet, persist=True)
                     released = True
         return released
+
+
+def _on_disk(path: str) -> bool:
+    """A clean chunk is about to turn dirty: sync its file first; False if it has
+    none. Fault-ins and uploads leave chunk files to the kernel's writeback
+    (decisions 73, 76), and a restart distrusts only recent *clean* files: once
+    the row says dirty, a power cut would upload whatever the disk held for
+    the bytes this write does not cover."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    return True

@@ -1,10 +1,13 @@
-"""After the machine restarted: chunk files uploaded just before may have lost
-their bytes with the page cache.
+"""After the machine restarted: chunk files uploaded or fetched just before
+may have lost their bytes with the page cache.
 
-The uploader does not sync a chunk's file before marking it clean (a sync per
-chunk cost a third of a sequential write's speed, decision 73), so a power cut
-can leave a clean row over a file that is short or holds zeros. Read, or
-rewritten in part and uploaded again, it would give wrong data. The kernel
+Neither the uploader nor a fault-in syncs a chunk's file before marking it
+clean (a sync per chunk cost a third of a sequential write's speed, decision
+73; about a fifth of a cold read's, decision 76), so a power cut can leave a
+clean row over a file that is short or holds zeros. Read, it would give
+wrong data. (Rewritten in part, it would be uploaded with those zeros: so a
+write that turns a clean chunk dirty syncs the file first, zero.fuse.leases,
+and only clean files are in doubt here.) The kernel
 writes dirty pages back within about 30 s, so only chunks written shortly
 before the last activity are in doubt. When either process starts on another
 boot than the last one, the files of the clean chunks written within

@@ -116,7 +116,9 @@ def take_lease(connection: Connection, ino: int, idx: int, pinned: bool = False,
     in first; EVICTION_UNFINISHED when ``file_exists`` says a clean chunk's
     file is gone: a worker killed between unlinking the file and committing
     `remote`, whose restart must finish the eviction first (taking the lease
-    would re-create the chunk empty). Runs on the first write to every chunk.
+    would re-create the chunk empty). ``file_exists`` is called only for a
+    clean chunk, inside this transaction, before the row turns dirty (fuse
+    syncs the file there, decision 76). Runs on the first write to every chunk.
     """
     row = connection.exec_driver_sql("SELECT state, version FROM chunks WHERE ino = ? AND idx = ?",
                                      (ino, idx)).first()

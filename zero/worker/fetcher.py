@@ -1,7 +1,12 @@
 """Fault evicted chunks back in when zero-fuse asks (and for prefetch, pins
-and priming): download, verify, write a temporary file durably, then rename
-it into place inside the transaction that marks the chunk clean, so a chunk
-deleted meanwhile never gets a stray file.
+and priming): download, verify, write a temporary file, then rename it into
+place inside the transaction that marks the chunk clean, so a chunk deleted
+meanwhile never gets a stray file.
+
+The file is not synced (decision 76): the chunk is clean, so the remote
+holds it; after a power cut zero.meta.reboot drops recently written clean
+files, which are fetched again, and a write that turns a clean chunk dirty
+syncs its file first (zero.fuse.leases).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from zero.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
-FETCH_THREADS = 6  # downloads, verifies and durable writes overlap; a reader may use any of them
+FETCH_THREADS = 6  # downloads, verifies and writes overlap; a reader may use any of them
 
 
 class Fetcher:
@@ -116,7 +121,6 @@ class Fetcher:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
         finally:
             os.close(fd)
 
