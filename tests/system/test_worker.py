@@ -277,6 +277,25 @@ def test_fsync_and_zero_sync_return_once_the_data_is_in_the_remote(make_mount):
 
 # --- 2. a file that stays open ---------------------------------------------------------------------
 
+def test_unmount_waits_for_the_upload_of_files_zero_fuse_let_go_of_from_memory(make_mount):
+    """Unmount waits until what is dirty is in the remote (decision 3), also for files
+    zero-fuse no longer holds in memory (memoryInodes, decision 75): closed and idle,
+    they were let go while other files were created."""
+    m = make_mount(chunkSize="64KiB", uploadDelay=3600, memoryInodes=4)  # nothing uploads on its own
+    # Less than a chunk: a sequential writer's filled chunks would be uploaded at once (decision 66).
+    (m.mnt / "early.bin").write_bytes(os.urandom(1000))
+    ino = os.stat(m.mnt / "early.bin").st_ino
+    state = State(m.cache)
+    wait_until(lambda: state.query("SELECT count(*) FROM chunks WHERE ino = ? AND leased = 0", ino) == [(1,)], 30,
+               "the close to hand early.bin's chunk to the worker")
+    for i in range(20):  # each new inode past memoryInodes lets the idle ones go
+        (m.mnt / f"later-{i}").write_bytes(b"x")
+    assert set(state.chunks_of(ino).values()) == {"dirty"}
+
+    m.unmount()
+    assert set(state.chunks_of(ino).values()) == {"clean"}, "unmount returned before early.bin was uploaded"
+
+
 def test_a_file_kept_open_gets_its_quiet_chunks_uploaded_and_the_writer_never_blocks(make_mount):
     chunk = 64 * KIB
     m = make_mount(worker=True, chunkSize="64KiB", uploadDelay=0.5)

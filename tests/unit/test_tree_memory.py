@@ -80,9 +80,11 @@ def test_inodes_something_depends_on_stay(tree):
     unflushed.mode = stat.S_IFREG | 0o644
     tree.mark_unflushed(unflushed)
     unwritten.unwritten.add(0)
+    hidden = take(tree, new_files(tree, 1)[0])  # unlinked while open, its last handle just closed:
+    tree.hidden[namespace.ROOT_INO] = {b".fuse_hidden0001": hidden.ino}  # libfuse's unlink of this name purges it
     for ino in new_files(tree, 5 * CAPACITY):
         take(tree, ino)
-    for inode in (opened, leased, unflushed, unwritten):
+    for inode in (opened, leased, unflushed, unwritten, hidden):
         assert tree.inodes.get(inode.ino) is inode
 
 

@@ -111,12 +111,11 @@ class ZeroOperations(Operations):
         for inode in inodes:
             with inode.lock:
                 self.leases.release(inode)
+        # Every file with chunks not uploaded, not only those still in memory (idle ones may be let go).
         by_inode: dict[int, dict] = {}
         with self.database.read() as connection:
-            for inode in inodes:
-                versions = chunks.unuploaded_versions(connection, inode.ino)
-                if versions:
-                    by_inode[inode.ino] = versions
+            for (ino, idx), version in chunks.unuploaded_versions(connection).items():
+                by_inode.setdefault(ino, {})[(ino, idx)] = version
         self.files.stop()
         self.files.close_all()
         self.worker.wake_worker_now()

@@ -140,11 +140,16 @@ class Flusher:
             self._closing.clear()
             closed, self._closed = self._closed, {}
         accesses, self.accesses = self.accesses, {}
-        # The tree's lock before any inode's: unlink holds it while it waits for an inode's lock.
-        with self.tree.lock:
-            pending = [self.tree.inodes[ino] for ino in list(self.tree.unflushed) if ino in self.tree.inodes]
-        locked = [inode for inode in closed.values() if inode.lock.acquire(blocking=False)]
+        # An operation of its own, and what it takes stamped under the tree's lock: another
+        # flush (fsyncdir) may commit these first, and memory must not let them go meanwhile.
+        operation = self.tree.operation_started()
+        locked: list = []
         try:
+            # The tree's lock before any inode's: unlink holds it while it waits for an inode's lock.
+            with self.tree.lock:
+                pending = [self.tree.use(self.tree.inodes[ino]) for ino in list(self.tree.unflushed)
+                           if ino in self.tree.inodes]
+            locked = [inode for inode in closed.values() if inode.lock.acquire(blocking=False)]
             due = {inode.ino: list(inode.leases) for inode in locked
                    if inode.write_handles == 0 and inode.leases and inode.ino in self.tree.inodes}
             releasing = [inode for inode in locked if inode.ino in due]
@@ -159,6 +164,7 @@ class Flusher:
                     self.leases.released(inode, due[inode.ino])
                     del closed[inode.ino]
         finally:
+            self.tree.operation_ended(operation)
             for inode in locked:
                 inode.lock.release()
             if closed:  # busy, still written, or the commit failed: the next batch tries again

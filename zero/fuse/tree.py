@@ -113,7 +113,10 @@ class Tree:
             return 0
         with self._running_lock:
             oldest = min(self._running, default=next(self._ticks))
-        idle = [inode for inode in self.inodes.values() if inode.used < oldest and self._idle(inode)]
+        # Files unlinked while open, under libfuse's hidden names: unlinking that name purges them.
+        hidden = {ino for names in self.hidden.values() for ino in names.values()}
+        idle = [inode for inode in self.inodes.values()
+                if inode.used < oldest and inode.ino not in hidden and self._idle(inode)]
         keep = self.memory_inodes * 3 // 4
         going = heapq.nsmallest(max(len(self.inodes) - keep, 0), idle, key=lambda inode: inode.used)
         for inode in going:
@@ -127,7 +130,7 @@ class Tree:
     def _idle(self, inode: Inode) -> bool:
         return (inode.ino != namespace.ROOT_INO and not inode.open_handles and not inode.leases
                 and not inode.unwritten and not inode.attrs_unflushed and inode.ino not in self.unflushed
-                and inode.ino not in self.hidden)
+                and inode.ino not in self.hidden)  # a directory holding hidden names
 
     def entries(self, parent: int) -> dict[bytes, int]:
         """A directory's whole listing, loaded on first use; every change to a
