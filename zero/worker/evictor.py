@@ -76,8 +76,11 @@ class Evictor:
         the low watermark as the keeper does.
 
         The estimate may be up to a second old and miss them, so they are counted
-        on top of it; when the walk had counted them already this evicts up to
-        a group more than needed, which priming may fetch back (a known cost)."""
+        on top of it, and stay counted until the next walk: groups finishing
+        within one second each saw the same estimate, and together pushed the
+        cache a few chunks over its target (tests/system/test_worker.py). When
+        the walk had counted them already this evicts up to about a second of
+        uploads more than needed, which priming may fetch back (a known cost)."""
         with self._lock:
             now = time.monotonic()
             if now - self._room_measured_at > MEASURE_EVERY_S:
@@ -89,6 +92,7 @@ class Evictor:
             if self._room_estimate + clean_bytes > self.target:
                 self.evict(max(0, min(self.low_watermark, self.target - clean_bytes)), usage=self._room_estimate)
                 self._room_estimate = self.last_usage
+            self._room_estimate += clean_bytes
 
     def evict(self, goal_bytes: int | None = None, usage: int | None = None) -> int:
         """Evict until usage (measured, unless the caller just did) is at or
