@@ -75,17 +75,16 @@ class Tree:
                     row = namespace.get_inode(connection, ino)
                 if row is None:
                     raise FuseOSError(errno.ENOENT)
-                inode = self.inodes[ino] = Inode(row)
-                inode.used = next(self._ticks)  # before the sweep, which would let it go at once
-                self.sweep_if_full()
-            inode.used = next(self._ticks)
-            return inode
+                return self.add(Inode(row))
+            return self.use(inode)
 
-    def add(self, inode: Inode) -> None:
-        """A new inode, made by the caller (who holds ``lock``)."""
-        inode.used = next(self._ticks)
-        self.inodes[inode.ino] = inode
+    def add(self, inode: Inode) -> Inode:
+        """An inode new to memory (created, or read from its row); the caller holds
+        ``lock``. Stamped before the sweep its arrival may set off, which would
+        otherwise let it go at once."""
+        self.inodes[inode.ino] = self.use(inode)
         self.sweep_if_full()
+        return inode
 
     # --- letting idle inodes go --------------------------------------------------------
 
@@ -102,7 +101,8 @@ class Tree:
             del self._running[start]
 
     def use(self, inode: Inode) -> Inode:
-        """Stamp an inode an operation took from elsewhere than ``inode()`` (a handle)."""
+        """Stamp an inode a running operation took (``inode()`` and ``child()`` do;
+        callers holding it through a handle call this)."""
         inode.used = next(self._ticks)
         return inode
 
@@ -169,12 +169,7 @@ class Tree:
             known.clear()  # a huge folder read at random: bounded like the inodes
         known[name] = row.ino
         inode = self.inodes.get(row.ino)
-        if inode is None:
-            inode = self.inodes[row.ino] = Inode(row)
-            inode.used = next(self._ticks)  # before the sweep, which would let it go at once
-            self.sweep_if_full()
-        inode.used = next(self._ticks)
-        return inode
+        return self.add(Inode(row)) if inode is None else self.use(inode)
 
     def resolve(self, path: str) -> Inode:
         with self.lock:
@@ -271,7 +266,7 @@ class Tree:
         them meanwhile. The flusher writes without the locks of those who change
         them (a write, a chmod): a change that lands during the write must stay
         marked, or after an unmount the state keeps the older mode or size."""
-        inode.used = next(self._ticks)  # kept in memory until the commit (see changing)
+        self.use(inode)  # kept in memory until the commit (see changing)
         with self._marks:
             seen = inode.attrs_version
         namespace.update_inode(connection, inode.ino, **inode.attrs())

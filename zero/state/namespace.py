@@ -27,9 +27,7 @@ def get_inode(connection: Connection, ino: int) -> Row | None:
 
 
 def lookup(connection: Connection, parent: int, name: bytes) -> int | None:
-    # Plain SQL: zero-fuse's LOOKUP path, where building a statement costs more than running it.
-    return connection.exec_driver_sql("SELECT ino FROM dentries WHERE parent = ? AND name = ?",
-                                      (parent, name)).scalar()
+    return connection.execute(select(_d.c.ino).where(_d.c.parent == parent, _d.c.name == name)).scalar()
 
 
 def lookup_inode(connection: Connection, parent: int, name: bytes) -> Row | None:

@@ -86,9 +86,6 @@ class Evictor:
             if now - self._room_measured_at > MEASURE_EVERY_S:
                 self._room_estimate = self.measure()
                 self._room_measured_at = now
-            # All counted, even those the last walk saw as dirty: counting only files newer
-            # than the walk let a fast writer's chunks push the cache one group over its
-            # target now and then (tests/system/test_worker.py, invariant 4).
             if self._room_estimate + clean_bytes > self.target:
                 self.evict(max(0, min(self.low_watermark, self.target - clean_bytes)), usage=self._room_estimate)
                 self._room_estimate = self.last_usage
