@@ -11,13 +11,14 @@ import os
 import random
 import threading
 import time
+import types
 
 import pytest
 from remote_factories import b2_remote, moto_s3
 
 from zero.config import RemoteSpec, parse
 from zero.errors import AuthFailed, ConfigError, ObjectCorrupt, ObjectMissing, RemoteUnavailable
-from zero.remote import layout
+from zero.remote import layout, pool as pool_module
 from zero.remote.codec import Codec
 from zero.remote.local import LocalRemote
 from zero.remote.pool import HEALTHY, UNAVAILABLE, UNHEALTHY, RemotePool
@@ -501,12 +502,26 @@ def test_pool_get_falls_back_when_a_holder_is_unavailable(tmp_path):
     assert pool.get(KEY, ["gone-from-config", "good"]) == b"data"
 
 
-def test_pool_get_follows_the_holders_order(two):
+def test_pool_get_tries_remotes_not_read_yet_in_the_config_order(two):
+    a, b = two
+    a.put(KEY, b"from a")
+    b.put(KEY, b"from b")
+    assert RemotePool([a, b], replicas=2).get(KEY, ["b", "a"]) == b"from a"
+    assert RemotePool([b, a], replicas=2).get(KEY, ["a", "b"]) == b"from b"
+
+
+def test_pool_get_prefers_the_remote_that_answered_faster(two, monkeypatch):
     a, b = two
     a.put(KEY, b"from a")
     b.put(KEY, b"from b")
     pool = RemotePool([a, b], replicas=2)
-    assert pool.get(KEY, ["b", "a"]) == b"from b"
+    clock = [0.0]  # the pool's clock: a read from a takes a second, one from b takes none
+    monkeypatch.setattr(pool_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    get_from_a = a.get
+    monkeypatch.setattr(a, "get", lambda key: (clock.__setitem__(0, clock[0] + 1.0), get_from_a(key))[1])
+    assert pool.get(KEY, ["a", "b"]) == b"from a"  # first listed, nothing measured yet
+    assert pool.get(KEY, ["a", "b"]) == b"from b"  # a took longer than b's unmeasured 0
+    assert pool.get(KEY, ["a", "b"]) == b"from b"  # b measured faster than a
 
 
 def test_pool_get_when_no_holder_has_it(two):

@@ -109,24 +109,39 @@ def test_a_new_file_is_not_deduplicated_onto_a_corrupt_object(make_mount):
 
 def test_with_two_replicas_reads_fall_back_and_the_corrupt_copy_is_repaired(make_mount, tmp_path):
     m, a, data = two_replicas_of_an_evicted_file(make_mount, tmp_path)
-    key = State(m.cache).chunk_rows(a)[1][2]
-    first_copy = object_path(tmp_path / "first", key)
-    flip_a_byte(first_copy)
-
+    # Which copy a fault-in reads first follows the remotes' measured speed; a worker that has read
+    # nothing yet takes them in the config's order. So: damage every copy on 'first' and restart the
+    # worker, and its first fault-in, whichever chunk it is for, meets a bad copy and must fall back.
+    m.stop_worker()
+    keys = [key for (key,) in State(m.cache).query("SELECT key FROM objects")]
+    for key in keys:
+        flip_a_byte(object_path(tmp_path / "first", key))
+    m.start_worker()
     settle_evicted(m, m.mnt / "a.bin")
     assert (m.mnt / "a.bin").read_bytes() == data, "a read did not fall back to the good copy"
-    b = write_synced(m, "b.bin", data)
-    evict(m, b, "filler2.bin")
 
-    # Both copies count for eviction, so both must be good again: the corrupt one was repaired.
-    codec = codec_of(m.cache)
+    def quarantined_on_first() -> set[str]:  # from the log: a repair may lift the quarantine at once
+        lines = [line for line in m.worker_log().splitlines() if QUARANTINE_LOG in line and "remote first" in line]
+        return {key for key in keys if any(key in line for line in lines)}
+    wait_until(quarantined_on_first, 30, "the fault-in to quarantine the bad copy it met on 'first'")
+    found = quarantined_on_first()
     # The repaired object lands before the commit that lifts its quarantine: wait for both.
-    wait_until(lambda: opens_as(codec, first_copy, key) == data[CHUNK:2 * CHUNK]
-               and not State(m.cache).query("SELECT * FROM quarantine"), 60,
-               "the corrupt copy on 'first' to be repaired and out of quarantine")
-    flip_a_byte(object_path(tmp_path / "second", key))  # now only the repaired copy is good
-    settle_evicted(m, m.mnt / "b.bin")
-    assert (m.mnt / "b.bin").read_bytes() == data
+    codec = codec_of(m.cache)
+    plaintexts = {key: opens_as(codec, object_path(tmp_path / "second", key), key) for key in found}
+    wait_until(lambda: all(opens_as(codec, object_path(tmp_path / "first", key), key) == plaintexts[key]
+                           for key in found) and not State(m.cache).query("SELECT * FROM quarantine"), 60,
+               "the bad copies on 'first' that reads met to be repaired and out of quarantine")
+
+    # Now only the repaired copy is good: a read of its chunk must be served from it.
+    key = sorted(found)[0]
+    flip_a_byte(object_path(tmp_path / "second", key))
+    ino, idx = State(m.cache).query("SELECT ino, idx FROM chunks WHERE object_key = ?", key)[0]
+    path = next(p for p in m.mnt.iterdir() if os.stat(p).st_ino == ino)
+    evict(m, ino, "filler2.bin")
+    settle_evicted(m, path)
+    with open(path, "rb") as reader:
+        reader.seek(idx * CHUNK)
+        assert reader.read(CHUNK) == plaintexts[key]
 
 
 def test_zero_scrub_finds_a_flipped_byte_in_one_replica_and_repairs_it_from_the_other(make_mount, tmp_path):

@@ -99,6 +99,7 @@ class RemotePool:
         self.replicas = replicas
         self._members = {remote.name: Member(remote, **(settings or {}).get(remote.name, {}))
                          for remote in self.remotes}
+        self._listed = {name: position for position, name in enumerate(names)}  # ties go to the first listed
         self._limits = {name: BandwidthLimit(member.bwlimit_bytes_per_s)
                         for name, member in self._members.items() if member.bwlimit_bytes_per_s}
         self._lock = threading.Lock()
@@ -202,7 +203,8 @@ class RemotePool:
             suspect: Sequence[str] = (), on_copy: Callable[[str, Exception | None], None] | None = None) -> bytes | T:
         """The object from the fastest healthy holder that has it, falling back
         to the next; unhealthy holders last, ``suspect`` ones (copies known
-        bad) after those, unavailable ones never.
+        bad) after those, unavailable ones never. Equally fast holders (none
+        read yet) are tried in the order the config lists them.
 
         ``decode`` (e.g. ``lambda blob: codec.open(blob, expected_key=key)``)
         runs on each copy, so a corrupt copy also falls back to the next holder;
@@ -255,11 +257,11 @@ class RemotePool:
             self._failed(name, error)
             raise
 
-    def _read_order(self, name: str) -> tuple[int, float]:
+    def _read_order(self, name: str) -> tuple[int, float, int]:
         member = self._members.get(name)
         if member is None:
-            return 3, 0.0
-        return {HEALTHY: 0, UNHEALTHY: 1}.get(member.health, 2), member.latency_s
+            return 3, 0.0, 0
+        return {HEALTHY: 0, UNHEALTHY: 1}.get(member.health, 2), member.latency_s, self._listed[name]
 
     def delete(self, key: str, holders: Sequence[str]) -> None:
         """Delete every holder's copy. Raises RemoteUnavailable naming those that
