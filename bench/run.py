@@ -29,6 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workloads import drop_page_cache  # noqa: E402  (one drop for bench/run.py, peers and quick)
+
 MIB = 1024 * 1024
 SMALL_FILE_BYTES = 4096
 WRITE_BLOCK_BYTES = MIB
@@ -103,17 +106,6 @@ def remove_small_files(root: Path, count: int) -> float:
 
 
 # --- the zero processes ------------------------------------------------------
-
-def drop_page_cache() -> None:
-    """Make the next read come from the disk (plain) or through zero-fuse (zero).
-    Needs root; without it the cold read is not cold, and the run says so."""
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as control:
-            control.write("3\n")
-    except OSError as error:
-        print(f"bench: cannot drop the page cache ({error}); cold reads are warm", file=sys.stderr)
-
 
 def cold_read_big_file(root: Path, size_mib: int) -> float:
     drop_page_cache()

@@ -2,6 +2,7 @@
 private cache folder, decision 43) once broke it without any test noticing."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,4 +33,10 @@ def test_the_quick_measurements_run_each_workload_and_clean_up(tmp_path):
         assert finished.returncode == 0, finished.stdout + finished.stderr
         assert finished.stdout.startswith("round 0: ") and "CPU user+sys: zero-worker" in finished.stdout, \
             finished.stdout
+    finished = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "quick.py"), "namespace", "--rounds", "1", "--files", "20",
+         "--base-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert re.search(r"stat \d+ files/s with names forgotten, \d+ with the page cache dropped", finished.stdout), \
+        finished.stdout
     assert not list(tmp_path.iterdir()), "the quick bench leaves its scratch folder behind"

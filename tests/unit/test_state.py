@@ -173,6 +173,27 @@ def test_insert_and_lookup(database):
         assert namespace.get_inode(connection, 12345) is None
 
 
+def test_the_hot_reads_see_each_commit_and_hold_no_snapshot(database, path):
+    with database.write() as connection:
+        ino = make_file(connection, namespace.ROOT_INO, b"a.txt", size=5)
+    assert namespace.lookup_inode(database, namespace.ROOT_INO, b"a.txt").size == 5
+    assert namespace.read_inode(database, ino).ino == ino
+    assert namespace.lookup_inode(database, namespace.ROOT_INO, b"b.txt") is None
+    with database.write() as connection:
+        namespace.update_inode(connection, ino, size=7)
+    assert namespace.read_inode(database, ino).size == 7  # the same pooled connection, no stale snapshot
+    # A reader left inside a transaction would keep a TRUNCATE checkpoint from emptying the WAL.
+    with sqlite3.connect(path) as other:
+        busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0
+    assert os.path.getsize(f"{path}-wal") == 0
+
+
+def test_the_hot_reads_cannot_write(database):
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        database.single_read("DELETE FROM inodes")
+
+
 def test_inode_numbers_are_never_reused(database):
     with database.write() as connection:
         first = make_file(connection, namespace.ROOT_INO, b"a")

@@ -71,8 +71,7 @@ class Tree:
         with self.lock:  # never between a sweep's look at an inode and its letting go
             inode = self.inodes.get(ino)
             if inode is None:
-                with self.database.read() as connection:
-                    row = namespace.get_inode(connection, ino)
+                row = namespace.read_inode(self.database, ino)
                 if row is None:
                     raise FuseOSError(errno.ENOENT)
                 return self.add(Inode(row))
@@ -160,8 +159,7 @@ class Tree:
             return self.inode(ino)
         if parent in self.children:
             return None
-        with self.database.read() as connection:
-            row = namespace.lookup_inode(connection, parent, name)
+        row = namespace.lookup_inode(self.database, parent, name)
         if row is None:
             return None
         known = self.looked_up.setdefault(parent, {})
