@@ -128,6 +128,7 @@ def test_with_two_replicas_reads_fall_back_and_the_corrupt_copy_is_repaired(make
     # The repaired object lands before the commit that lifts its quarantine: wait for both.
     codec = codec_of(m.cache)
     plaintexts = {key: opens_as(codec, object_path(tmp_path / "second", key), key) for key in found}
+    assert None not in plaintexts.values(), "a copy on 'second' was damaged too"
     wait_until(lambda: all(opens_as(codec, object_path(tmp_path / "first", key), key) == plaintexts[key]
                            for key in found) and not State(m.cache).query("SELECT * FROM quarantine"), 60,
                "the bad copies on 'first' that reads met to be repaired and out of quarantine")

@@ -182,6 +182,7 @@ def test_the_hot_reads_see_each_commit_and_hold_no_snapshot(database, path):
     with database.write() as connection:
         namespace.update_inode(connection, ino, size=7)
     assert namespace.read_inode(database, ino).size == 7  # the same pooled connection, no stale snapshot
+    assert database.single_read("SELECT ino FROM inodes ORDER BY ino") == (namespace.ROOT_INO,)  # rows left unread
     # A reader left inside a transaction would keep a TRUNCATE checkpoint from emptying the WAL.
     with sqlite3.connect(path) as other:
         busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -192,6 +193,14 @@ def test_the_hot_reads_see_each_commit_and_hold_no_snapshot(database, path):
 def test_the_hot_reads_cannot_write(database):
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         database.single_read("DELETE FROM inodes")
+
+
+def test_a_hot_read_under_way_when_the_database_is_disposed_closes_its_connection(database):
+    assert database.single_read("SELECT 1") == (1,)
+    connection = database._readers[-1]
+    database.dispose()
+    with pytest.raises(sqlite3.ProgrammingError):
+        connection.execute("SELECT 1")  # closed: an idle reader does not outlive the database
 
 
 def test_inode_numbers_are_never_reused(database):

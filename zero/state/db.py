@@ -52,7 +52,7 @@ class Database:
         # thread-local, since a libfuse thread enters Python with a new thread
         # state on every call (a ctypes callback), which empties a thread-local.
         self._readers: list[sqlite3.Connection] = []
-        self._all_readers: list[sqlite3.Connection] = []
+        self._disposed = False
         # Writers of this process queue here instead of in SQLite's busy handler,
         # which sleeps 1 ms and more per retry: a create racing the asynchronous
         # release of the previous file cost a millisecond each (measured). SQLite's
@@ -140,14 +140,20 @@ class Database:
             finally:
                 cursor.close()  # resets the statement, which ends its read of the WAL
         finally:
-            self._readers.append(connection)
+            if self._disposed:
+                connection.close()
+            else:
+                self._readers.append(connection)
 
     def _open_reader(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-        self._on_connect(connection, None)
-        connection.execute("PRAGMA query_only = 1")
+        try:
+            self._on_connect(connection, None)
+            connection.execute("PRAGMA query_only = 1")
+        except BaseException:
+            connection.close()
+            raise
         connection.row_factory = _named_row
-        self._all_readers.append(connection)
         return connection
 
     def durable_checkpoint(self) -> None:
@@ -168,17 +174,17 @@ class Database:
             os.close(fd)
 
     def dispose(self) -> None:
-        self._readers.clear()
-        for connection in self._all_readers:
+        self._disposed = True  # a single_read under way closes its connection itself
+        idle, self._readers = self._readers, []
+        for connection in idle:
             connection.close()
-        self._all_readers.clear()
         self._write_engine.dispose()
         self.engine.dispose()
 
 
 @functools.lru_cache(maxsize=64)
 def _row_class(names: tuple[str, ...]) -> type:
-    return collections.namedtuple("Row", names)
+    return collections.namedtuple("Row", names, rename=True)  # a column named like a keyword still reads
 
 
 def _named_row(cursor: sqlite3.Cursor, values: tuple) -> tuple:
