@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench_run  # noqa: E402
+from workloads import stat_after_drops  # noqa: E402
 
 
 def process_cpu(pid: int) -> tuple[float, float]:
@@ -147,16 +148,10 @@ def namespace(mount, args, round_no: int) -> str:
             print(f"  {i + 1:>9,} files: {step / (now - started):.0f} files/s, zero-fuse RSS {rss:.0f} MiB "
                   f"(peak {peak:.0f})", flush=True)
             started = now
-    rates = []
-    for what in (2, 3):  # names forgotten (each stat a lookup, SQLite's pages cached); then pages too
-        picks = random.Random(what).choices(range(args.files), k=1000)  # not the files the first pass loaded
-        bench_run.drop_page_cache(what)
-        started = time.perf_counter()
-        for i in picks:
-            os.stat(root / f"d{i // 1000:04d}" / f"f{i % 1000:03d}")
-        rates.append(1000 / (time.perf_counter() - started))
+    warm, cold = stat_after_drops(lambda what: [root / f"d{i // 1000:04d}" / f"f{i % 1000:03d}"
+                                                for i in random.Random(what).choices(range(args.files), k=1000)])
     rss, peak = rss_mib(fuse_pid)
-    return (f"stat {rates[0]:.0f} files/s with names forgotten, {rates[1]:.0f} with the page cache dropped; "
+    return (f"stat {warm:.0f} files/s with names forgotten, {cold:.0f} with the page cache dropped; "
             f"zero-fuse RSS {rss:.0f} MiB, peak {peak:.0f} MiB")
 
 

@@ -195,12 +195,14 @@ def test_the_hot_reads_cannot_write(database):
         database.single_read("DELETE FROM inodes")
 
 
-def test_a_hot_read_under_way_when_the_database_is_disposed_closes_its_connection(database):
+def test_disposing_the_database_closes_its_readers(database):
     assert database.single_read("SELECT 1") == (1,)
     connection = database._readers[-1]
     database.dispose()
     with pytest.raises(sqlite3.ProgrammingError):
         connection.execute("SELECT 1")  # closed: an idle reader does not outlive the database
+    assert database.single_read("SELECT 1") == (1,)  # a read after (or during) the dispose closes its own
+    assert database._readers == []
 
 
 def test_inode_numbers_are_never_reused(database):
