@@ -453,6 +453,48 @@ def test_uploadable_skips_leased_and_clean(database, ino):
         assert [r.idx for r in chunks.uploadable(connection, 10)] == [1]
 
 
+def test_asked_for_chunks_come_in_the_order_asked_and_only_when_fuse_let_go(database, clock):
+    with database.write() as connection:
+        first, second = (make_file(connection, namespace.ROOT_INO, name) for name in (b"first", b"second"))
+    for idx in (1, 0):
+        lease(database, second, idx)
+        release(database, second, idx)
+    lease(database, first, 0)                 # still written: not yet
+    lease(database, first, 1)
+    release(database, first, 1)
+    with database.write() as connection:
+        requests.request_upload(connection, first)  # the clock ticks: first is older
+        requests.request_upload(connection, second)
+    with database.read() as connection:
+        assert [(r.ino, r.idx) for r in chunks.requested_uploadable(connection, 10)] == \
+            [(first, 1), (second, 0), (second, 1)]
+        assert [(r.ino, r.idx) for r in chunks.requested_uploadable(connection, 2)] == [(first, 1), (second, 0)]
+
+
+def test_an_upload_request_is_done_once_nothing_fuse_let_go_of_is_left(database):
+    with database.write() as connection:
+        clean, dirty, uploading, leased = (make_file(connection, namespace.ROOT_INO, name)
+                                           for name in (b"clean", b"dirty", b"uploading", b"leased"))
+    to_clean(database, clean)
+    lease(database, dirty)
+    release(database, dirty)
+    lease(database, uploading)
+    release(database, uploading)
+    with database.write() as connection:
+        chunks.start_upload(connection, uploading, 0, row(database, uploading).version)
+    lease(database, leased)                   # fuse still writes it: a later fsync asks again
+    with database.write() as connection:
+        for ino in (clean, dirty, uploading, leased):
+            requests.request_upload(connection, ino)
+    with database.read() as connection:
+        assert requests.any_upload_done(connection)
+    with database.write() as connection:
+        assert requests.finish_done_uploads(connection) == 2
+    with database.read() as connection:
+        assert sorted(requests.pending_uploads(connection)) == sorted([dirty, uploading])
+        assert not requests.any_upload_done(connection)
+
+
 def test_a_write_during_upload_wins_over_the_stale_upload(database, ino):
     lease(database, ino)
     release(database, ino)

@@ -247,13 +247,6 @@ def unuploaded(connection: Connection) -> list[tuple[int, int]]:
     return list(unuploaded_versions(connection))
 
 
-def has_unleased_unuploaded(connection: Connection, ino: int) -> bool:
-    """Whether the worker still has something of ``ino`` to upload (fuse let go of it)."""
-    return connection.execute(select(_c.c.idx).where(
-        _c.c.ino == ino, _c.c.state.in_([s.value for s in UNUPLOADED]), _c.c.leased.is_(False)).limit(1)
-    ).first() is not None
-
-
 def counts_by_state(connection: Connection) -> dict[str, tuple[int, int]]:
     """state -> (chunks, bytes in the cache)."""
     rows = connection.execute(
@@ -263,14 +256,26 @@ def counts_by_state(connection: Connection) -> dict[str, tuple[int, int]]:
 
 # --- zero-worker's moves -----------------------------------------------------------
 
-def uploadable(connection: Connection, limit: int, quiet_before: float | None = None,
-               inos: Iterable[int] = ()) -> list[Row]:
-    """Dirty chunks fuse has let go of, oldest first; with ``quiet_before``, only
-    those untouched since then or belonging to ``inos`` (fsync, zero sync)."""
-    query = select(_c).where(_c.c.state == D.value, _c.c.leased.is_(False))
+def uploadable(connection: Connection, limit: int, quiet_before: float | None = None) -> list[Row]:
+    """Dirty chunks fuse has let go of, oldest first; with ``quiet_before``,
+    only those untouched since then. Plain SQL, as requested_uploadable()."""
+    sql = "SELECT * FROM chunks WHERE state = ? AND leased = 0"
+    params: tuple = (D.value,)
     if quiet_before is not None:
-        query = query.where((_c.c.last_access <= quiet_before) | _c.c.ino.in_(list(inos)))
-    return connection.execute(query.order_by(_c.c.last_access).limit(limit)).all()
+        sql += " AND last_access <= ?"
+        params += (quiet_before,)
+    return connection.exec_driver_sql(sql + " ORDER BY last_access LIMIT ?", (*params, limit)).all()
+
+
+def requested_uploadable(connection: Connection, limit: int) -> list[Row]:
+    """Dirty chunks fuse has let go of whose upload was asked for (fsync, zero
+    sync), in the order asked. Plain SQL and one query whatever the number of
+    requests: the uploader asks on every wake-up and for every few groups, and
+    a `zero sync` of thousands of small files asks for thousands of inodes."""
+    return connection.exec_driver_sql(
+        "SELECT c.* FROM upload_requests AS r JOIN chunks AS c ON c.ino = r.ino"
+        " WHERE c.state = ? AND c.leased = 0 ORDER BY r.requested_at, c.ino, c.idx LIMIT ?",
+        (D.value, limit)).all()
 
 
 def dirty_totals(connection: Connection) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select
 
 from zero.state import schema
 
@@ -10,9 +10,16 @@ _t = schema.counters
 
 
 def bump(connection: Connection, name: str, amount: int = 1) -> None:
-    updated = connection.execute(update(_t).where(_t.c.name == name).values(value=_t.c.value + amount))
-    if updated.rowcount == 0:
-        connection.execute(insert(_t).values(name=name, value=amount))
+    bump_many(connection, {name: amount})
+
+
+def bump_many(connection: Connection, amounts: dict[str, int]) -> None:
+    """Add to several totals in one statement (an upload group's, say); zeros are skipped."""
+    amounts = [(name, amount) for name, amount in amounts.items() if amount]
+    if amounts:
+        connection.exec_driver_sql(
+            "INSERT INTO counters (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", amounts)
 
 
 def read_all(connection: Connection) -> dict[str, int]:

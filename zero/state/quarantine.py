@@ -36,7 +36,12 @@ def record(connection: Connection, key: str, remote: str, reason: str, now: floa
 
 def lift(connection: Connection, key: str, remote: str) -> None:
     """The copy on ``remote`` is good again (stored anew, or it verified)."""
-    connection.execute(delete(_q).where(_q.c.key == key, _q.c.remote == remote))
+    lift_many(connection, [(key, remote)])
+
+
+def lift_many(connection: Connection, copies) -> None:
+    """lift() for each (key, remote); one statement for an upload group."""
+    connection.exec_driver_sql("DELETE FROM quarantine WHERE key = ? AND remote = ?", list(copies))
 
 
 def forget_object(connection: Connection, key: str) -> None:

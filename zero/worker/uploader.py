@@ -55,7 +55,7 @@ class Uploader:
         self._groups: concurrent.futures.ThreadPoolExecutor | None = None
         self._in_flight: dict[concurrent.futures.Future, set[tuple[int, int]]] = {}
         self._backlog: list = []  # due rows not submitted yet (no room then)
-        self._requested: set[int] = set()  # inodes whose upload was asked for, as due() last saw them
+        self._requested: set[int] = set()  # inodes of the asked-for chunks due() last returned
 
     def due(self, hurry: bool) -> list:
         """Chunks to upload now: the requested ones first, then the quiet ones.
@@ -63,17 +63,13 @@ class Uploader:
         if not self.context.may_write():
             return []
         config = self.context.config
-        now = time.time()
         with self.context.database.read() as connection:
-            requested = set(requests.pending_uploads(connection))
-            # Filtered in SQL: this runs on every wake-up, while thousands of
-            # freshly written chunks may still be waiting out uploadDelay.
-            due = chunks.uploadable(connection, limit=BATCH * 4,
-                                    quiet_before=None if hurry else now - config.upload_delay_s,
-                                    inos=requested)
-        due.sort(key=lambda row: (row.ino not in requested, row.last_access))
-        self._requested = requested
-        return due[:BATCH]
+            requested = chunks.requested_uploadable(connection, limit=BATCH)
+            quiet = [] if len(requested) >= BATCH else chunks.uploadable(
+                connection, limit=BATCH, quiet_before=None if hurry else time.time() - config.upload_delay_s)
+        asked = {(row.ino, row.idx) for row in requested}
+        self._requested = {row.ino for row in requested}
+        return (requested + [row for row in quiet if (row.ino, row.idx) not in asked])[:BATCH]
 
     def next_due_in(self) -> float | None:
         """Seconds until the next dirty chunk becomes quiet enough, if any (none while fenced)."""
@@ -88,12 +84,10 @@ class Uploader:
     def finish_requests(self) -> None:
         """An upload request is done once its inode has nothing unleased left dirty."""
         with self.context.database.read() as connection:
-            if not requests.pending_uploads(connection):
+            if not requests.any_upload_done(connection):
                 return  # runs on every wake-up: no write transaction when there is nothing to do
         with self.context.database.write() as connection:
-            for ino in requests.pending_uploads(connection):
-                if not chunks.has_unleased_unuploaded(connection, ino):
-                    requests.done_upload(connection, ino)
+            requests.finish_done_uploads(connection)
 
     def upload(self, row) -> bool:
         """Upload one chunk; True if it is now clean."""
@@ -212,22 +206,26 @@ class Uploader:
         self.make_room(sum(item.stored for item in read))
         done = 0
         to_send = []
+        durable_names = set(context.pool.durable_names())
         with context.database.write() as connection:
+            # Only good copies count: a quarantined (corrupt) one is never a dedup target,
+            # and the put below may store a fresh copy on its remote, which repairs it.
+            holders = objects.good_holders_of(connection, [item.key for item in read])
+            intents = {}
+            deduplicated = 0
             for item in read:
-                known = objects.get(connection, item.key)
-                # Only good copies count: a quarantined (corrupt) one is never a dedup target,
-                # and the put below may store a fresh copy on its remote, which repairs it.
-                item.holders = objects.good_holders(connection, item.key) if known else []
-                durable = [name for name in item.holders if name in context.pool.durable_names()]
-                if len(durable) >= context.config.replicas:
+                item.holders = holders[item.key] or []
+                if len([name for name in item.holders if name in durable_names]) >= context.config.replicas:
                     # The same bytes are stored already (dedup); the row's presence,
                     # checked in this transaction, keeps the collector off it.
                     if self._finish(connection, item):
-                        counters.bump(connection, "dedup_hits")
-                        done += 1
+                        deduplicated += 1
                 else:
-                    objects.record_intent(connection, item.key, len(item.data))
+                    intents[item.key] = len(item.data)
                     to_send.append(item)
+            objects.record_intents(connection, intents)
+            counters.bump(connection, "dedup_hits", deduplicated)
+        done += deduplicated
         if not to_send:
             return done, None
         crashpoints.crash("upload.intent")
@@ -240,6 +238,9 @@ class Uploader:
         ours = self.still_ours(took) if took else set()
         sent = [self._only_ours(outcome, ours) for outcome in sent]
         unavailable = None
+        landed = [(item, outcome) for item, outcome in zip(to_send, sent)
+                  if not isinstance(outcome, RemoteUnavailable)]
+        uploaded_bytes = uploaded = 0
         with context.database.write() as connection:
             for item, outcome in zip(to_send, sent):
                 if isinstance(outcome, RemoteUnavailable):
@@ -247,17 +248,17 @@ class Uploader:
                     log.debug("Upload of chunk %d of inode %d postponed: %s", item.row.idx, item.row.ino, outcome)
                     unavailable = outcome
                     self._abort(connection, item.row)
-                    continue
-                blob_size, holders = outcome
-                if objects.get(connection, item.key) is None:
-                    objects.record_intent(connection, item.key, len(item.data))  # the collector took it meanwhile
-                for holder in holders:
-                    objects.record_copy(connection, item.key, holder, blob_size)
+            # The rows of objects the collector took meanwhile come back first.
+            objects.record_intents(connection, {item.key: len(item.data) for item, _ in landed})
+            objects.record_copies(connection, [(item.key, holder, blob_size)
+                                               for item, (blob_size, holders) in landed for holder in holders])
+            for item, _ in landed:
                 if self._finish(connection, item):
-                    counters.bump(connection, "uploads")
-                    counters.bump(connection, "uploaded_bytes", len(item.data))
-                    self.uploaded_bytes += len(item.data)
-                    done += 1
+                    uploaded += 1
+                    uploaded_bytes += len(item.data)
+            counters.bump_many(connection, {"uploads": uploaded, "uploaded_bytes": uploaded_bytes})
+        self.uploaded_bytes += uploaded_bytes
+        done += uploaded
         return done, unavailable
 
     def _read(self, row) -> "_Upload | None":
