@@ -5,6 +5,7 @@ data path: one workload, a few rounds, with the CPU each zero process spent.
     .venv/bin/python bench/quick.py cold --size-mib 256      # evicted, then read (cache 32 MiB)
     .venv/bin/python bench/quick.py read --size-mib 256      # page cache dropped, zero's cache warm
     .venv/bin/python bench/quick.py create --files 2000 [--upload-delay 600]
+    .venv/bin/python bench/quick.py sync --files 2000 --upload-delay 600   # the upload backlog of small files
     .venv/bin/python bench/quick.py namespace --files 200000 --rounds 1   # zero-fuse's RSS as files accrue
 
 Same mount as bench/run.py (ZeroMount: zero-fuse and zero-worker over a
@@ -122,6 +123,21 @@ def create(mount, args, round_no: int) -> str:
     return f"create {args.files / took:.0f} files/s; {meter.spent()}"
 
 
+def sync(mount, args, round_no: int) -> str:
+    """Small files written and left for the worker (run with --upload-delay 600),
+    then `zero sync`: the upload backlog of a tar x or an rsync, drained at once."""
+    folder = mount.mnt / f"sync-{round_no}"
+    folder.mkdir()
+    for i in range(args.files):
+        with open(folder / f"f{i:06d}", "wb") as out:
+            out.write(os.urandom(4096))
+    meter = CpuMeter(mount)
+    started = time.perf_counter()
+    mount.zero("sync", str(mount.mnt), timeout_s=600)
+    took = time.perf_counter() - started
+    return f"zero sync of {args.files} new files: {took:.2f} s, {args.files / took:.0f} files/s; {meter.spent()}"
+
+
 def rss_mib(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of a process, MiB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
@@ -155,7 +171,7 @@ def namespace(mount, args, round_no: int) -> str:
             f"zero-fuse RSS {rss:.0f} MiB, peak {peak:.0f} MiB")
 
 
-WORKLOADS = {"write": write, "read": read, "cold": cold, "create": create, "namespace": namespace}
+WORKLOADS = {"write": write, "read": read, "cold": cold, "create": create, "namespace": namespace, "sync": sync}
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,7 @@ def test_the_benchmark_mounts_zero_and_measures_every_workload(tmp_path):
 
 
 def test_the_quick_measurements_run_each_workload_and_clean_up(tmp_path):
-    for workload in ("write", "cold", "read", "create"):
+    for workload in ("write", "cold", "read", "create", "sync"):
         finished = subprocess.run(
             [sys.executable, str(REPO / "bench" / "quick.py"), workload, "--rounds", "1", "--size-mib", "8",
              "--files", "20", "--base-dir", str(tmp_path)],
