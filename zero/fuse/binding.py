@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import threading
 
 from zero.errors import MountError
 
@@ -81,7 +82,25 @@ def _timespec_ns(ts) -> int | str:
     return ts.tv_sec * 10**9 + ts.tv_nsec
 
 
+# libfuse calls Python on its own threads. For each call, ctypes makes a Python
+# thread state and deletes it after (PyGILState_Ensure/Release): an allocation,
+# an mmap and munmap of the frame stack, twice per call, eight calls per small
+# file created (measured with strace). Taking one more hold on the thread state
+# the first time a libfuse thread calls keeps it for the thread's life; the
+# marker is a thread-local, which lives in that very thread state. main.py
+# keeps every libfuse thread alive (max_idle_threads = max_threads): a thread
+# that exited would leave its thread state behind.
+_held_thread_state = threading.local()
+_hold_thread_state = ctypes.pythonapi.PyGILState_Ensure
+
+
 class ZeroFUSE(mfusepy.FUSE):
+    def _wrapper(self, func, *args, **kwargs):
+        if not getattr(_held_thread_state, "held", False):
+            _hold_thread_state()
+            _held_thread_state.held = True
+        return super()._wrapper(func, *args, **kwargs)
+
     def _path(self, path):
         return None if path is None else path.decode(self.encoding, self.errors)
 

@@ -16,6 +16,7 @@ from zero.meta import writer as writer_lease
 from zero.locking import PidLock
 
 log = logging.getLogger("zero.fuse")
+FUSE_THREADS = 16  # libfuse's worker threads: requests answered at once
 
 
 def parse_args(argv):
@@ -98,8 +99,9 @@ def run(args) -> int:
                     "until it runs (zero-worker %s)", cache.root, cache.root)
     log.info("Mounting %s (cache %s, libfuse %d.%d from %s)", mount, cache.root, *binding.LIBRARY_VERSION,
              binding.LIBRARY_PATH)
-    options = dict(foreground=True, nothreads=False, fsname=f"zero:{cache.root}", subtype="zero", max_threads=16, max_idle_threads=8,
-                   default_permissions=True, debug=args.debug)
+    # Idle threads are kept, never ended: each holds its Python thread state (binding.ZeroFUSE).
+    options = dict(foreground=True, nothreads=False, fsname=f"zero:{cache.root}", subtype="zero",
+                   max_threads=FUSE_THREADS, max_idle_threads=FUSE_THREADS, default_permissions=True, debug=args.debug)
     if os.getuid() == 0:
         options["allow_other"] = True
     options.update(asked)
