@@ -371,7 +371,7 @@ def test_take_lease_on_a_new_chunk(database, ino):
 def test_take_lease_again_bumps_the_version(database, ino):
     lease(database, ino)
     release(database, ino)
-    assert row(database, ino).leased is False
+    assert not row(database, ino).leased
     assert lease(database, ino) == chunks.Readiness.HERE
     chunk = row(database, ino)
     assert (chunk.state, chunk.version, chunk.leased) == ("dirty", 2, True)

@@ -103,7 +103,9 @@ def readiness(connection: Connection, ino: int, idx: int, file_exists) -> Readin
 
 
 def get(connection: Connection, ino: int, idx: int) -> Row | None:
-    return connection.execute(select(_c).where(_c.c.ino == ino, _c.c.idx == idx)).first()
+    # Plain SQL, as every statement a fault-in or an eviction runs: a sequential
+    # reader of evicted data makes the worker run them dozens of times a second.
+    return connection.exec_driver_sql("SELECT * FROM chunks WHERE ino = ? AND idx = ?", (ino, idx)).first()
 
 
 # --- zero-fuse's moves -------------------------------------------------------------
@@ -314,11 +316,17 @@ def eviction_candidates(connection: Connection, limit: int, durable_on=None, rep
     """Clean, unleased, unpinned chunks, least recently used first; with
     ``durable_on``, only those whose object has ``replicas`` copies on those
     remotes (invariant 2: evict only what is durable where it counts)."""
-    query = select(_c).where(_c.c.state.in_([s.value for s in EVICTABLE]), _c.c.leased.is_(False),
-                             _c.c.pinned.is_(False))
+    evictable = sorted(state.value for state in EVICTABLE)
+    sql = (f"SELECT * FROM chunks WHERE state IN ({', '.join('?' * len(evictable))})"
+           " AND leased = 0 AND pinned = 0")
+    params = [*evictable]
     if durable_on is not None:
-        query = query.where(_durable_copies(durable_on) >= replicas)
-    return connection.execute(query.order_by(_c.c.last_access).limit(limit)).all()
+        durable_on = list(durable_on)
+        sql += (" AND (SELECT count(*) FROM placements AS p WHERE p.key = chunks.object_key"
+                f" AND p.remote IN ({', '.join('?' * len(durable_on))})"
+                " AND NOT EXISTS (SELECT 1 FROM quarantine AS q WHERE q.key = p.key AND q.remote = p.remote)) >= ?")
+        params += [*durable_on, replicas]
+    return connection.exec_driver_sql(sql + " ORDER BY last_access LIMIT ?", (*params, limit)).all()
 
 
 def stranded(connection: Connection, configured) -> tuple[int, int]:

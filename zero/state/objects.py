@@ -23,7 +23,8 @@ def get(connection: Connection, key: str) -> Row | None:
 
 def remotes_holding(connection: Connection, key: str) -> list[str]:
     """Every remote with a copy, good or quarantined (reads, deletes)."""
-    return [row.remote for row in connection.execute(select(_p.c.remote).where(_p.c.key == key))]
+    return [remote for (remote,) in connection.exec_driver_sql("SELECT remote FROM placements WHERE key = ?",
+                                                               (key,))]
 
 
 def good_holders(connection: Connection, key: str) -> list[str]:
@@ -135,8 +136,7 @@ def holders_among(connection: Connection, key: str, names) -> int:
     names = list(names)
     if not names:
         return 0
-    return connection.execute(select(func.count()).select_from(_p).where(
-        _p.c.key == key, _p.c.remote.in_(names), quarantine.good_copy_of(_p.c.key))).scalar()
+    return sum(1 for remote in good_holders_of(connection, [key])[key] or () if remote in names)
 
 
 def stored_bytes_by_remote(connection: Connection) -> dict[str, int]:

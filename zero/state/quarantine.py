@@ -53,7 +53,8 @@ def is_quarantined(connection: Connection, key: str, remote: str) -> bool:
 
 
 def bad_remotes(connection: Connection, key: str) -> set[str]:
-    return {row.remote for row in connection.execute(select(_q.c.remote).where(_q.c.key == key))}
+    return {remote for (remote,) in connection.exec_driver_sql("SELECT remote FROM quarantine WHERE key = ?",
+                                                               (key,))}
 
 
 def good_copy_of(key_column) -> object:

@@ -33,8 +33,9 @@ def fetch_error(connection: Connection, ino: int, idx: int) -> str | None:
 
 
 def pending_fetches(connection: Connection, limit: int) -> list[Row]:
-    return connection.execute(select(_f).where(_f.c.error.is_(None))
-                              .order_by(_f.c.priority, _f.c.requested_at).limit(limit)).all()
+    # Plain SQL: the fetch dispatcher asks each time a fetch ends or a request arrives.
+    return connection.exec_driver_sql("SELECT * FROM fetch_requests WHERE error IS NULL"
+                                      " ORDER BY priority, requested_at LIMIT ?", (limit,)).all()
 
 
 def fail_fetch(connection: Connection, ino: int, idx: int, error: str) -> None:
@@ -42,7 +43,7 @@ def fail_fetch(connection: Connection, ino: int, idx: int, error: str) -> None:
 
 
 def done_fetch(connection: Connection, ino: int, idx: int) -> None:
-    connection.execute(delete(_f).where(_f.c.ino == ino, _f.c.idx == idx))
+    connection.exec_driver_sql("DELETE FROM fetch_requests WHERE ino = ? AND idx = ?", (ino, idx))
 
 
 def request_upload(connection: Connection, ino: int) -> None:
