@@ -4,6 +4,7 @@ uploaded durable in the cache, not only those it holds the lease of."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -14,9 +15,11 @@ import pytest
 from zero.cachedir import CacheDir
 from zero.config import Config
 from zero.fuse import data as data_module
+from zero.fuse import flusher as flusher_module
 from zero.fuse import leases as leases_module
 from zero.fuse.chunkfiles import ChunkFiles
 from zero.fuse.data import DataPath
+from zero.fuse.flusher import Flusher
 from zero.fuse.leases import Leases
 from zero.fuse.tree import Tree
 from zero.state import db, namespace, requests
@@ -145,3 +148,24 @@ def test_a_write_that_turns_a_clean_chunk_dirty_syncs_its_file_first(data_path, 
     data_path.leases.release(inode)
     data_path.write(inode, None, b"c" * 10, 60)  # dirty already: nothing to sync
     assert synced == [f"{inode.ino}-0"]
+
+
+def test_unuploaded_data_is_measured_from_a_bounded_sample_when_there_is_much_of_it(data_path, monkeypatch):
+    inode = new_file(data_path)
+    for idx in range(40):
+        data_path.write(inode, None, b"x" * CHUNK, idx * CHUNK)  # 40 dirty chunks of one size
+    config = dataclasses.replace(data_path.config, target_disk_usage_bytes=20 * CHUNK)
+    flusher = Flusher(data_path.tree, data_path.leases, data_path.files, data_path.files.cache, config, NoWorker())
+    measured = []
+    bytes_of = data_path.files.cache.bytes_of
+    monkeypatch.setattr(data_path.files.cache, "bytes_of", lambda ids: measured.append(len(ids)) or bytes_of(ids))
+    flusher._measure_dirty()
+    exact = flusher.dirty_bytes
+    assert exact >= 40 * CHUNK and measured == [40]
+    assert flusher.dirty_over_target
+
+    monkeypatch.setattr(flusher_module, "DIRTY_SAMPLE", 8)
+    flusher._measure_dirty()
+    assert measured[-1] == 8
+    assert flusher.dirty_bytes == exact  # chunks of one size: the sample's mean is exact
+    assert flusher.dirty_over_target

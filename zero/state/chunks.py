@@ -249,6 +249,17 @@ def unuploaded(connection: Connection) -> list[tuple[int, int]]:
     return list(unuploaded_versions(connection))
 
 
+def unuploaded_sample(connection: Connection, limit: int) -> tuple[int, list[tuple[int, int]]]:
+    """How many chunks' content is only in the cache, and (ino, idx) of up to
+    ``limit`` of them, all of them if they are that few, else picked at random."""
+    states = tuple(sorted(state.value for state in UNUPLOADED))
+    where = f"WHERE state IN ({', '.join('?' * len(states))})"
+    count = connection.exec_driver_sql(f"SELECT count(*) FROM chunks {where}", states).scalar()
+    order = "" if count <= limit else " ORDER BY random()"
+    rows = connection.exec_driver_sql(f"SELECT ino, idx FROM chunks {where}{order} LIMIT ?", (*states, limit))
+    return count, [(ino, idx) for ino, idx in rows]
+
+
 def counts_by_state(connection: Connection) -> dict[str, tuple[int, int]]:
     """state -> (chunks, bytes in the cache)."""
     rows = connection.execute(
