@@ -40,3 +40,20 @@ def test_the_quick_measurements_run_each_workload_and_clean_up(tmp_path):
     assert re.search(r"stat \d+ files/s with names forgotten, \d+ with the page cache dropped", finished.stdout), \
         finished.stdout
     assert not list(tmp_path.iterdir()), "the quick bench leaves its scratch folder behind"
+
+
+def test_the_paired_comparison_mounts_two_trees_and_prints_each_ratio(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "ab.py"), str(REPO), str(REPO), "--rounds", "2", "--files", "20",
+         "--size-mib", "2", "--base-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    for workload in ("create", "stat", "read"):
+        assert re.search(rf"^{workload} +base +\d+ .* new/base \d+\.\d\d \(rounds", finished.stdout, re.M), \
+            finished.stdout
+    assert not list(tmp_path.iterdir()), "the paired comparison leaves its scratch folder behind"
+
+
+def test_the_paired_comparison_refuses_a_folder_that_is_not_zero(tmp_path):
+    finished = subprocess.run([sys.executable, str(REPO / "bench" / "ab.py"), str(tmp_path), str(REPO)],
+                              capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 2 and "is not a zero source tree" in finished.stderr, finished.stderr
