@@ -49,6 +49,20 @@ def stat(mount, args, round_no: int) -> float:
     return len(picks) / (time.perf_counter() - started)
 
 
+def write(mount, args, round_no: int) -> float:
+    """Sequential write with fsync: with fsyncWaitsForUpload (the default), the upload too."""
+    block = os.urandom(1 << 20)
+    started = time.perf_counter()
+    fd = os.open(mount.mnt / f"written-{round_no}", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for i in range(args.size_mib):
+            os.write(fd, block[:16] + i.to_bytes(8, "little") + block[24:])  # no two blocks alike: no dedup
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return args.size_mib / (time.perf_counter() - started)
+
+
 def read(mount, args, round_no: int) -> float:
     drop_page_cache(3)  # served from zero's cache, through the mount
     started = time.perf_counter()
@@ -58,7 +72,8 @@ def read(mount, args, round_no: int) -> float:
     return args.size_mib / (time.perf_counter() - started)
 
 
-WORKLOADS = {"create": (create, "files/s"), "stat": (stat, "files/s"), "read": (read, "MiB/s")}
+WORKLOADS = {"create": (create, "files/s"), "stat": (stat, "files/s"), "write": (write, "MiB/s"),
+             "read": (read, "MiB/s")}
 
 
 def prepare(mount, args) -> None:

@@ -47,7 +47,7 @@ def test_the_paired_comparison_mounts_two_trees_and_prints_each_ratio(tmp_path):
         [sys.executable, str(REPO / "bench" / "ab.py"), str(REPO), str(REPO), "--rounds", "2", "--files", "20",
          "--size-mib", "2", "--base-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stdout + finished.stderr
-    for workload in ("create", "stat", "read"):
+    for workload in ("create", "stat", "write", "read"):
         assert re.search(rf"^{workload} +base +\d+ .* new/base \d+\.\d\d \(rounds", finished.stdout, re.M), \
             finished.stdout
     assert not list(tmp_path.iterdir()), "the paired comparison leaves its scratch folder behind"
