@@ -90,6 +90,9 @@ def test_rebalance_spreads_what_one_remote_took_alone(make_mount, tmp_path):
     assert len(chunk_files(first)) == placed("first") and len(chunk_files(second)) == placed("second")
     m.start_worker()
     m.start_fuse()
-    wait_until(lambda: State(m.cache).states().get("remote", 0) >= 30, 60, "most chunks to be evicted")
+    # What the cache's target guarantees: at most 16 of the 40 chunks of 64 KiB stay in 1 MiB.
+    # (Waiting for 30 assumed the cache was down at its low watermark when the worker stopped;
+    # stopped with 11 to 16 chunks cached, under the target, nothing is evicted: a CI run timed out.)
+    wait_until(lambda: State(m.cache).states().get("remote", 0) >= 24, 60, "the cache to be under its target")
     settle_evicted(m)
     assert sha256_of(m.mnt / "data.bin") == digest
