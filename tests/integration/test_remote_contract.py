@@ -57,13 +57,6 @@ def test_put_get_head(remote):
     assert remote.head(KEY) == 5
 
 
-def test_unsynced_puts_are_there_after_a_sync(remote):
-    remote.put_unsynced(KEY, b"hello")
-    remote.sync()
-    assert remote.get(KEY) == b"hello"
-    assert remote.head(KEY) == 5
-
-
 def test_empty_object(remote):
     remote.put(KEY, b"")
     assert remote.get(KEY) == b""
@@ -360,58 +353,6 @@ def test_local_new_folders_are_made_durable(tmp_path, monkeypatch):
     remote.put(KEY, b"x")
     root = str(tmp_path / "remote")
     assert sorted(synced) == [root, root, f"{root}/fs1", f"{root}/fs1/objects"]  # .tmp and fs1, objects, ab
-
-
-def counting_fsyncs(monkeypatch) -> list:
-    calls = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd) or real_fsync(fd))
-    return calls
-
-
-def test_local_unsynced_puts_are_made_durable_by_one_syncfs(tmp_path, monkeypatch):
-    # An upload group's objects: no fsync each, one syncfs of the folder's file system for all.
-    import zero.remote.local
-    monkeypatch.setattr(zero.remote.local, "syncfs_is_trusted", lambda path: True)
-    synced = []
-    real_sync = zero.remote.local.sync_file_system
-    monkeypatch.setattr(zero.remote.local, "sync_file_system", lambda path: synced.append(path) or real_sync(path))
-    remote = local_folder(tmp_path)
-    remote.put(KEY, b"x")  # makes the folders (each made durable)
-    fsyncs = counting_fsyncs(monkeypatch)
-    for n in range(3):
-        remote.put_unsynced(f"{KEY}{n}", b"y" * 1000)
-    assert fsyncs == [] and synced == []
-    remote.sync()
-    assert synced == [str(tmp_path / "remote")]
-    assert [remote.get(f"{KEY}{n}") for n in range(3)] == [b"y" * 1000] * 3
-
-
-def test_local_folder_whose_syncfs_is_not_trusted_syncs_each_object(tmp_path, monkeypatch):
-    # A FUSE mount (sshfs) never hears of a syncfs: there each object is synced as put() does.
-    import zero.remote.local
-    monkeypatch.setattr(zero.remote.local, "syncfs_is_trusted", lambda path: False)
-    monkeypatch.setattr(zero.remote.local, "sync_file_system", lambda path: pytest.fail("syncfs on an untrusted fs"))
-    remote = local_folder(tmp_path)
-    remote.put(KEY, b"x")
-    fsyncs = counting_fsyncs(monkeypatch)
-    remote.put_unsynced(f"{KEY}1", b"y")
-    assert len(fsyncs) == 2  # the file, then its folder
-    remote.sync()
-
-
-def test_local_sync_that_fails_is_unavailable_and_named(tmp_path, monkeypatch):
-    import zero.remote.local
-    monkeypatch.setattr(zero.remote.local, "syncfs_is_trusted", lambda path: True)
-
-    def failing_sync(path):
-        raise OSError(errno.EIO, os.strerror(errno.EIO), path)
-
-    monkeypatch.setattr(zero.remote.local, "sync_file_system", failing_sync)
-    remote = local_folder(tmp_path)
-    remote.put_unsynced(KEY, b"x")
-    with pytest.raises(RemoteUnavailable, match="I/O error"):
-        remote.sync()
 
 
 def test_local_path_expands_home(tmp_path, monkeypatch):

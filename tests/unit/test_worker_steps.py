@@ -184,46 +184,6 @@ def test_upload_makes_a_chunk_clean_and_stores_a_decodable_object(context):
     assert file_bytes(context, ino, 0) == data  # the upload leaves the cache file alone
 
 
-def test_an_upload_counts_a_copy_only_once_its_remote_synced_it(context, monkeypatch):
-    ino = make_file(context, b"a")
-    data = chunk_data(1)
-    fuse_write(context, ino, 0, data)
-    key = context.codec.object_key(data)
-    remote = context.pool.remotes[0]
-    recorded_at_sync = []
-
-    def sync():
-        with context.database.read() as connection:
-            recorded_at_sync.append(objects.remotes_holding(connection, key))
-
-    monkeypatch.setattr(remote, "sync", sync)
-    assert Uploader(context).upload(uploader_row(context, ino)) is True
-    assert recorded_at_sync == [[]]  # synced before the placement row counted the copy
-    with context.database.read() as connection:
-        assert objects.remotes_holding(connection, key) == ["local"]
-
-
-def test_an_upload_whose_remote_cannot_sync_leaves_the_chunk_dirty(context, monkeypatch):
-    ino = make_file(context, b"a")
-    data = chunk_data(1)
-    fuse_write(context, ino, 0, data)
-
-    def failing_sync():
-        raise RemoteUnavailable("remote 'local': could not sync (I/O error)")
-
-    monkeypatch.setattr(context.pool.remotes[0], "sync", failing_sync)
-    with pytest.raises(RemoteUnavailable, match="could not sync the upload"):
-        Uploader(context).upload(uploader_row(context, ino))
-    assert state_of(context, ino, 0) == ChunkState.DIRTY
-    with context.database.read() as connection:
-        assert objects.remotes_holding(connection, context.codec.object_key(data)) == []
-
-
-def uploader_row(context, ino: int):
-    [row] = [row for row in Uploader(context).due(hurry=True) if row.ino == ino]
-    return row
-
-
 def test_a_quiet_chunk_waits_for_the_upload_delay_unless_asked_for(make_context):
     context = make_context()
     context.config = dataclasses.replace(context.config, upload_delay_s=HOUR_S)
@@ -255,8 +215,8 @@ def test_a_write_during_an_upload_leaves_the_chunk_dirty_and_its_object_garbage(
     [row] = uploader.due(hurry=False)
     put = context.pool.put
 
-    def put_then_fuse_writes(key, blob, holders=(), unsynced=False):
-        holders = put(key, blob, unsynced=unsynced)
+    def put_then_fuse_writes(key, blob, holders=()):
+        holders = put(key, blob)
         assert state_of(context, ino, 0) == ChunkState.UPLOADING
         fuse_write(context, ino, 0, second)  # the lease moves uploading -> dirty, version + 1
         return holders

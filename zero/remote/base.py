@@ -91,15 +91,6 @@ class Remote(ABC):
         Raises RemoteUnavailable when the remote cannot store it now.
         """
 
-    def put_unsynced(self, key: str, data: bytes) -> None:
-        """As put(), but the copy may be durable only after the next sync(): an
-        uploader storing a group of objects asks once for all of them. A store
-        whose puts are durable on return (every cloud) keeps this default."""
-        self.put(key, data)
-
-    def sync(self) -> None:
-        """Make every put_unsynced() made so far durable. Raises RemoteUnavailable."""
-
     @abstractmethod
     def get(self, key: str) -> bytes:
         """The object's bytes. Raises ObjectMissing or RemoteUnavailable."""

@@ -3,9 +3,7 @@
 An object is the file ``<path>/<key>``. Puts go through
 ``zero.fsutil.durable_write`` with temporary files in ``<path>/.tmp``, so
 an object is there whole or not at all, and a crash leaves at most a stray
-temporary file. An upload group's puts skip the two fsyncs each and sync()
-makes them durable with one syncfs of the folder's file system (decision 81),
-where that file system's syncfs is known to flush everything.
+temporary file.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 
-from zero.fsutil import durable_write, fsync_dir, sync_file_system, syncfs_is_trusted
+from zero.fsutil import durable_write, fsync_dir
 from zero.errors import ObjectMissing, RemoteUnavailable
 from zero.remote.base import Option, Remote, check_key
 
@@ -58,7 +56,6 @@ class LocalRemote(Remote):
         self.root = os.path.abspath(os.path.expanduser(os.fspath(path)))
         self._tmp = os.path.join(self.root, TMP_FOLDER_NAME)
         self._put_locks = [threading.Lock() for _ in range(_PUT_LOCK_STRIPES)]
-        self._syncfs: bool | None = None  # whether sync() may be one syncfs; looked up at first use
 
     def path_of(self, key: str) -> str:
         check_key(key)
@@ -71,28 +68,6 @@ class LocalRemote(Remote):
             raise self._unavailable("create", self.root, error) from error
 
     def put(self, key: str, data: bytes) -> None:
-        self._store(key, data, sync=True)
-
-    def put_unsynced(self, key: str, data: bytes) -> None:
-        self._store(key, data, sync=not self._may_syncfs())
-
-    def sync(self) -> None:
-        if not self._may_syncfs():
-            return  # each put_unsynced synced its file
-        try:
-            sync_file_system(self.root)
-        except OSError as error:
-            raise self._unavailable("sync", self.root, error) from error
-
-    def _may_syncfs(self) -> bool:
-        if self._syncfs is None:
-            try:
-                self._syncfs = syncfs_is_trusted(self.root)
-            except OSError:
-                self._syncfs = False
-        return self._syncfs
-
-    def _store(self, key: str, data: bytes, sync: bool) -> None:
         path = self.path_of(key)
         # Content-addressed keys make a second put store the same plaintext, so
         # replacing the file atomically is as safe as keeping it, and heals a copy
@@ -105,7 +80,7 @@ class LocalRemote(Remote):
             try:
                 self._make_folders(self._tmp)
                 self._make_folders(os.path.dirname(path))
-                durable_write(path, data, tmp_dir=self._tmp, sync=sync)
+                durable_write(path, data, tmp_dir=self._tmp)
             except OSError as error:
                 raise self._unavailable("store", path, error) from error
 

@@ -161,14 +161,12 @@ class RemotePool:
 
     # --- the protocol -------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes, holders: Sequence[str] = (), exclude: Sequence[str] = (),
-            unsynced: bool = False) -> list[str]:
+    def put(self, key: str, data: bytes, holders: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
         """Store copies until ``replicas`` usable remotes hold one, counting the
         ``holders`` that already do and never choosing ``exclude`` (a remote an
         object is moved off); returns the names that took a new copy, for
         the placement rows. Raises RemoteUnavailable if too few could; the copies
-        made are then orphans for the collector (or a dedup hit next time).
-        ``unsynced`` copies count only after sync() says their remote synced."""
+        made are then orphans for the collector (or a dedup hit next time)."""
         have = [name for name in holders if name in self._members and self._members[name].writable]
         wanted = self.replicas - len(have)
         with self._lock:
@@ -184,7 +182,7 @@ class RemotePool:
             name = member.remote.name
             try:
                 self._paced(name, len(data))
-                (member.remote.put_unsynced if unsynced else member.remote.put)(key, data)
+                member.remote.put(key, data)
             except RemoteUnavailable as error:
                 self._failed(name, error)
                 refused.append(f"{name} ({error})")
@@ -244,22 +242,6 @@ class RemotePool:
                 failures.append(error)
         unavailable = [error for error in failures if isinstance(error, RemoteUnavailable)]
         raise (unavailable[-1] if unavailable else failures[-1])
-
-    def sync(self, names: Sequence[str]) -> set[str]:
-        """Make the unsynced puts on the remotes ``names`` durable; returns those
-        that did (a remote that failed is marked so, and its copies do not count)."""
-        synced = set()
-        for name in names:
-            member = self._members.get(name)
-            if member is None:
-                continue
-            try:
-                member.remote.sync()
-            except RemoteUnavailable as error:
-                self._failed(name, error)
-                continue
-            synced.add(name)
-        return synced
 
     def put_on(self, name: str, key: str, data: bytes) -> None:
         """Store a copy on the remote ``name`` itself (a repair puts a good copy

@@ -59,12 +59,6 @@ class RetryingRemote(Remote):
     def put(self, key: str, data: bytes) -> None:
         self._call("store", key, lambda: self.inner.put(key, data))
 
-    def put_unsynced(self, key: str, data: bytes) -> None:
-        self._call("store", key, lambda: self.inner.put_unsynced(key, data))
-
-    def sync(self) -> None:
-        self._call("sync", "(what it stored)", self.inner.sync)
-
     def get(self, key: str) -> bytes:
         return self._call("read", key, lambda: self.inner.get(key))
 

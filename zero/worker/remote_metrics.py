@@ -56,13 +56,6 @@ class MeteredRemote(Remote):
         self._timed("put", self.inner.put, key, data)
         self._sent.inc(len(data))
 
-    def put_unsynced(self, key: str, data: bytes) -> None:
-        self._timed("put", self.inner.put_unsynced, key, data)
-        self._sent.inc(len(data))
-
-    def sync(self) -> None:
-        self.inner.sync()
-
     def get(self, key: str) -> bytes:
         data = self._timed("get", self.inner.get, key)
         self._read.inc(len(data))

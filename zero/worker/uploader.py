@@ -235,9 +235,7 @@ class Uploader:
         sent = self._parallel(self._send, to_send)
         crashpoints.crash("upload.sent")
         took = {name for outcome in sent if not isinstance(outcome, RemoteUnavailable) for name in outcome[1]}
-        # One sync per remote for the group's copies (a local folder: one syncfs,
-        # not two fsyncs an object); a remote that cannot sync keeps none of them.
-        ours = self.still_ours(context.pool.sync(sorted(took))) if took else set()
+        ours = self.still_ours(took) if took else set()
         sent = [self._only_ours(outcome, ours) for outcome in sent]
         unavailable = None
         landed = [(item, outcome) for item, outcome in zip(to_send, sent)
@@ -280,21 +278,19 @@ class Uploader:
     def _send(self, item: "_Upload"):
         blob = self.context.codec.seal(item.data, object_key=item.key)
         try:
-            return len(blob), self.context.pool.put(self.context.remote_key(item.key), blob, holders=item.holders,
-                                                    unsynced=True)
+            return len(blob), self.context.pool.put(self.context.remote_key(item.key), blob, holders=item.holders)
         except RemoteUnavailable as error:
             return error
 
     def _only_ours(self, outcome, ours: set[str]):
-        """Copies count only on remotes that synced them and whose marker was still
-        there after they landed; a chunk left short of replicas stays dirty for the next round."""
+        """Copies count only on remotes whose marker was still there after they
+        landed; a chunk left short of replicas stays dirty for the next round."""
         if isinstance(outcome, RemoteUnavailable):
             return outcome
         blob_size, holders = outcome
         lost = [name for name in holders if name not in ours]
         if lost:
-            return RemoteUnavailable(f"remote(s) {', '.join(lost)} could not sync the upload or lost their marker "
-                                     "while it ran")
+            return RemoteUnavailable(f"remote(s) {', '.join(lost)} lost their marker while the upload ran")
         return outcome
 
     def _finish(self, connection, item: "_Upload") -> bool:
