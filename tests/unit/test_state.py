@@ -453,6 +453,35 @@ def test_uploadable_skips_leased_and_clean(database, ino):
         assert [r.idx for r in chunks.uploadable(connection, 10)] == [1]
 
 
+def changelog_seq(database, table: str, k1, k2=0) -> int | None:
+    with database.read() as connection:
+        return connection.exec_driver_sql("SELECT seq FROM changelog WHERE tbl = ? AND k1 = ? AND k2 = ?",
+                                          (table, k1, k2)).scalar()
+
+
+def test_an_object_and_copy_recorded_again_after_a_delete_are_backed_up_again(database):
+    # The changelog triggers renumber a key's row on every change (INSERT OR REPLACE). An
+    # INSERT OR IGNORE around them would impose its IGNORE on the trigger: the key kept the
+    # number of its delete, a backup trimming up to that number dropped it, and the new
+    # object or copy was never backed up.
+    with database.write() as connection:
+        objects.record_intents(connection, {"k1": 10})
+        objects.record_copies(connection, [("k1", "r1", 20)])
+    with database.write() as connection:
+        objects.forget_copy(connection, "k1", "r1")
+        connection.exec_driver_sql("DELETE FROM objects WHERE key = 'k1'")
+    deleted = changelog_seq(database, "placements", "k1", "r1"), changelog_seq(database, "objects", "k1")
+    with database.write() as connection:
+        objects.record_intents(connection, {"k1": 10})
+        objects.record_copies(connection, [("k1", "r1", 20)])
+    placed, known = changelog_seq(database, "placements", "k1", "r1"), changelog_seq(database, "objects", "k1")
+    assert placed > deleted[0] and known > deleted[1]
+    with database.write() as connection:  # a second record of what is there changes nothing
+        objects.record_intents(connection, {"k1": 10})
+        objects.record_copies(connection, [("k1", "r1", 20)])
+    assert changelog_seq(database, "placements", "k1", "r1") == placed
+
+
 def test_asked_for_chunks_come_in_the_order_asked_and_only_when_fuse_let_go(database, clock):
     with database.write() as connection:
         first, second = (make_file(connection, namespace.ROOT_INO, name) for name in (b"first", b"second"))

@@ -42,10 +42,12 @@ _GOOD_HOLDERS_SQL = (
     " AND NOT EXISTS (SELECT 1 FROM quarantine AS q WHERE q.key = p.key AND q.remote = p.remote)"
     " WHERE o.key IN ({marks})")
 _KEYS_PER_QUERY = 500  # under SQLite's limit on bound parameters
-_INSERT_INTENT_SQL = ("INSERT OR IGNORE INTO objects (key, plain_bytes, stored_bytes, created, unreferenced_since)"
-                      " VALUES (?, ?, 0, ?, NULL)")
+# ON CONFLICT DO NOTHING, never INSERT OR IGNORE: an OR IGNORE is imposed on the
+# changelog triggers too, whose INSERT OR REPLACE renumbers the key for the backup.
+_INSERT_INTENT_SQL = ("INSERT INTO objects (key, plain_bytes, stored_bytes, created, unreferenced_since)"
+                      " VALUES (?, ?, 0, ?, NULL) ON CONFLICT (key) DO NOTHING")
 _STORED_SQL = "UPDATE objects SET stored_bytes = ?, unreferenced_since = NULL WHERE key = ?"
-_PLACE_SQL = "INSERT OR IGNORE INTO placements (key, remote) VALUES (?, ?)"
+_PLACE_SQL = "INSERT INTO placements (key, remote) VALUES (?, ?) ON CONFLICT (key, remote) DO NOTHING"
 
 
 def good_holders_of(connection: Connection, keys) -> dict[str, list[str] | None]:
