@@ -199,11 +199,17 @@ def remote_indexes(connection: Connection, ino: int, indexes: Iterable[int]) -> 
         select(_c.c.idx).where(_c.c.ino == ino, _c.c.state == R.value)) if row.idx in wanted)
 
 
+def state_in(states, column: str = "state") -> tuple[str, tuple[str, ...]]:
+    """``<column> IN (?, ...)`` and its parameters, for a set of chunk states in plain SQL."""
+    values = tuple(sorted(state.value for state in states))
+    return f"{column} IN ({', '.join('?' * len(values))})", values
+
+
 def local_indexes(connection: Connection, ino: int) -> list[int]:
     """Chunks of ``ino`` whose cache file holds the content."""
+    local, values = state_in(LOCAL)
     return [row[0] for row in connection.exec_driver_sql(
-        f"SELECT idx FROM chunks WHERE ino = ? AND state IN ({', '.join('?' * len(LOCAL))})",
-        (ino, *(s.value for s in LOCAL)))]
+        f"SELECT idx FROM chunks WHERE ino = ? AND {local}", (ino, *values))]
 
 
 def all_rows(connection: Connection) -> list[Row]:
@@ -252,8 +258,8 @@ def unuploaded(connection: Connection) -> list[tuple[int, int]]:
 def unuploaded_sample(connection: Connection, limit: int) -> tuple[int, list[tuple[int, int]]]:
     """How many chunks' content is only in the cache, and (ino, idx) of up to
     ``limit`` of them, all of them if they are that few, else picked at random."""
-    states = tuple(sorted(state.value for state in UNUPLOADED))
-    where = f"WHERE state IN ({', '.join('?' * len(states))})"
+    unuploaded, states = state_in(UNUPLOADED)
+    where = f"WHERE {unuploaded}"
     count = connection.exec_driver_sql(f"SELECT count(*) FROM chunks {where}", states).scalar()
     order = "" if count <= limit else " ORDER BY random()"
     rows = connection.exec_driver_sql(f"SELECT ino, idx FROM chunks {where}{order} LIMIT ?", (*states, limit))
@@ -327,15 +333,13 @@ def eviction_candidates(connection: Connection, limit: int, durable_on=None, rep
     """Clean, unleased, unpinned chunks, least recently used first; with
     ``durable_on``, only those whose object has ``replicas`` copies on those
     remotes (invariant 2: evict only what is durable where it counts)."""
-    evictable = sorted(state.value for state in EVICTABLE)
-    sql = (f"SELECT * FROM chunks WHERE state IN ({', '.join('?' * len(evictable))})"
-           " AND leased = 0 AND pinned = 0")
-    params = [*evictable]
+    evictable, values = state_in(EVICTABLE)
+    sql = f"SELECT * FROM chunks WHERE {evictable} AND leased = 0 AND pinned = 0"
+    params = [*values]
     if durable_on is not None:
         durable_on = list(durable_on)
         sql += (" AND (SELECT count(*) FROM placements AS p WHERE p.key = chunks.object_key"
-                f" AND p.remote IN ({', '.join('?' * len(durable_on))})"
-                " AND NOT EXISTS (SELECT 1 FROM quarantine AS q WHERE q.key = p.key AND q.remote = p.remote)) >= ?")
+                f" AND p.remote IN ({', '.join('?' * len(durable_on))}) AND {quarantine.GOOD_COPY_SQL}) >= ?")
         params += [*durable_on, replicas]
     return connection.exec_driver_sql(sql + " ORDER BY last_access LIMIT ?", (*params, limit)).all()
 

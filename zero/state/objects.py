@@ -38,8 +38,7 @@ def good_holders(connection: Connection, key: str) -> list[str]:
 # per chunk under the lock (measured, docs/benchmarks.md "Fifth pass").
 _GOOD_HOLDERS_SQL = (
     "SELECT o.key, p.remote FROM objects AS o"
-    " LEFT JOIN placements AS p ON p.key = o.key"
-    " AND NOT EXISTS (SELECT 1 FROM quarantine AS q WHERE q.key = p.key AND q.remote = p.remote)"
+    f" LEFT JOIN placements AS p ON p.key = o.key AND {quarantine.GOOD_COPY_SQL}"
     " WHERE o.key IN ({marks})")
 _KEYS_PER_QUERY = 500  # under SQLite's limit on bound parameters
 # ON CONFLICT DO NOTHING, never INSERT OR IGNORE: an OR IGNORE is imposed on the

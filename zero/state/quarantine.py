@@ -57,6 +57,10 @@ def bad_remotes(connection: Connection, key: str) -> set[str]:
                                                                (key,))}
 
 
+# good_copy_of in plain SQL, for a placements row named ``p``.
+GOOD_COPY_SQL = "NOT EXISTS (SELECT 1 FROM quarantine AS q WHERE q.key = p.key AND q.remote = p.remote)"
+
+
 def good_copy_of(key_column) -> object:
     """SQL condition on a placements row: its copy is not quarantined (for the durable-copy counts)."""
     return ~exists().where(_q.c.key == key_column, _q.c.remote == _p.c.remote)

@@ -7,6 +7,7 @@ import time
 from sqlalchemy import Connection, Row, delete, insert, select, update
 
 from zero.state import schema
+from zero.state.chunks import state_in
 from zero.state.chunkstate import UNUPLOADED
 
 _f = schema.fetch_requests
@@ -56,9 +57,9 @@ def pending_uploads(connection: Connection) -> list[int]:
 
 
 # A request is done once its inode has nothing left to upload that fuse let go of.
+_UNUPLOADED_IN, _UNUPLOADED = state_in(UNUPLOADED, column="c.state")
 _DONE = ("NOT EXISTS (SELECT 1 FROM chunks AS c WHERE c.ino = upload_requests.ino"
-         f" AND c.state IN ({', '.join('?' * len(UNUPLOADED))}) AND c.leased = 0)")
-_UNUPLOADED = tuple(sorted(state.value for state in UNUPLOADED))
+         f" AND {_UNUPLOADED_IN} AND c.leased = 0)")
 
 
 def any_upload_done(connection: Connection) -> bool:

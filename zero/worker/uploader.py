@@ -238,16 +238,17 @@ class Uploader:
         ours = self.still_ours(took) if took else set()
         sent = [self._only_ours(outcome, ours) for outcome in sent]
         unavailable = None
-        landed = [(item, outcome) for item, outcome in zip(to_send, sent)
-                  if not isinstance(outcome, RemoteUnavailable)]
+        landed = []
         uploaded_bytes = uploaded = 0
         with context.database.write() as connection:
             for item, outcome in zip(to_send, sent):
-                if isinstance(outcome, RemoteUnavailable):
-                    # The pool logged the remote's change of health once; a line per chunk would flood.
-                    log.debug("Upload of chunk %d of inode %d postponed: %s", item.row.idx, item.row.ino, outcome)
-                    unavailable = outcome
-                    self._abort(connection, item.row)
+                if not isinstance(outcome, RemoteUnavailable):
+                    landed.append((item, outcome))
+                    continue
+                # The pool logged the remote's change of health once; a line per chunk would flood.
+                log.debug("Upload of chunk %d of inode %d postponed: %s", item.row.idx, item.row.ino, outcome)
+                unavailable = outcome
+                self._abort(connection, item.row)
             # The rows of objects the collector took meanwhile come back first.
             objects.record_intents(connection, {item.key: len(item.data) for item, _ in landed})
             objects.record_copies(connection, [(item.key, holder, blob_size)
