@@ -169,3 +169,48 @@ def test_unuploaded_data_is_measured_from_a_bounded_sample_when_there_is_much_of
     assert measured[-1] == 8
     assert flusher.dirty_bytes == exact  # chunks of one size: the sample's mean is exact
     assert flusher.dirty_over_target
+
+
+class EvictingWorker(NoWorker):
+    """A worker whose fault-ins keep losing the race with its evictor: the chunk
+    is back in the cache only at the ``arrives_at``-th wait."""
+
+    def __init__(self, data_path: DataPath, ino: int, data: bytes, arrives_at: int, timeout_s: float):
+        self.data_path, self.ino, self.data, self.arrives_at = data_path, ino, data, arrives_at
+        self.timeout_s = timeout_s
+        self.waits = 0
+
+    def wait_local(self, ino, idx):
+        self.waits += 1
+        if self.waits == self.arrives_at:
+            with open(self.data_path.files.cache.chunk_path(ino, idx), "wb") as chunk_file:
+                chunk_file.write(self.data)
+
+
+def evicted_file(data_path: DataPath, data: bytes):
+    inode = new_file(data_path)
+    inode.size = len(data)
+    os.makedirs(os.path.dirname(data_path.files.cache.chunk_path(inode.ino, 0)), exist_ok=True)
+    with data_path.database.write() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO chunks (ino, idx, state, version, leased, stored_bytes, last_access, pinned, object_key)"
+            " VALUES (?, 0, 'remote', 1, 0, 0, 0, 0, 'key')", (inode.ino,))
+    return inode
+
+
+def test_a_read_outlasts_a_chunk_evicted_again_after_each_fault_in(data_path):
+    """CI saw a read fail after five looks at a chunk the worker fetched and
+    evicted again each time; a read keeps looking for as long as a fault-in may take."""
+    data = os.urandom(1000)
+    inode = evicted_file(data_path, data)
+    data_path.worker = EvictingWorker(data_path, inode.ino, data, arrives_at=12, timeout_s=60)
+    assert data_path.read(inode, 1000, 0) == data
+    assert data_path.worker.waits == 12
+
+
+def test_a_read_whose_chunk_never_stays_gives_up_after_the_fault_in_timeout_and_says_why(data_path):
+    inode = evicted_file(data_path, b"x")
+    data_path.worker = EvictingWorker(data_path, inode.ino, b"x", arrives_at=-1, timeout_s=0)
+    with pytest.raises(data_module.ZeroError, match="raise targetDiskUsage"):
+        data_path.read(inode, 1, 0)
+    assert data_path.worker.waits == data_module.READ_ATTEMPTS

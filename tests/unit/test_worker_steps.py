@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sqlalchemy import select
 
 from zero.cachedir import CacheDir
 from zero.fsutil import disk_bytes
+from zero import wakeup
 from zero.config import Config, RemoteSpec
 from zero.errors import RemoteUnavailable
 from zero.remote.local import LocalRemote
@@ -24,8 +26,9 @@ from zero.state import chunks, counters, db, namespace, objects, requests, schem
 from zero.state.schema import ChunkState
 from zero.worker import pins
 from zero.worker.collector import Collector
+from zero.worker import evictor as evictor_module
 from zero.worker.evictor import Evictor
-from zero.worker.fetcher import Fetcher
+from zero.worker.fetcher import FetchDispatcher, Fetcher
 from zero.wiring import build_context
 from zero.worker.remotes import RemoteKeeper
 from zero.worker.recovery import recover
@@ -823,3 +826,48 @@ def test_a_reader_outranks_priming(context):
         requests.request_fetch(connection, ino, 0, requests.READER)
     assert [(row.ino, row.idx, row.priority) for row in Fetcher(context).pending()] == [
         (ino, 0, requests.READER), (ino, 1, requests.PRIME)]
+
+
+def test_fault_ins_of_small_chunks_evict_only_what_they_really_need(make_context, monkeypatch, tmp_path):
+    """A diff of a tree of small files through a small cache faulted each file in,
+    counted it as a whole chunk, and evicted the cache down to nothing, the chunk a
+    reader had just waited for included; after five such rounds the read failed
+    (CI, test_rsync_of_a_tree_bigger_than_the_cache_reads_back_identical)."""
+    monkeypatch.setattr(evictor_module, "MEASURE_EVERY_S", HOUR_S)  # the running estimate alone decides
+    context = make_context(target_bytes=16 * CHUNK)
+    big = make_file(context, b"big")
+    data = [chunk_data(idx) for idx in range(8)]
+    for idx, chunk in enumerate(data):
+        fuse_write(context, big, idx, chunk)
+    small = [make_file(context, f"s{number}".encode()) for number in range(40)]
+    for number, ino in enumerate(small):
+        fuse_write(context, ino, 0, os.urandom(4096) + number.to_bytes(4, "big"))
+    upload_all(context)
+    for ino in small:
+        with context.database.write() as connection:
+            chunks.mark_evicted(connection, ino, 0)
+        os.unlink(context.cache.chunk_path(ino, 0))
+    with context.database.write() as connection:
+        for ino in small:
+            requests.request_fetch(connection, ino, 0, requests.READER)
+
+    # 8 whole chunks and 40 small ones of two blocks each fit well under 16 chunks.
+    fetcher, evictor = Fetcher(context), Evictor(context)
+    dispatcher = FetchDispatcher(fetcher, evictor.make_room)
+    listener = wakeup.WakeListener(tmp_path, wakeup.WORKER)
+    stopping = threading.Event()
+    thread = threading.Thread(target=dispatcher.run, args=(stopping, listener, 0.05, 0.05), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while fetch_requests(context) and time.monotonic() < deadline:
+            dispatcher.wanted.wait(0.05)
+    finally:
+        stopping.set()
+        dispatcher.wanted.set()
+        thread.join(30)
+    assert fetch_requests(context) == {}, "the fault-ins did not finish"
+    assert {state_of(context, ino, 0) for ino in small} == {ChunkState.CLEAN}
+    assert counter(context, "evictions") == 0, \
+        f"{counter(context, 'evictions')} chunk(s) evicted to make room that was there"
+    assert [file_bytes(context, big, idx) for idx in range(8)] == data

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 ATTR_TIMEOUT_S = 1.0  # how long the kernel keeps attributes and entries
 ALLOCATED_TTL_S = ATTR_TIMEOUT_S
 SEQUENTIAL_SLACK_BYTES = 2 * 1024 * 1024  # a request and the read-ahead window (max_readahead, 1 MiB) each
-READ_ATTEMPTS = 5  # a chunk evicted and fetched back between two looks is looked at again
+READ_ATTEMPTS = 5  # looks at a chunk that keeps moving before the time limit can end the read
 
 
 class DataPath:
@@ -70,7 +70,9 @@ class DataPath:
 
     def _read_chunk(self, ino: int, idx: int, within: int, length: int) -> bytes:
         path = self.files.cache.chunk_path(ino, idx)
-        for _ in range(READ_ATTEMPTS):
+        give_up_at = None
+        attempts = 0
+        while True:
             chunk_file = self.files.acquire(ino, idx)
             if chunk_file is not None:
                 try:
@@ -80,6 +82,16 @@ class DataPath:
                 if len(data) < length:
                     data += bytes(length - len(data))  # past the chunk file's end: a hole
                 return data
+            # A chunk evicted again between its fault-in and this look is looked at
+            # again, for as long as a fault-in may take: a read that gives up is an
+            # EIO the program does not retry.
+            attempts += 1
+            if give_up_at is None:
+                give_up_at = time.monotonic() + self.worker.timeout_s
+            elif attempts > READ_ATTEMPTS and time.monotonic() > give_up_at:
+                raise ZeroError(f"chunk {idx} of inode {ino} kept moving in and out of the cache while it was "
+                                f"read ({attempts} looks in {self.worker.timeout_s:.0f} s: the cache is too small "
+                                f"for what is being read at once; raise targetDiskUsage)")
             with self.database.read() as connection:
                 readiness = chunks.readiness(connection, ino, idx, lambda: os.path.exists(path))
             if readiness == Readiness.HOLE:
@@ -89,8 +101,6 @@ class DataPath:
             elif readiness == Readiness.EVICTION_UNFINISHED:
                 self.worker.wait_eviction_settled(ino, idx)
             # HERE: the file appeared since we looked (fetched, or created by a writer): look again
-        raise ZeroError(f"chunk {idx} of inode {ino} kept moving in and out of the cache while it was read; "
-                        f"try the read again")
 
     def _prefetch_after(self, inode: Inode, last_idx: int) -> None:
         """A sequential reader crossed into a new chunk: ask the worker for the

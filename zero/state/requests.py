@@ -34,9 +34,14 @@ def fetch_error(connection: Connection, ino: int, idx: int) -> str | None:
 
 
 def pending_fetches(connection: Connection, limit: int) -> list[Row]:
+    """Requests not failed, best priority first, each with the ``plain_bytes``
+    its fetch brings into the cache (NULL when the chunk names no object)."""
     # Plain SQL: the fetch dispatcher asks each time a fetch ends or a request arrives.
-    return connection.exec_driver_sql("SELECT * FROM fetch_requests WHERE error IS NULL"
-                                      " ORDER BY priority, requested_at LIMIT ?", (limit,)).all()
+    return connection.exec_driver_sql(
+        "SELECT f.*, o.plain_bytes FROM fetch_requests AS f"
+        " LEFT JOIN chunks AS c ON c.ino = f.ino AND c.idx = f.idx"
+        " LEFT JOIN objects AS o ON o.key = c.object_key"
+        " WHERE f.error IS NULL ORDER BY f.priority, f.requested_at LIMIT ?", (limit,)).all()
 
 
 def fail_fetch(connection: Connection, ino: int, idx: int, error: str) -> None:

@@ -25,6 +25,7 @@ from zero.worker.context import WorkerContext
 log = logging.getLogger(__name__)
 
 FETCH_THREADS = 6  # downloads, verifies and writes overlap; a reader may use any of them
+CACHE_BLOCK = 4096  # a fetched chunk file's size is counted in blocks of this many bytes
 
 
 class Fetcher:
@@ -156,7 +157,7 @@ class FetchDispatcher:
 
     def run(self, stopping: threading.Event, listener, idle_s: float, retry_s: float) -> None:
         listener.also_set(self.wanted)
-        in_flight: dict[tuple[int, int], tuple[int, concurrent.futures.Future]] = {}
+        in_flight: dict[tuple[int, int], tuple[int, int, concurrent.futures.Future]] = {}
         with concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="zero-fetch") as pool:
             while not stopping.is_set():
                 self.wanted.clear()
@@ -166,13 +167,13 @@ class FetchDispatcher:
                 started = self._start(pool, in_flight)
                 if not started:
                     self.wanted.wait(idle_s)
-            for _priority, future in in_flight.values():
+            for _priority, _bytes, future in in_flight.values():
                 future.cancel()
 
     def _reap(self, in_flight) -> bool:
         """Forget finished fetches; True if a remote was unavailable (try later)."""
         unavailable = False
-        for key, (_priority, future) in list(in_flight.items()):
+        for key, (_priority, _bytes, future) in list(in_flight.items()):
             if future.done():
                 del in_flight[key]
                 try:
@@ -185,7 +186,7 @@ class FetchDispatcher:
         free = self.threads - len(in_flight)
         if free <= 0:
             return 0
-        low = sum(1 for priority, _ in in_flight.values() if priority > requests.READER)
+        low = sum(1 for priority, _bytes, _future in in_flight.values() if priority > requests.READER)
         chosen = []
         for row in self.fetcher.pending(limit=len(in_flight) + 2 * self.threads):
             if len(chosen) == free:
@@ -199,10 +200,20 @@ class FetchDispatcher:
             chosen.append(row)
         if not chosen:
             return 0
-        chunk_size = self.fetcher.context.chunk_size
-        self.make_room(len(chosen) * chunk_size, in_flight_bytes=len(in_flight) * chunk_size)
-        for row in chosen:
+        sizes = [self._cache_bytes(row) for row in chosen]
+        self.make_room(sum(sizes), in_flight_bytes=sum(size for _, size, _ in in_flight.values()))
+        for row, size in zip(chosen, sizes):
             future = pool.submit(self.fetcher.fetch, row.ino, row.idx)
             future.add_done_callback(lambda _future: self.wanted.set())
-            in_flight[(row.ino, row.idx)] = (row.priority, future)
+            in_flight[(row.ino, row.idx)] = (row.priority, size, future)
         return len(chosen)
+
+    def _cache_bytes(self, row) -> int:
+        """The disk a fetch will take: its object's plain size in whole blocks.
+        Counting every fetch as a whole chunk made a tree of small files evict
+        the cache down to nothing, the chunk a reader had just waited for too,
+        until the read gave up (decision 82)."""
+        plain = getattr(row, "plain_bytes", None)
+        if plain is None:
+            return self.fetcher.context.chunk_size
+        return -(-plain // CACHE_BLOCK) * CACHE_BLOCK
