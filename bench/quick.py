@@ -3,6 +3,7 @@ data path: one workload, a few rounds, with the CPU each zero process spent.
 
     .venv/bin/python bench/quick.py write --size-mib 256 --rounds 3
     .venv/bin/python bench/quick.py cold --size-mib 256      # evicted, then read (cache 32 MiB)
+    .venv/bin/python bench/quick.py cold --cache-mib 64 --prefetch 16   # a prefetch window beyond the cache
     .venv/bin/python bench/quick.py read --size-mib 256      # page cache dropped, zero's cache warm
     .venv/bin/python bench/quick.py create --files 2000 [--upload-delay 600]
     .venv/bin/python bench/quick.py sync --files 2000 --upload-delay 600   # the upload backlog of small files
@@ -182,6 +183,7 @@ def main(argv=None) -> int:
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--cache-mib", type=int, default=32, help="cache limit for the cold read")
     parser.add_argument("--upload-delay", type=float, default=1.0, help="uploadDelay (the bench's default: 1)")
+    parser.add_argument("--prefetch", type=int, default=None, help="prefetchChunks (zero's default: 4)")
     parser.add_argument("--base-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="zero-quick-", dir=args.base_dir))
@@ -191,7 +193,10 @@ def main(argv=None) -> int:
 
     def config(path, remote, target="1000GB"):
         plain_config(path, remote, target)
-        path.write_text(path.read_text().replace("uploadDelay: 1\n", f"uploadDelay: {args.upload_delay}\n"))
+        text = path.read_text().replace("uploadDelay: 1\n", f"uploadDelay: {args.upload_delay}\n")
+        if args.prefetch is not None:
+            text += f"prefetchChunks: {args.prefetch}\n"
+        path.write_text(text)
 
     bench_run.write_config = config
     try:

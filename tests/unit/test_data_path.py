@@ -5,6 +5,7 @@ uploaded durable in the cache, not only those it holds the lease of."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sqlite3
 import stat
@@ -187,14 +188,16 @@ class EvictingWorker(NoWorker):
                 chunk_file.write(self.data)
 
 
-def evicted_file(data_path: DataPath, data: bytes):
+def evicted_file(data_path: DataPath, data: bytes, chunk_count: int = 1):
+    """A file whose ``chunk_count`` chunks are all in the remote only (``data`` is chunk 0's)."""
     inode = new_file(data_path)
-    inode.size = len(data)
+    inode.size = max(len(data), (chunk_count - 1) * CHUNK + 1)
     os.makedirs(os.path.dirname(data_path.files.cache.chunk_path(inode.ino, 0)), exist_ok=True)
     with data_path.database.write() as connection:
-        connection.exec_driver_sql(
-            "INSERT INTO chunks (ino, idx, state, version, leased, stored_bytes, last_access, pinned, object_key)"
-            " VALUES (?, 0, 'remote', 1, 0, 0, 0, 0, 'key')", (inode.ino,))
+        for idx in range(chunk_count):
+            connection.exec_driver_sql(
+                "INSERT INTO chunks (ino, idx, state, version, leased, stored_bytes, last_access, pinned, "
+                "object_key) VALUES (?, ?, 'remote', 1, 0, 0, 0, 0, 'key')", (inode.ino, idx))
     return inode
 
 
@@ -214,3 +217,40 @@ def test_a_read_whose_chunk_never_stays_gives_up_after_the_fault_in_timeout_and_
     with pytest.raises(data_module.ZeroError, match="raise targetDiskUsage"):
         data_path.read(inode, 1, 0)
     assert data_path.worker.waits == data_module.READ_ATTEMPTS
+
+
+class PrefetchRecorder(EvictingWorker):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.asked = []
+
+    def request_fetches(self, ino, indexes, priority):
+        self.asked.append((ino, list(indexes), priority))
+
+
+@pytest.mark.parametrize("target_chunks, prefetch, expected", [(64, 16, 16), (16, 16, 8), (8, 4, 4), (1, 4, 0)])
+def test_prefetch_asks_for_at_most_half_the_cache(data_path, target_chunks, prefetch, expected):
+    """prefetchChunks beyond half the cache made the worker evict chunks it had
+    fetched ahead before the reader got to them, and fetch them again."""
+    data = os.urandom(CHUNK)
+    inode = evicted_file(data_path, data, chunk_count=40)
+    data_path.config = dataclasses.replace(data_path.config, prefetch_chunks=prefetch,
+                                           target_disk_usage_bytes=target_chunks * CHUNK)
+    data_path.worker = PrefetchRecorder(data_path, inode.ino, data, arrives_at=1, timeout_s=60)
+    assert data_path.read(inode, 4096, 0) == data[:4096]
+    asked = [indexes for _, indexes, priority in data_path.worker.asked if priority == requests.PREFETCH]
+    assert asked == ([list(range(1, 1 + expected))] if expected else [])
+
+
+def test_the_prefetch_window_follows_the_settings_the_worker_published(data_path):
+    """`zero reload` changes prefetchChunks and targetDiskUsage in the worker, which
+    publishes them; zero-fuse, which asks for the prefetch, follows."""
+    data = os.urandom(CHUNK)
+    inode = evicted_file(data_path, data, chunk_count=40)
+    data_path.config = dataclasses.replace(data_path.config, prefetch_chunks=4, target_disk_usage_bytes=64 * CHUNK)
+    with data_path.database.write() as connection:
+        db.set_meta(connection, "worker_status", json.dumps(
+            {"settings": {"prefetchChunks": 12, "targetDiskUsage": 20 * CHUNK}}))
+    data_path.worker = PrefetchRecorder(data_path, inode.ino, data, arrives_at=1, timeout_s=60)
+    data_path.read(inode, 4096, 0)
+    assert [indexes for _, indexes, _ in data_path.worker.asked] == [list(range(1, 11))]  # half of 20 chunks

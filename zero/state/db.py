@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import json
 import os
 import secrets
 import sqlite3
@@ -194,6 +195,15 @@ def _named_row(cursor: sqlite3.Cursor, values: tuple) -> tuple:
 
 def get_meta(connection: Connection, key: str) -> str | None:
     return connection.execute(select(schema.meta.c.value).where(schema.meta.c.key == key)).scalar()
+
+
+def worker_settings(connection: Connection) -> dict:
+    """The settings zero-worker last published (its heartbeat's ``settings``:
+    the config keys people write, sizes in bytes); empty before it first ran."""
+    try:
+        return json.loads(get_meta(connection, "worker_status") or "{}").get("settings") or {}
+    except ValueError:
+        return {}
 
 
 def set_meta(connection: Connection, key: str, value: str) -> None:
