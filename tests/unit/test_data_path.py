@@ -252,5 +252,19 @@ def test_the_prefetch_window_follows_the_settings_the_worker_published(data_path
         db.set_meta(connection, "worker_status", json.dumps(
             {"settings": {"prefetchChunks": 12, "targetDiskUsage": 20 * CHUNK}}))
     data_path.worker = PrefetchRecorder(data_path, inode.ino, data, arrives_at=1, timeout_s=60)
+    data_path.worker.worker_pid = lambda: 4321
     data_path.read(inode, 4096, 0)
     assert [indexes for _, indexes, _ in data_path.worker.asked] == [list(range(1, 11))]  # half of 20 chunks
+
+
+def test_without_a_running_worker_the_prefetch_window_is_this_processs_own(data_path):
+    """A stopped worker's heartbeat stays in the state; its settings are not the config's."""
+    data = os.urandom(CHUNK)
+    inode = evicted_file(data_path, data, chunk_count=40)
+    data_path.config = dataclasses.replace(data_path.config, prefetch_chunks=3, target_disk_usage_bytes=64 * CHUNK)
+    with data_path.database.write() as connection:
+        db.set_meta(connection, "worker_status", json.dumps(
+            {"stopped": True, "settings": {"prefetchChunks": 12, "targetDiskUsage": 20 * CHUNK}}))
+    data_path.worker = PrefetchRecorder(data_path, inode.ino, data, arrives_at=1, timeout_s=60)
+    data_path.read(inode, 4096, 0)
+    assert [indexes for _, indexes, _ in data_path.worker.asked] == [[1, 2, 3]]

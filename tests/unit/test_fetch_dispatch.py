@@ -22,7 +22,7 @@ class BlockingFetcher:
     priority first) and holds each fetch until ``finish`` lets it go."""
 
     def __init__(self):
-        self.context = SimpleNamespace(chunk_size=CHUNK)
+        self.context = SimpleNamespace(chunk_size=CHUNK, cache=SimpleNamespace(root="/"))
         self.queue: list[SimpleNamespace] = []
         self.started: list[tuple[int, int]] = []
         self.changed = threading.Condition()

@@ -828,30 +828,8 @@ def test_a_reader_outranks_priming(context):
         (ino, 0, requests.READER), (ino, 1, requests.PRIME)]
 
 
-def test_fault_ins_of_small_chunks_evict_only_what_they_really_need(make_context, monkeypatch, tmp_path):
-    """A diff of a tree of small files through a small cache faulted each file in,
-    counted it as a whole chunk, and evicted the cache down to nothing, the chunk a
-    reader had just waited for included; after five such rounds the read failed
-    (CI, test_rsync_of_a_tree_bigger_than_the_cache_reads_back_identical)."""
-    monkeypatch.setattr(evictor_module, "MEASURE_EVERY_S", HOUR_S)  # the running estimate alone decides
-    context = make_context(target_bytes=16 * CHUNK)
-    big = make_file(context, b"big")
-    data = [chunk_data(idx) for idx in range(8)]
-    for idx, chunk in enumerate(data):
-        fuse_write(context, big, idx, chunk)
-    small = [make_file(context, f"s{number}".encode()) for number in range(40)]
-    for number, ino in enumerate(small):
-        fuse_write(context, ino, 0, os.urandom(4096) + number.to_bytes(4, "big"))
-    upload_all(context)
-    for ino in small:
-        with context.database.write() as connection:
-            chunks.mark_evicted(connection, ino, 0)
-        os.unlink(context.cache.chunk_path(ino, 0))
-    with context.database.write() as connection:
-        for ino in small:
-            requests.request_fetch(connection, ino, 0, requests.READER)
-
-    # 8 whole chunks and 40 small ones of two blocks each fit well under 16 chunks.
+def run_fault_ins(context, tmp_path) -> None:
+    """The worker's fetch dispatcher, with its evictor, until every request is served."""
     fetcher, evictor = Fetcher(context), Evictor(context)
     dispatcher = FetchDispatcher(fetcher, evictor.make_room)
     listener = wakeup.WakeListener(tmp_path, wakeup.WORKER)
@@ -867,7 +845,38 @@ def test_fault_ins_of_small_chunks_evict_only_what_they_really_need(make_context
         dispatcher.wanted.set()
         thread.join(30)
     assert fetch_requests(context) == {}, "the fault-ins did not finish"
-    assert {state_of(context, ino, 0) for ino in small} == {ChunkState.CLEAN}
-    assert counter(context, "evictions") == 0, \
-        f"{counter(context, 'evictions')} chunk(s) evicted to make room that was there"
-    assert [file_bytes(context, big, idx) for idx in range(8)] == data
+
+
+@pytest.mark.parametrize("object_bytes, evicts", [(4096 + 4, False), (CHUNK, True)])
+def test_fault_ins_make_room_for_what_they_bring(make_context, monkeypatch, tmp_path, object_bytes, evicts):
+    """A diff of a tree of small files through a small cache faulted each file in,
+    counted it as a whole chunk, and evicted the cache down to nothing, the chunk a
+    reader had just waited for included; after five such rounds the read failed
+    (CI, test_rsync_of_a_tree_bigger_than_the_cache_reads_back_identical). Whole
+    chunks must still make room."""
+    monkeypatch.setattr(evictor_module, "MEASURE_EVERY_S", HOUR_S)  # the running estimate alone decides
+    context = make_context(target_bytes=16 * CHUNK)
+    big = make_file(context, b"big")
+    data = [chunk_data(idx) for idx in range(8)]
+    for idx, chunk in enumerate(data):
+        fuse_write(context, big, idx, chunk)
+    fetched = [make_file(context, f"s{number}".encode()) for number in range(12)]
+    for number, ino in enumerate(fetched):
+        fuse_write(context, ino, 0, os.urandom(object_bytes - 4) + number.to_bytes(4, "big"))
+    upload_all(context)
+    with context.database.write() as connection:
+        for ino in fetched:
+            chunks.mark_evicted(connection, ino, 0)
+            os.unlink(context.cache.chunk_path(ino, 0))
+            requests.request_fetch(connection, ino, 0, requests.READER)
+
+    # 8 whole chunks and 12 small ones fit well under 16 chunks; 8 and 12 whole ones do not.
+    run_fault_ins(context, tmp_path)
+    assert {state_of(context, ino, 0) for ino in fetched} == {ChunkState.CLEAN}
+    if evicts:
+        assert counter(context, "evictions") >= 4, "whole chunks were fetched without making room for them"
+        assert context.cache.usage().total_bytes <= 16 * CHUNK
+    else:
+        assert counter(context, "evictions") == 0, \
+            f"{counter(context, 'evictions')} chunk(s) evicted to make room that was there"
+        assert [file_bytes(context, big, idx) for idx in range(8)] == data

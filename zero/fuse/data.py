@@ -125,12 +125,15 @@ class DataPath:
         """prefetchChunks, but at most half the cache: a window the evictor must eat
         into evicts chunks fetched ahead before they are read, and fetches them
         again (prefetchChunks 16 over a 64 MiB cache of 4 MiB chunks: 234-268
-        MiB/s, against 336-425 with 4 or 8). Both settings as the running worker
-        published them, so `zero reload` changes them here too (decision 83)."""
+        MiB/s, against 389-488 capped at 8). Both settings as the running worker
+        published them, so `zero reload` changes them here too (decision 83);
+        this process's own config when no worker runs."""
         now = time.monotonic()
         if now - self._window_read_at > SETTINGS_REFRESH_S:
-            with self.database.read() as connection:
-                published = worker_settings(connection)
+            published = {}
+            if self.worker.worker_pid() is not None:
+                with self.database.read() as connection:
+                    published = worker_settings(connection)
             prefetch = published.get("prefetchChunks", self.config.prefetch_chunks)
             target = published.get("targetDiskUsage", self.config.target_disk_usage_bytes)
             self._window = min(prefetch, target // self.chunk_size // 2)

@@ -201,9 +201,10 @@ def worker_settings(connection: Connection) -> dict:
     """The settings zero-worker last published (its heartbeat's ``settings``:
     the config keys people write, sizes in bytes); empty before it first ran."""
     try:
-        return json.loads(get_meta(connection, "worker_status") or "{}").get("settings") or {}
-    except ValueError:
+        settings = json.loads(get_meta(connection, "worker_status") or "{}").get("settings")
+    except (ValueError, AttributeError):
         return {}
+    return settings if isinstance(settings, dict) else {}
 
 
 def set_meta(connection: Connection, key: str, value: str) -> None:

@@ -37,11 +37,14 @@ def pending_fetches(connection: Connection, limit: int) -> list[Row]:
     """Requests not failed, best priority first, each with the ``plain_bytes``
     its fetch brings into the cache (NULL when the chunk names no object)."""
     # Plain SQL: the fetch dispatcher asks each time a fetch ends or a request arrives.
+    # The few rows first, then the join: joined before the LIMIT, a queue of 100,000
+    # (zero warmup, pins) cost 165 ms a look instead of 8.
     return connection.exec_driver_sql(
-        "SELECT f.*, o.plain_bytes FROM fetch_requests AS f"
+        "SELECT f.*, o.plain_bytes FROM (SELECT * FROM fetch_requests WHERE error IS NULL"
+        " ORDER BY priority, requested_at LIMIT ?) AS f"
         " LEFT JOIN chunks AS c ON c.ino = f.ino AND c.idx = f.idx"
         " LEFT JOIN objects AS o ON o.key = c.object_key"
-        " WHERE f.error IS NULL ORDER BY f.priority, f.requested_at LIMIT ?", (limit,)).all()
+        " ORDER BY f.priority, f.requested_at", (limit,)).all()
 
 
 def fail_fetch(connection: Connection, ino: int, idx: int, error: str) -> None:

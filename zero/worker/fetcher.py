@@ -25,7 +25,6 @@ from zero.worker.context import WorkerContext
 log = logging.getLogger(__name__)
 
 FETCH_THREADS = 6  # downloads, verifies and writes overlap; a reader may use any of them
-CACHE_BLOCK = 4096  # a fetched chunk file's size is counted in blocks of this many bytes
 
 
 class Fetcher:
@@ -154,6 +153,9 @@ class FetchDispatcher:
         self.make_room = make_room  # evict before fault-ins, so they do not push the cache over its target
         self.threads = threads
         self.wanted = threading.Event()  # a request arrived or a fetch finished: look again
+        # A fetched chunk file's size is counted in the cache's allocation unit (ext4's
+        # bigalloc and 64 KiB pages allocate more than 4 KiB at a time).
+        self.block = max(4096, os.statvfs(fetcher.context.cache.root).f_frsize)
 
     def run(self, stopping: threading.Event, listener, idle_s: float, retry_s: float) -> None:
         listener.also_set(self.wanted)
@@ -216,4 +218,4 @@ class FetchDispatcher:
         plain = getattr(row, "plain_bytes", None)
         if plain is None:
             return self.fetcher.context.chunk_size
-        return -(-plain // CACHE_BLOCK) * CACHE_BLOCK
+        return -(-plain // self.block) * self.block
