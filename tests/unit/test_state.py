@@ -155,6 +155,37 @@ def test_a_failed_write_rolls_back(database):
         assert namespace.lookup(connection, namespace.ROOT_INO, b"lost") is None
 
 
+def test_writes_go_on_after_a_failed_statement_a_failed_step_and_a_lock_not_had(database, path, monkeypatch):
+    """The process keeps one connection for its writes: a statement SQLite refused,
+    an exception of the caller's, or another process holding the write lock too
+    long, rolls back and leaves writes working."""
+    from sqlalchemy import exc
+    with pytest.raises(exc.OperationalError):
+        with database.write() as connection:
+            make_file(connection, namespace.ROOT_INO, b"half")
+            connection.exec_driver_sql("UPDATE no_such_table SET x = 1")
+    with pytest.raises(RuntimeError):
+        with database.write() as connection:
+            db.set_meta(connection, "late", "1")
+            raise RuntimeError("a step of the transaction failed")
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_S", 0.2)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writing for longer than the busy timeout
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            with database.write() as connection:
+                db.set_meta(connection, "late", "2")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with database.write() as connection:
+        make_file(connection, namespace.ROOT_INO, b"whole")
+    with database.read() as connection:
+        assert namespace.lookup(connection, namespace.ROOT_INO, b"half") is None
+        assert namespace.lookup(connection, namespace.ROOT_INO, b"whole") is not None
+        assert db.get_meta(connection, "late") is None
+
+
 # --- the namespace -------------------------------------------------------------------------
 
 
