@@ -186,6 +186,18 @@ def test_writes_go_on_after_a_failed_statement_a_failed_step_and_a_lock_not_had(
         assert db.get_meta(connection, "late") is None
 
 
+def test_a_write_begun_inside_a_write_is_refused_and_the_outer_one_commits(database):
+    with database.write() as connection:
+        make_file(connection, namespace.ROOT_INO, b"outer")
+        with pytest.raises(RuntimeError, match="inside another one"):
+            with database.write():
+                pass
+        make_file(connection, namespace.ROOT_INO, b"outer-after")
+    with database.read() as connection:
+        assert namespace.lookup(connection, namespace.ROOT_INO, b"outer") is not None
+        assert namespace.lookup(connection, namespace.ROOT_INO, b"outer-after") is not None
+
+
 # --- the namespace -------------------------------------------------------------------------
 
 

@@ -60,6 +60,7 @@ class Database:
         # lock still orders this process against the other one.
         self._write_lock = threading.RLock()
         self._writer: Connection | None = None  # used only under _write_lock
+        self._write_depth = 0  # write() blocks the lock's holder is in (more than one: nested)
 
     @staticmethod
     def _on_connect(dbapi_connection, _record) -> None:
@@ -113,20 +114,31 @@ class Database:
             # serialises anyway: without the pool's checkout and return a write
             # transaction of one UPDATE takes 35 us instead of 53 (a create commits
             # once, tar x about five times a file; decision 84).
+            if self._write_depth:
+                # A write inside a write on this thread (the lock is re-entrant): refused
+                # before it touches the connection, so the outer transaction stays whole.
+                raise RuntimeError(f"a write transaction on {self.path} was begun inside another one")
+            if self._writer is not None and (self._writer.in_transaction() or _sqlite_in_transaction(self._writer)):
+                self._drop_writer()  # left mid-transaction somehow: not to be trusted
             if self._writer is None:
                 self._writer = self._write_engine.connect()
             writer = self._writer
+            self._write_depth += 1
             try:
                 with writer.begin():
                     yield writer
             except BaseException as error:
                 # The transaction rolled back. After an error of SQLite's (I/O, a full
-                # disk, a lock not had in time), or in any state but idle, the next
-                # write starts on a fresh connection.
-                if writer is self._writer and (isinstance(error, (exc.DBAPIError, sqlite3.Error))
-                                               or writer.invalidated or writer.in_transaction()):
+                # disk, a lock not had in time), an interrupt, or in any state but idle,
+                # the next write starts on a fresh connection.
+                if writer is self._writer and (not isinstance(error, Exception)
+                                               or isinstance(error, (exc.DBAPIError, sqlite3.Error))
+                                               or writer.invalidated or writer.in_transaction()
+                                               or _sqlite_in_transaction(writer)):
                     self._drop_writer()
                 raise
+            finally:
+                self._write_depth -= 1
         except exc.OperationalError as error:
             if getattr(error.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
                 raise DiskFull(f"the disk holding {self.path} is full, so the change was not saved; "
@@ -203,10 +215,21 @@ class Database:
         idle, self._readers = self._readers, []
         for connection in idle:
             connection.close()
-        with self._write_lock:
-            self._drop_writer()
+        # A write still under way at shutdown keeps its connection (closed with the process).
+        if self._write_lock.acquire(timeout=BUSY_TIMEOUT_S):
+            try:
+                self._drop_writer()
+            finally:
+                self._write_lock.release()
         self._write_engine.dispose()
         self.engine.dispose()
+
+
+def _sqlite_in_transaction(connection: Connection) -> bool:
+    try:
+        return bool(connection.connection.driver_connection.in_transaction)
+    except exc.SQLAlchemyError:
+        return True  # closed or invalid: not to be used again
 
 
 @functools.lru_cache(maxsize=64)
