@@ -118,8 +118,6 @@ class Database:
                 # A write inside a write on this thread (the lock is re-entrant): refused
                 # before it touches the connection, so the outer transaction stays whole.
                 raise RuntimeError(f"a write transaction on {self.path} was begun inside another one")
-            if self._writer is not None and (self._writer.in_transaction() or _sqlite_in_transaction(self._writer)):
-                self._drop_writer()  # left mid-transaction somehow: not to be trusted
             if self._writer is None:
                 self._writer = self._write_engine.connect()
             writer = self._writer
@@ -130,7 +128,8 @@ class Database:
             except BaseException as error:
                 # The transaction rolled back. After an error of SQLite's (I/O, a full
                 # disk, a lock not had in time), an interrupt, or in any state but idle,
-                # the next write starts on a fresh connection.
+                # the connection goes now (one left in a transaction would hold SQLite's
+                # lock) and the next write starts on a fresh one.
                 if writer is self._writer and (not isinstance(error, Exception)
                                                or isinstance(error, (exc.DBAPIError, sqlite3.Error))
                                                or writer.invalidated or writer.in_transaction()
