@@ -30,7 +30,7 @@ class BlockingFetcher:
 
     def ask(self, ino: int, idx: int, priority: int) -> None:
         with self.changed:
-            self.queue.append(SimpleNamespace(ino=ino, idx=idx, priority=priority))
+            self.queue.append(SimpleNamespace(ino=ino, idx=idx, priority=priority, plain_bytes=None))
             self.queue.sort(key=lambda row: row.priority)
 
     def pending(self, limit: int) -> list:

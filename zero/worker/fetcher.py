@@ -215,7 +215,6 @@ class FetchDispatcher:
         Counting every fetch as a whole chunk made a tree of small files evict
         the cache down to nothing, the chunk a reader had just waited for too,
         until the read gave up (decision 82)."""
-        plain = getattr(row, "plain_bytes", None)
-        if plain is None:
+        if row.plain_bytes is None:
             return self.fetcher.context.chunk_size
-        return -(-plain // self.block) * self.block
+        return -(-row.plain_bytes // self.block) * self.block
