@@ -3,7 +3,6 @@ said: which settings changed now and which wait for a restart."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -11,7 +10,7 @@ import time
 from zero.cli.common import find_cache, open_state
 from zero.errors import ZeroError
 from zero.locking import holder_pid
-from zero.state.db import get_meta
+from zero.state.db import worker_status
 
 ANSWER_TIMEOUT_S = 30.0
 LOOK_EVERY_S = 0.1  # the heartbeat row has no event to wait on
@@ -21,7 +20,7 @@ def _published(cache, config) -> dict:
     database = open_state(cache, config)
     try:
         with database.read() as connection:
-            return json.loads(get_meta(connection, "worker_status") or "{}")
+            return worker_status(connection)
     finally:
         database.dispose()
 

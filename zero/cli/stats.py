@@ -7,7 +7,6 @@ the calls, their latency and errors, and the busiest FUSE operations."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import urllib.request
@@ -18,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from zero.cli.common import find_cache, human, open_state
 from zero.errors import ZeroError
 from zero.locking import holder_pid
-from zero.state.db import get_meta
+from zero.state.db import worker_status
 
 HEADER_EVERY = 20
 BUSIEST_OPS = 3
@@ -31,7 +30,7 @@ def metrics_address(location: str, config) -> str:
     database = open_state(cache, config)
     try:
         with database.read() as connection:
-            status = json.loads(get_meta(connection, "worker_status") or "{}")
+            status = worker_status(connection)
     finally:
         database.dispose()
     address = status.get("metrics_address")

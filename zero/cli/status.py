@@ -11,6 +11,7 @@ from zero.locking import holder_pid
 from zero.meta import writer
 from zero.meta.scrub import damage_report
 from zero.state import chunks, counters, fuseops, namespace, objects, pins, quarantine, remotes
+from zero.state import db as state_db
 from zero.state.chunkstate import ChunkState
 from zero.state.db import get_meta
 
@@ -24,7 +25,7 @@ def status(args, config) -> int:
             by_state = chunks.counts_by_state(connection)
             count = counters.read_all(connection)
             remote_totals = objects.totals(connection)
-            worker_status = json.loads(get_meta(connection, "worker_status") or "{}")
+            worker_status = state_db.worker_status(connection)
             unuploaded = chunks.unuploaded(connection)
             pinned = [(ino, namespace.path_of(connection, ino), pins.tree_bytes(connection, ino))
                       for ino in pins.roots(connection)]

@@ -245,11 +245,18 @@ def get_meta(connection: Connection, key: str) -> str | None:
     return connection.execute(select(schema.meta.c.value).where(schema.meta.c.key == key)).scalar()
 
 
+def worker_status(connection: Connection) -> dict:
+    """What zero-worker last published in its heartbeat (zero.worker.service);
+    empty before it first ran."""
+    return json.loads(get_meta(connection, "worker_status") or "{}")
+
+
 def worker_settings(connection: Connection) -> dict:
     """The settings zero-worker last published (its heartbeat's ``settings``:
-    the config keys people write, sizes in bytes); empty before it first ran."""
+    the config keys people write, sizes in bytes); empty before it first ran,
+    and for a heartbeat that does not parse (a read must not fail over it)."""
     try:
-        settings = json.loads(get_meta(connection, "worker_status") or "{}").get("settings")
+        settings = worker_status(connection).get("settings")
     except (ValueError, AttributeError):
         return {}
     return settings if isinstance(settings, dict) else {}
