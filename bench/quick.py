@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sqlite3
 import struct
 import sys
 import tempfile
@@ -107,8 +108,22 @@ def cold(mount, args, round_no: int) -> str:
     mount.restart_worker(f"{args.cache_mib}MiB")
     bench_run.drop_page_cache()
     meter = CpuMeter(mount)
+    fault_ins, chunk_size = _state_figures(mount)
     first_byte, took = _read_all(path)
-    return f"cold read {args.size_mib / took:.0f} MiB/s, first byte {first_byte * 1000:.0f} ms; {meter.spent()}"
+    fetched = _state_figures(mount)[0] - fault_ins
+    chunks = -(-args.size_mib * 2**20 // chunk_size)
+    return (f"cold read {args.size_mib / took:.0f} MiB/s, first byte {first_byte * 1000:.0f} ms, {fetched} fault-ins "
+            f"for {chunks} chunks; {meter.spent()}")
+
+
+def _state_figures(mount) -> tuple[int, int]:
+    """(chunks the worker fetched so far, the chunk size). More fault-ins than a
+    file has chunks for one read of it: some were fetched twice (evicted before
+    they were read)."""
+    with sqlite3.connect(f"file:{mount.cache / 'state.sqlite3'}?mode=ro", uri=True) as connection:
+        fault_ins = connection.execute("SELECT value FROM counters WHERE name = 'fault_ins'").fetchone()
+        chunk_size = connection.execute("SELECT value FROM meta WHERE key = 'chunk_size'").fetchone()
+    return (fault_ins[0] if fault_ins else 0), int(chunk_size[0])
 
 
 def create(mount, args, round_no: int) -> str:

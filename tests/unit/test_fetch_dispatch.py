@@ -37,7 +37,7 @@ class BlockingFetcher:
         with self.changed:
             return list(self.queue[:limit])
 
-    def fetch(self, ino: int, idx: int) -> None:
+    def fetch(self, ino: int, idx: int, priority: int) -> None:
         gate = threading.Event()
         with self.changed:
             self._release[(ino, idx)] = gate

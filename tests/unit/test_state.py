@@ -4,6 +4,7 @@ transitions, objects and the request queues."""
 import sqlite3
 import os
 import stat
+import time
 import types
 
 import pytest
@@ -482,7 +483,7 @@ def test_full_cycle(database, ino):
         fetched = chunks.start_fetch(connection, ino, 0)
     assert fetched.state == "fetching" and fetched.object_key == "key-a"
     with database.write() as connection:
-        chunks.finish_fetch(connection, ino, 0, 900)
+        chunks.finish_fetch(connection, ino, 0, 900, time.time())
     chunk = row(database, ino)
     assert (chunk.state, chunk.stored_bytes, chunk.version) == ("clean", 900, 1)
 

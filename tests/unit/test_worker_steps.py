@@ -27,6 +27,7 @@ from zero.state.schema import ChunkState
 from zero.worker import pins
 from zero.worker.collector import Collector
 from zero.worker import evictor as evictor_module
+from zero.worker import unread as unread_module
 from zero.worker.evictor import Evictor
 from zero.worker.fetcher import FetchDispatcher, Fetcher
 from zero.wiring import build_context
@@ -150,6 +151,17 @@ def evict_all(context) -> None:
 def chunk_data(seed: int) -> bytes:
     """A chunk of incompressible bytes, different for each seed."""
     return os.urandom(CHUNK - 64) + seed.to_bytes(64, "big")
+
+
+def evicted_file(context, name: bytes, count: int) -> tuple[int, list[bytes]]:
+    """A file of ``count`` chunks, uploaded and evicted: every chunk only in the remote."""
+    ino = make_file(context, name)
+    data = [chunk_data(idx) for idx in range(count)]
+    for idx, chunk in enumerate(data):
+        fuse_write(context, ino, idx, chunk)
+    upload_all(context)
+    evict_all(context)
+    return ino, data
 
 
 def fetch_requests(context) -> dict[tuple[int, int], int]:
@@ -716,10 +728,10 @@ def test_recover_repairs_what_a_killed_worker_leaves(context, caplog):
     with context.database.write() as connection:
         # 3: killed after unlinking an evicted file, before the commit: the row says clean.
         chunks.start_fetch(connection, ino, 3)
-        chunks.finish_fetch(connection, ino, 3, CHUNK)
+        chunks.finish_fetch(connection, ino, 3, CHUNK, time.time())
         # 4: fetched back completely: clean with its file, left alone.
         chunks.start_fetch(connection, ino, 4)
-        chunks.finish_fetch(connection, ino, 4, CHUNK)
+        chunks.finish_fetch(connection, ino, 4, CHUNK, time.time())
     write_file(context, ino, 4, data[4])
 
     repaired = recover(context)
@@ -793,11 +805,7 @@ def chunk_data_of(context, ino: int, idx: int) -> bytes:
 
 def test_prime_queues_recently_evicted_chunks_while_there_is_room(make_context):
     context = make_context(target_bytes=4 * CHUNK)  # low watermark: 3.6 chunks
-    ino = make_file(context, b"a")
-    for idx in range(5):
-        fuse_write(context, ino, idx, chunk_data(idx))
-    upload_all(context)
-    evict_all(context)
+    ino, _data = evicted_file(context, b"a", 5)
     with context.database.write() as connection:
         chunks.record_access(connection, {(ino, idx): 100.0 + idx for idx in range(5)})
 
@@ -880,3 +888,54 @@ def test_fault_ins_make_room_for_what_they_bring(make_context, monkeypatch, tmp_
         assert counter(context, "evictions") == 0, \
             f"{counter(context, 'evictions')} chunk(s) evicted to make room that was there"
         assert [file_bytes(context, big, idx) for idx in range(8)] == data
+
+
+def test_chunks_fetched_ahead_outlast_chunks_read_since(make_context, tmp_path):
+    """A film streamed through a small cache: the reader's read-ahead brought chunks
+    3-5 in, then it read 0-2, which stamped them later than 3-5 were fetched. Plain
+    least-recently-used evicted 3-5 before they were read, and the worker fetched
+    them again (28 of 64 chunks of a cold read fetched twice, bench/quick.py cold
+    --cache-mib 32). What was read goes first; what was fetched for a reader and
+    not read yet goes last."""
+    context = make_context()
+    ino, data = evicted_file(context, b"film", 6)
+    with context.database.write() as connection:
+        requests.request_fetch(connection, ino, 0, requests.READER)
+        for idx in range(1, 6):
+            requests.request_fetch(connection, ino, idx, requests.PREFETCH)
+    run_fault_ins(context, tmp_path)
+    fetched_at = max(row_of(context, ino, idx).last_access for idx in range(6))
+    with context.database.write() as connection:  # zero-fuse's flusher, after the reader got through 0-2
+        chunks.record_access(connection, {(ino, idx): fetched_at + 1 + idx for idx in range(3)})
+
+    per_chunk = disk_bytes(os.stat(context.cache.chunk_path(ino, 0)))
+    assert Evictor(context).evict(goal_bytes=3 * per_chunk) == 3
+
+    assert [state_of(context, ino, idx) for idx in range(6)] == [ChunkState.REMOTE] * 3 + [ChunkState.CLEAN] * 3
+    assert [file_bytes(context, ino, idx) for idx in range(3, 6)] == data[3:]
+
+
+def test_chunks_fetched_ahead_and_never_read_are_evicted_in_turn(make_context, tmp_path, monkeypatch):
+    """Kept for a reader only while one may still come: an abandoned read-ahead
+    does not hold the cache for good, and a cache of nothing but unread chunks
+    still gets under its target (invariant 4)."""
+    context = make_context()
+    ino, _data = evicted_file(context, b"film", 4)
+    with context.database.write() as connection:
+        for idx in range(4):
+            requests.request_fetch(connection, ino, idx, requests.PREFETCH)
+    run_fault_ins(context, tmp_path)
+
+    per_chunk = disk_bytes(os.stat(context.cache.chunk_path(ino, 0)))
+    assert Evictor(context).evict(goal_bytes=3 * per_chunk) == 1, "unread chunks must still make way for the target"
+    left = [idx for idx in range(4) if state_of(context, ino, idx) == ChunkState.CLEAN]
+    assert len(left) == 3
+
+    # Long after, one of them is read and the others never were: they go first, as any old chunk.
+    later = time.monotonic() + unread_module.KEPT_FOR_A_READER_S + 1
+    monkeypatch.setattr(unread_module.time, "monotonic", lambda: later)
+    read = left[0]
+    with context.database.write() as connection:
+        chunks.record_access(connection, {(ino, read): time.time()})
+    assert Evictor(context).evict(goal_bytes=per_chunk) == 2
+    assert [idx for idx in range(4) if state_of(context, ino, idx) == ChunkState.CLEAN] == [read]

@@ -364,10 +364,11 @@ def start_fetch(connection: Connection, ino: int, idx: int) -> Row:
     return get(connection, ino, idx)
 
 
-def finish_fetch(connection: Connection, ino: int, idx: int, stored_bytes: int) -> None:
-    # Fetched for a reader that has not read it yet: not the next eviction victim.
+def finish_fetch(connection: Connection, ino: int, idx: int, stored_bytes: int, fetched_at: float) -> None:
+    """``fetched_at`` (unix time) becomes its last access: fetched for a reader
+    that has not read it yet, it is not the next eviction victim."""
     transition(connection, WORKER, [F], C, ino=ino, idx=idx,
-               values={"stored_bytes": stored_bytes, "last_access": time.time()})
+               values={"stored_bytes": stored_bytes, "last_access": fetched_at})
 
 
 def abort_fetch(connection: Connection, ino: int, idx: int) -> None:

@@ -11,6 +11,7 @@ from zero.remote import layout
 from zero.remote.codec import Codec
 from zero.remote.pool import RemotePool
 from zero.state.db import Database
+from zero.worker.unread import UnreadFetches
 
 
 @dataclass
@@ -25,6 +26,8 @@ class WorkerContext:
     # The lease that lets this process write to the remotes (zero.meta.writer.Writer); the
     # worker sets it. None only for one-shot tools that checked the lease themselves.
     writer: object | None = None
+    # Chunks the fetcher brought in for a reader, not read yet: the evictor takes them last.
+    unread: UnreadFetches = field(default_factory=UnreadFetches, repr=False, compare=False)
     _fuse_waker: wakeup.Waker = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

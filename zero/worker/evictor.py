@@ -1,5 +1,5 @@
 """Keep the cache under targetDiskUsage: evict clean chunks, least recently
-used first, down to the low watermark. Dirty, uploading, leased and pinned
+used first (chunks fetched for a reader and not read yet last), down to the low watermark. Dirty, uploading, leased and pinned
 chunks are never evicted; one transaction checks "still clean, not leased",
 unlinks the file and marks the chunk remote. Only chunks whose object has
 ``replicas`` copies on configured, healthy remotes go (invariant 2).
@@ -106,6 +106,7 @@ class Evictor:
             durable_on = self.context.pool.durable_names()
             with self.context.database.read() as connection:
                 candidates = chunks.eviction_candidates(connection, BATCH, durable_on, self.context.config.replicas)
+            candidates = self.context.unread.read_ones_first(candidates)
             if not candidates:
                 break
             for row in candidates:

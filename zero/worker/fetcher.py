@@ -15,6 +15,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 
 from zero.fsutil import disk_bytes
 from zero.errors import ObjectCorrupt, ObjectMissing, RemoteUnavailable, StateConflict
@@ -25,6 +26,7 @@ from zero.worker.context import WorkerContext
 log = logging.getLogger(__name__)
 
 FETCH_THREADS = 6  # downloads, verifies and writes overlap; a reader may use any of them
+FOR_A_READER = frozenset({requests.READER, requests.PREFETCH})  # not pins (never evicted) nor priming (a guess)
 
 
 class Fetcher:
@@ -42,9 +44,10 @@ class Fetcher:
         with self.context.database.read() as connection:
             return requests.pending_fetches(connection, limit)
 
-    def fetch(self, ino: int, idx: int) -> None:
+    def fetch(self, ino: int, idx: int, priority: int = requests.READER) -> None:
         """Serve one request; failures that retrying cannot fix are written
-        back for the waiting reader, which then gets EIO."""
+        back for the waiting reader, which then gets EIO. What a reader or its
+        read-ahead asked for is kept from eviction until read (zero.worker.unread)."""
         context = self.context
         try:
             with context.database.write() as connection:
@@ -70,12 +73,15 @@ class Fetcher:
             crashpoints.crash("fetch.downloaded")
             path = context.cache.chunk_path(ino, idx)
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            fetched_at = time.time()
             with context.database.write() as connection:
-                chunks.finish_fetch(connection, ino, idx, disk_bytes(os.stat(tmp)))
+                chunks.finish_fetch(connection, ino, idx, disk_bytes(os.stat(tmp)), fetched_at)
                 os.rename(tmp, path)
                 crashpoints.crash("fetch.renamed")
                 requests.done_fetch(connection, ino, idx)
                 counters.bump(connection, "fault_ins")
+            if priority in FOR_A_READER:
+                context.unread.fetched(ino, idx, fetched_at)
             # No fsync of the folder: a rename that a power cut loses leaves a clean
             # row without its file, which worker recovery completes as an eviction.
             self.fetched_bytes += len(data)
@@ -205,7 +211,7 @@ class FetchDispatcher:
         sizes = [self._cache_bytes(row) for row in chosen]
         self.make_room(sum(sizes), in_flight_bytes=sum(size for _, size, _ in in_flight.values()))
         for row, size in zip(chosen, sizes):
-            future = pool.submit(self.fetcher.fetch, row.ino, row.idx)
+            future = pool.submit(self.fetcher.fetch, row.ino, row.idx, row.priority)
             future.add_done_callback(lambda _future: self.wanted.set())
             in_flight[(row.ino, row.idx)] = (row.priority, size, future)
         return len(chosen)
