@@ -140,7 +140,10 @@ class ZeroOperations(Operations):
         return self.tree.resolve(path)
 
     def _after_change(self, inode: Inode, path: str | None) -> None:
-        if inode.nlink > 1:
+        """A file with other names: the kernel forgets what it cached under them.
+        A directory has one name whatever its nlink (tar x sets three attributes on
+        each one, and each cost a query for its paths)."""
+        if inode.nlink > 1 and not inode.is_dir:
             self.tree.invalidate_names(inode, path)
 
     # --- attributes ------------------------------------------------------------------------
