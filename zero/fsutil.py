@@ -7,6 +7,7 @@ serves chunk fault-ins and the local remote alike; the database commits after.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import threading
 
@@ -62,3 +63,19 @@ def fsync_dir(folder: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def zero_mounts(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """(mount id, device "major:minor") of each zero mount on ``path``, live or
+    dead, in the order /proc/self/mountinfo lists them (the newest last)."""
+    where = os.fsencode(os.path.abspath(path))
+    found = []
+    with open("/proc/self/mountinfo", "rb") as table:
+        for line in table:
+            # "<id> <parent> <major:minor> <root> <mount point> <options> [optional...] - <type> <source> ..."
+            fields, _, tail = line.partition(b" - ")
+            fields, tail = fields.split(), tail.split()
+            point = re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match.group(1), 8)]), fields[4])
+            if tail and tail[0] == b"fuse.zero" and point == where:
+                found.append((int(fields[0]), fields[2].decode()))
+    return found

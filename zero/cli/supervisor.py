@@ -26,6 +26,7 @@ from pathlib import Path
 
 from zero.cachedir import CacheDir
 from zero.errors import ZeroError
+from zero.fsutil import zero_mounts
 
 log = logging.getLogger("zero.mount")
 children_log = logging.getLogger("zero.mount.children")
@@ -53,16 +54,7 @@ def program(name: str) -> str:
 
 def mount_ids(path: Path) -> set[int]:
     """The kernel's ids of the zero mounts on ``path``, live or dead."""
-    found = set()
-    where = os.fsencode(os.path.abspath(path))
-    with open("/proc/self/mountinfo", "rb") as table:
-        for line in table:
-            fields, _, tail = line.partition(b" - ")
-            fields, tail = fields.split(), tail.split()
-            point = fields[4].replace(b"\\040", b" ").replace(b"\\011", b"\t").replace(b"\\134", b"\\")
-            if tail and tail[0] == b"fuse.zero" and point == where:
-                found.add(int(fields[0]))
-    return found
+    return {mount_id for mount_id, _device in zero_mounts(path)}
 
 
 def answers(path: Path) -> bool:

@@ -27,6 +27,7 @@ from zero.fuse.inodes import Handle, Inode
 from zero.fuse.leases import Leases
 from zero.fuse.names import Names
 from zero.fuse.opstats import OpStats
+from zero.fuse.readahead import raise_readahead
 from zero.fuse.translate import NAME_MAX_BYTES, translated
 from zero.fuse.tree import Tree, now_ns
 from zero.fuse.worker_link import WorkerLink
@@ -52,8 +53,9 @@ class ZeroOperations(Operations):
     use_ns = True
 
     def __init__(self, database: Database, cache: CacheDir, config: Config, worker: WorkerLink,
-                 chunk_size: int, op_stats: OpStats | None = None):
+                 chunk_size: int, op_stats: OpStats | None = None, mountpoint: str | None = None):
         self.database = database
+        self.mountpoint = mountpoint  # to tune the kernel's read-ahead for it, once mounted
         self.op_stats = op_stats or OpStats(database)  # counted by ``translated``
         self.config = config
         self.worker = worker
@@ -85,6 +87,8 @@ class ZeroOperations(Operations):
         if conn_info is not None:
             conn_info.max_write = MAX_REQUEST_BYTES
             conn_info.max_readahead = MAX_REQUEST_BYTES
+        if self.mountpoint is not None:  # mounted by now: INIT is the mount's first request
+            raise_readahead(self.mountpoint, MAX_REQUEST_BYTES // 1024)
         self.kernel_cache.start()
         self.start()
 

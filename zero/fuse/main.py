@@ -93,7 +93,7 @@ def run(args) -> int:
         database.dispose()
         lock.release()
         raise
-    operations = ZeroOperations(database, cache, config, worker, chunk_size, op_stats)
+    operations = ZeroOperations(database, cache, config, worker, chunk_size, op_stats, mountpoint=str(mount))
     if worker.worker_pid() is None:
         log.warning("zero-worker is not running for %s: nothing is uploaded and evicted chunks cannot be read "
                     "until it runs (zero-worker %s)", cache.root, cache.root)
