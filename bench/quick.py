@@ -131,12 +131,32 @@ def create(mount, args, round_no: int) -> str:
     folder.mkdir()
     data = os.urandom(4096)
     meter = CpuMeter(mount)
+    calls_before = _fuse_calls(mount)
     started = time.perf_counter()
     for i in range(args.files):
         with open(folder / f"f{i:06d}", "wb") as out:
             out.write(data)
     took = time.perf_counter() - started
-    return f"create {args.files / took:.0f} files/s; {meter.spent()}"
+    spent = meter.spent()
+    return f"create {args.files / took:.0f} files/s; {spent}; {_calls_per_file(mount, calls_before, args.files)}"
+
+
+def _fuse_calls(mount) -> dict[str, int]:
+    """zero-fuse's calls by operation, as it publishes them (once a second)."""
+    with sqlite3.connect(f"file:{mount.cache / 'state.sqlite3'}?mode=ro", uri=True) as connection:
+        return dict(connection.execute("SELECT op, calls FROM fuse_ops"))
+
+
+def _calls_per_file(mount, before: dict[str, int], files: int) -> str:
+    """The calls into zero-fuse each file cost, once zero-fuse published them all."""
+    deadline = time.monotonic() + 10
+    while True:
+        after = _fuse_calls(mount)
+        if after.get("release", 0) - before.get("release", 0) >= files or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    per_file = {op: (calls - before.get(op, 0)) / files for op, calls in sorted(after.items())}
+    return "calls per file: " + ", ".join(f"{op} {count:.1f}" for op, count in per_file.items() if count >= 0.05)
 
 
 def sync(mount, args, round_no: int) -> str:
