@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench_run  # noqa: E402
 from workloads import stat_after_drops  # noqa: E402
+from zero.fsutil import zero_mounts  # noqa: E402
 
 
 def process_cpu(pid: int) -> tuple[float, float]:
@@ -219,6 +220,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-mib", type=int, default=32, help="cache limit for the cold read")
     parser.add_argument("--upload-delay", type=float, default=1.0, help="uploadDelay (the bench's default: 1)")
     parser.add_argument("--prefetch", type=int, default=None, help="prefetchChunks (zero's default: 4)")
+    parser.add_argument("--read-ahead", type=int, default=None, metavar="KIB",
+                        help="set the mount's kernel read-ahead (read_ahead_kb; zero-fuse raises it to 1024)")
     parser.add_argument("--base-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="zero-quick-", dir=args.base_dir))
@@ -236,6 +239,9 @@ def main(argv=None) -> int:
     bench_run.write_config = config
     try:
         mount.start()
+        if args.read_ahead is not None:
+            device = zero_mounts(mount.mnt)[-1][1]
+            Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(args.read_ahead))
         for round_no in range(args.rounds):
             print(f"round {round_no}: {WORKLOADS[args.workload](mount, args, round_no)}", flush=True)
     finally:
