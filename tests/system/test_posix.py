@@ -570,6 +570,27 @@ def test_unlinking_an_open_hard_link_updates_the_other_names(mnt):
 
 
 
+
+def test_after_fsync_through_one_name_a_reader_of_another_name_sees_the_write(mnt):
+    """Each name of a hard-linked file is its own kernel inode with its own
+    pages: a reader that opened the other name before the write read the old
+    bytes for up to a second after fsync returned (found by a red-team pass).
+    On ext4 it reads the new ones; fsync tells the kernel to drop the others."""
+    first, second = mnt / "first", mnt / "second"
+    write_file(first, b"1" * 8192)
+    os.link(first, second)
+    reader = os.open(second, os.O_RDONLY)
+    writer = os.open(first, os.O_RDWR)
+    try:
+        assert os.pread(reader, 8192, 0) == b"1" * 8192  # now in the kernel's pages of the other name
+        os.pwrite(writer, b"2" * 8192, 0)
+        os.fsync(writer)
+        assert os.pread(reader, 8192, 0) == b"2" * 8192
+    finally:
+        os.close(writer)
+        os.close(reader)
+
+
 # --- attributes -------------------------------------------------------------------------------------
 
 

@@ -338,7 +338,9 @@ class ZeroOperations(Operations):
 
     @translated
     def fsync(self, path, datasync, fh):
-        self.data.fsync(self._target(path, fh))
+        inode = self._target(path, fh)
+        self.data.fsync(inode)
+        self._after_change(inode, path)  # a reader of another name sees what fsync made durable
 
     # --- data ------------------------------------------------------------------------------------
 
