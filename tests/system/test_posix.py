@@ -591,6 +591,32 @@ def test_after_fsync_through_one_name_a_reader_of_another_name_sees_the_write(mn
         os.close(reader)
 
 
+
+def test_after_fsync_through_a_name_unlinked_while_open_the_other_name_reads_the_write(mnt):
+    """Unlinked while open, the first name lives on as libfuse's hidden name: the
+    file has one name left (nlink 1) but still two kernel inodes, so the other
+    name's pages must go as for any hard link (found by a review; old bytes for
+    up to a second, through a fresh open too)."""
+    first, second = mnt / "first", mnt / "second"
+    write_file(first, b"1" * 8192)
+    os.link(first, second)
+    writer = os.open(first, os.O_RDWR)
+    try:
+        os.unlink(first)
+        assert read_file(second) == b"1" * 8192  # now in the kernel's pages of the other name
+        reader = os.open(second, os.O_RDONLY)
+        try:
+            os.pwrite(writer, b"2" * 8192, 0)
+            os.fsync(writer)
+            assert os.pread(reader, 8192, 0) == b"2" * 8192
+        finally:
+            os.close(reader)
+        assert read_file(second) == b"2" * 8192
+    finally:
+        os.close(writer)
+    assert read_file(second) == b"2" * 8192
+
+
 # --- attributes -------------------------------------------------------------------------------------
 
 

@@ -894,8 +894,8 @@ def test_chunks_fetched_ahead_outlast_chunks_read_since(make_context, tmp_path):
     """A film streamed through a small cache: the reader's read-ahead brought chunks
     3-5 in, then it read 0-2, which stamped them later than 3-5 were fetched. Plain
     least-recently-used evicted 3-5 before they were read, and the worker fetched
-    them again (28 of 64 chunks of a cold read fetched twice, bench/quick.py cold
-    --cache-mib 32). What was read goes first; what was fetched for a reader and
+    them again (284-297 fault-ins for the 256 chunks of 1 GiB, bench/quick.py cold
+    --cache-mib 32 --size-mib 1024). What was read goes first; what was fetched for a reader and
     not read yet goes last."""
     context = make_context()
     ino, data = evicted_file(context, b"film", 6)

@@ -144,10 +144,12 @@ class ZeroOperations(Operations):
         return self.tree.resolve(path)
 
     def _after_change(self, inode: Inode, path: str | None) -> None:
-        """A file with other names: the kernel forgets what it cached under them.
-        A directory has one name whatever its nlink (tar x sets three attributes on
-        each one, and each cost a query for its paths)."""
-        if inode.nlink > 1 and not inode.is_dir:
+        """A file with other names, or with a libfuse hidden name (unlinked while
+        open): the kernel forgets what it cached under them. A directory has one
+        name whatever its nlink (tar x sets three attributes on each one, and each
+        cost a query for its paths). Handle-based calls (fsync, flush, release)
+        get no path (nullpath_ok), so their own name is dropped too."""
+        if not inode.is_dir and self.tree.kernel_inodes(inode) > 1:
             self.tree.invalidate_names(inode, path)
 
     # --- attributes ------------------------------------------------------------------------
@@ -298,7 +300,7 @@ class ZeroOperations(Operations):
                 self.data.truncate(inode, 0)
         # Keep the page cache: every change passes through this kernel inode, unless
         # the file has other names (other kernel inodes in libfuse's path API).
-        return fh, int(inode.nlink == 1)
+        return fh, int(self.tree.kernel_inodes(inode) == 1)
 
     def _open_handle(self, inode: Inode, flags: int) -> int:
         writable = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
@@ -339,8 +341,10 @@ class ZeroOperations(Operations):
     @translated
     def fsync(self, path, datasync, fh):
         inode = self._target(path, fh)
-        self.data.fsync(inode)
-        self._after_change(inode, path)  # a reader of another name sees what fsync made durable
+        try:
+            self.data.fsync(inode)
+        finally:  # even if the remotes' promise failed, the bytes are in the cache files
+            self._after_change(inode, path)  # a reader of another name sees what fsync made durable
 
     # --- data ------------------------------------------------------------------------------------
 

@@ -63,6 +63,9 @@ def run(args) -> int:
     from zero.state import db as state_db
 
     mountpoint.check_mountpoint(mount, args.allow_non_empty)
+    # As the kernel will list it in /proc/self/mountinfo (a symlink resolved); once
+    # mounted, resolving it would ask zero-fuse itself, which answers only after INIT.
+    mount = Path(os.path.realpath(mount))
     cache = CacheDir(args.cache)
     cache.prepare()
     require_private(config.database_path(cache.root), "the state database",

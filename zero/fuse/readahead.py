@@ -27,7 +27,9 @@ def raise_readahead(mountpoint: str | Path, kib: int) -> None:
     try:
         mounts = zero_mounts(mountpoint)
         if not mounts:
-            return  # not mounted through the kernel (a test driving the operations)
+            log.info("Found no zero mount on %s in /proc/self/mountinfo: the kernel's read-ahead for it is left "
+                     "as it was", mountpoint)
+            return
         setting = SYSFS_BDI / mounts[-1][1] / "read_ahead_kb"
         if int(setting.read_text()) >= kib:
             return

@@ -194,6 +194,16 @@ class Tree:
             raise FuseOSError(errno.ENOTDIR)
         return parent, name_bytes(name)
 
+    def kernel_inodes(self, inode: Inode) -> int:
+        """How many kernel inodes show this file: libfuse's path API gives one to
+        each of its names and to each hidden name of it unlinked while open.
+        More than one, and a change through one leaves the others' pages stale."""
+        if inode.is_dir:
+            return 1
+        with self.lock:
+            hidden = sum(1 for names in self.hidden.values() for ino in names.values() if ino == inode.ino)
+        return inode.nlink + hidden
+
     def is_hidden_name(self, path: str) -> bool:
         """Is ``path`` libfuse's hidden name for an unlinked open file?"""
         parent_path, name = split(path)

@@ -4,8 +4,8 @@ takes them last.
 A sequential reader's read-ahead brings chunks in before it reads them, and
 each read it makes afterwards stamps the chunk it read later than the ones
 fetched ahead. Least recently used alone then evicts what was fetched ahead
-first, before the reader gets there, and the worker fetches it again: 28 of
-64 chunks of a cold read through a 32 MiB cache were fetched twice.
+first, before the reader gets there, and the worker fetches it again: a cold
+read of 1 GiB through a 32 MiB cache made 284-297 fault-ins for 256 chunks.
 
 A fetch remembers the ``last_access`` it stamped; while the row still holds
 that stamp, no read has been recorded since. Kept for a reader only for
