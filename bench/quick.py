@@ -29,7 +29,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench_run  # noqa: E402
 from workloads import stat_after_drops  # noqa: E402
-from zero.fsutil import zero_mounts  # noqa: E402
 
 
 def process_cpu(pid: int) -> tuple[float, float]:
@@ -240,6 +239,7 @@ def main(argv=None) -> int:
     try:
         mount.start()
         if args.read_ahead is not None:
+            from zero.fsutil import zero_mounts  # here: A/B runs put older trees of zero first on the path
             device = zero_mounts(mount.mnt)[-1][1]
             Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(args.read_ahead))
         for round_no in range(args.rounds):
