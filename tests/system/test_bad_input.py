@@ -164,6 +164,26 @@ def test_cache_made_by_a_newer_zero(tmp_path, mnt, cache):
     refusal(run_fuse(tmp_path, mnt, cache), "newer zero", "format 99", "upgrade zero")
 
 
+def test_a_state_database_that_is_not_one_is_refused_and_left_as_it_was(tmp_path, mnt, cache):
+    """A damaged state file (or another program's) gave a Python traceback from
+    all three commands; each now says what the file is and how to get the
+    filesystem back, and leaves the file alone for whoever wants to look at it."""
+    cache.mkdir(mode=0o700)
+    state = cache / "state.sqlite3"
+    state.write_bytes(os.urandom(64 * 1024))
+    os.chmod(state, 0o600)
+    before = hashlib.sha256(state.read_bytes()).hexdigest()
+
+    message = refusal(run_fuse(tmp_path, mnt, cache), str(state), "not an SQLite database", "zero restore")
+    assert "move it aside" in message
+    env = dict(os.environ, ZERO_CONFIG=str(tmp_path / "config.yml"), HOME=str(tmp_path))
+    for args in ([command("zero-worker"), str(cache)], [command("zero"), "status", str(cache)]):
+        result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=ERROR_TIMEOUT_S)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert "not an SQLite database" in result.stderr and "zero restore" in result.stderr, result.stderr
+    assert hashlib.sha256(state.read_bytes()).hexdigest() == before
+
+
 def test_a_second_zero_fuse_on_the_same_cache_names_the_first(tmp_path, make_mount):
     first = make_mount(worker=False)
     other_mnt = tmp_path / "other-mnt"

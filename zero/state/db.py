@@ -275,6 +275,21 @@ def open_database(path: Path, chunk_size_bytes: int | None = None, root_uid: int
     ``chunk_size_bytes`` is used only when formatting; an existing database keeps its own.
     """
     database = Database(path)
+    try:
+        return _open_or_format(database, path, chunk_size_bytes, root_uid, root_gid)
+    except exc.DatabaseError as error:
+        if getattr(error.orig, "sqlite_errorcode", None) not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            raise
+        database.dispose()
+        raise CacheFormatError(
+            f"{path} is not an SQLite database zero can read ({error.orig}): it was damaged, or it is not "
+            f"zero's. Nothing was changed. To get the filesystem back from its metadata backups in the "
+            f"remotes, move it aside (mv {path} {path}.damaged) and run: zero restore <a new cache folder>"
+        ) from None
+
+
+def _open_or_format(database: Database, path: Path, chunk_size_bytes: int | None, root_uid: int,
+                    root_gid: int) -> Database:
     with database.write() as connection:
         existing = connection.exec_driver_sql(
             "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'").scalar()
