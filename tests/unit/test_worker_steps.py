@@ -823,6 +823,22 @@ def test_prime_queues_recently_evicted_chunks_while_there_is_room(make_context):
     assert [state_of(context, ino, idx) for idx in range(5)] == [ChunkState.REMOTE] * 2 + [ChunkState.CLEAN] * 3
 
 
+def test_prime_counts_a_small_file_by_what_it_takes(make_context):
+    """Priming counted every fetch as a whole chunk, as the fetch dispatcher did
+    before decision 82: after a tree of small files was evicted, a cache with
+    room for dozens of them brought back three a round."""
+    context = make_context(target_bytes=4 * CHUNK)  # low watermark: 3.6 chunks of 64 KiB, 57 files of 4 KiB
+    small = [make_file(context, f"s{number}".encode()) for number in range(20)]
+    for number, ino in enumerate(small):
+        fuse_write(context, ino, 0, os.urandom(4000) + number.to_bytes(4, "big"))
+    upload_all(context)
+    evict_all(context)
+
+    assert pins.prime(context, usage_bytes=0) == pins.PRIME_BATCH
+    assert len(fetch_requests(context)) == pins.PRIME_BATCH
+    assert pins.prime(context, usage_bytes=int(3.6 * CHUNK) - 4096) == 0, "a round must count what is queued"
+
+
 def test_a_reader_outranks_priming(context):
     ino = make_file(context, b"a")
     for idx in range(2):

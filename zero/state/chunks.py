@@ -414,8 +414,12 @@ def remote_pinned(connection: Connection, limit: int) -> list[Row]:
 
 
 def recently_evicted(connection: Connection, limit: int) -> list[Row]:
-    """Remote chunks, most recently used first: what priming brings back."""
-    return connection.execute(select(_c).where(_c.c.state == R.value)
+    """Remote chunks, most recently used first, each with its object's
+    ``plain_bytes`` (what it will take in the cache): what priming brings back."""
+    objects = schema.objects
+    return connection.execute(select(_c, objects.c.plain_bytes)
+                              .select_from(_c.outerjoin(objects, objects.c.key == _c.c.object_key))
+                              .where(_c.c.state == R.value)
                               .order_by(_c.c.last_access.desc()).limit(limit)).all()
 
 

@@ -148,6 +148,22 @@ def _remove(path: str) -> None:
         pass
 
 
+def cache_block(cache_root) -> int:
+    """The cache file system's allocation unit: a fetched file takes whole ones
+    (ext4's bigalloc and 64 KiB pages allocate more than 4 KiB at a time)."""
+    return max(4096, os.statvfs(cache_root).f_frsize)
+
+
+def fetch_cache_bytes(plain_bytes: int | None, chunk_size: int, block: int) -> int:
+    """The disk a fetch will take: its object's plain size in whole blocks, a
+    whole chunk when the chunk names no object. Counting every fetch as a whole
+    chunk made a tree of small files evict the cache down to nothing, the chunk
+    a reader had just waited for too, until the read gave up (decision 82)."""
+    if plain_bytes is None:
+        return chunk_size
+    return -(-plain_bytes // block) * block
+
+
 class FetchDispatcher:
     """Keeps up to FETCH_THREADS fetches in flight and starts the next request the
     moment one finishes, rather than in rounds that wait for their slowest fetch
@@ -159,9 +175,7 @@ class FetchDispatcher:
         self.make_room = make_room  # evict before fault-ins, so they do not push the cache over its target
         self.threads = threads
         self.wanted = threading.Event()  # a request arrived or a fetch finished: look again
-        # A fetched chunk file's size is counted in the cache's allocation unit (ext4's
-        # bigalloc and 64 KiB pages allocate more than 4 KiB at a time).
-        self.block = max(4096, os.statvfs(fetcher.context.cache.root).f_frsize)
+        self.block = cache_block(fetcher.context.cache.root)
 
     def run(self, stopping: threading.Event, listener, idle_s: float, retry_s: float) -> None:
         listener.also_set(self.wanted)
@@ -217,10 +231,4 @@ class FetchDispatcher:
         return len(chosen)
 
     def _cache_bytes(self, row) -> int:
-        """The disk a fetch will take: its object's plain size in whole blocks.
-        Counting every fetch as a whole chunk made a tree of small files evict
-        the cache down to nothing, the chunk a reader had just waited for too,
-        until the read gave up (decision 82)."""
-        if row.plain_bytes is None:
-            return self.fetcher.context.chunk_size
-        return -(-row.plain_bytes // self.block) * self.block
+        return fetch_cache_bytes(row.plain_bytes, self.fetcher.context.chunk_size, self.block)

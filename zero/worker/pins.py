@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from zero.state import chunks, pins, requests
 from zero.worker.context import WorkerContext
+from zero.worker.fetcher import cache_block, fetch_cache_bytes
 
 PRIME_BATCH = 16
+PENDING_COUNTED = 1024  # fetches already queued that priming counts; with more queued it waits
 
 
 def apply_pins(context: WorkerContext) -> int:
@@ -31,21 +33,27 @@ def prime(context: WorkerContext, usage_bytes: int | None = None) -> int:
     with context.database.read() as connection:
         if not chunks.recently_evicted(connection, 1):
             return 0  # the usual case: nothing to bring back, so no write transaction and no walk
+    block = cache_block(context.cache.root)
     with context.database.write() as connection:
         usage = context.cache.usage().total_bytes if usage_bytes is None else usage_bytes
         room = low_watermark - usage
-        if room <= context.chunk_size:
+        if room < block:
             return 0
         # Fetches asked for but not done yet (an earlier round's, readers', prefetch's) will take room
         # too; without counting them every round queued the same room again and priming overshot
-        # the low watermark, bringing back chunks the evictor then had to throw out again.
-        room -= context.chunk_size * len(requests.pending_fetches(connection, room // context.chunk_size + 1))
+        # the low watermark, bringing back chunks the evictor then had to throw out again. Each
+        # counts what its object takes (decision 82), so a small file is not a whole chunk.
+        pending = requests.pending_fetches(connection, PENDING_COUNTED)
+        if len(pending) == PENDING_COUNTED:
+            return 0
+        room -= sum(fetch_cache_bytes(row.plain_bytes, context.chunk_size, block) for row in pending)
         for row in chunks.recently_evicted(connection, PRIME_BATCH):
-            if room <= context.chunk_size:
-                break
+            size = fetch_cache_bytes(row.plain_bytes, context.chunk_size, block)
+            if size > room:
+                break  # most recently used first: no skipping ahead to a smaller one
             if requests.fetch_error(connection, row.ino, row.idx) is not None:
                 continue  # its object is corrupt or missing: re-asking would fetch and log it every round
             requests.request_fetch(connection, row.ino, row.idx, requests.PRIME)
-            room -= context.chunk_size
+            room -= size
             queued += 1
     return queued
