@@ -54,6 +54,11 @@ class RemoteUnavailable(RemoteError):
     transient = True
 
 
+class CollectionUnderWay(RemoteUnavailable):
+    """Uploads wait while a garbage collection deletes objects (the fence in
+    zero.state.objects); they are tried again shortly."""
+
+
 class AuthFailed(RemoteUnavailable):
     """The remote refused zero's credentials. Never transient: a person must
     fix the keys. A kind of RemoteUnavailable, so the pool and the worker skip

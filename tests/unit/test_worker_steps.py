@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -642,6 +643,67 @@ def test_collect_deletes_unreferenced_and_never_referenced_objects(make_context)
     assert counter(context, "objects_collected") == 3
 
 
+def test_a_collection_during_an_upload_leaves_the_upload_its_copy(make_context):
+    """gc with grace 0 while a group was in flight took the upload's placeholder
+    row (no chunk names an object until the upload finishes), then swept the
+    copy that had landed as an orphan; the upload's last commit put the row
+    back and marked the chunk clean: an fsynced file with no copy anywhere
+    (a red-team pass, 3 of 3). A collection waits while uploads are under way."""
+    context = make_context(grace_s=0)
+    ino = make_file(context, b"a")
+    fuse_write(context, ino, 0, chunk_data(1))
+    uploader = Uploader(context)
+    send = uploader._send
+
+    def send_then_collect(item):
+        outcome = send(item)
+        Collector(context).collect()  # `zero gc --delete --grace 0`, between the put and the last commit
+        return outcome
+
+    uploader._send = send_then_collect
+    for row in uploader.due(hurry=False):
+        assert uploader.upload(row)
+    row = row_of(context, ino, 0)
+    assert row.state == ChunkState.CLEAN.value
+    assert remote_file(context, row.object_key).exists(), "the clean chunk's only copy was collected"
+
+
+def test_an_upload_waits_while_a_collection_deletes_its_object(make_context, monkeypatch):
+    """gc claimed an unused object and, before it deleted the copy, a new file with
+    the same bytes was uploaded: the uploader found no row, stored the object
+    again under the same key and marked the chunk clean; then gc deleted that
+    copy (a red-team pass). Uploads now wait while a collection deletes."""
+    context = make_context(grace_s=0)
+    data = chunk_data(1)
+    old = make_file(context, b"old")
+    fuse_write(context, old, 0, data)
+    upload_all(context)
+    with context.database.write() as connection:  # the file is gone: its object is unused
+        chunks.drop_from(connection, old, 0)
+    new = make_file(context, b"new")
+    delete = context.pool.delete
+
+    def upload_before_the_delete(key, holders):
+        fuse_write(context, new, 0, data)
+        uploader = Uploader(context)
+        for row in uploader.due(hurry=True):
+            try:
+                uploader.upload(row)
+            except RemoteUnavailable:
+                pass  # told to wait: the chunk stays dirty for a later round
+        return delete(key, holders)
+
+    monkeypatch.setattr(context.pool, "delete", upload_before_the_delete)
+    assert Collector(context).collect() == 1
+    monkeypatch.setattr(context.pool, "delete", delete)
+    uploader = Uploader(context)
+    for row in uploader.due(hurry=True):
+        uploader.upload(row)
+    row = row_of(context, new, 0)
+    assert row.state == ChunkState.CLEAN.value
+    assert remote_file(context, row.object_key).exists(), "the clean chunk's only copy was collected"
+
+
 def test_collect_waits_out_the_grace_period(context):
     ino = make_file(context, b"a")
     data = chunk_data(1)
@@ -955,3 +1017,26 @@ def test_chunks_fetched_ahead_and_never_read_are_evicted_in_turn(make_context, t
         chunks.record_access(connection, {(ino, read): time.time()})
     assert Evictor(context).evict(goal_bytes=per_chunk) == 2
     assert [idx for idx in range(4) if state_of(context, ino, idx) == ChunkState.CLEAN] == [read]
+
+
+def test_a_collection_that_died_holding_the_fence_does_not_stop_uploads(context):
+    """A collector killed between its claim and its deletes (crashpoint gc.claimed)
+    left the fence up: uploads, and so fsync, would wait for it for good."""
+    with context.database.write() as connection:
+        assert objects.begin_collection(connection, time.time())
+        assert objects.collection_under_way(connection, time.time())
+        dead = _a_pid_that_is_gone()
+        connection.exec_driver_sql("UPDATE meta SET value = ? WHERE key = ?",
+                                   (f"{time.time()!r} {dead}", objects.COLLECTION_KEY))
+        assert not objects.collection_under_way(connection, time.time())
+        objects.still_alive(connection, time.time() - objects.COLLECTION_STALE_S - 1)  # alive, but silent too long
+        assert not objects.collection_under_way(connection, time.time())
+    ino = make_file(context, b"a")
+    fuse_write(context, ino, 0, chunk_data(1))
+    upload_all(context)
+
+
+def _a_pid_that_is_gone() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid

@@ -32,10 +32,15 @@ def gc(args, config) -> int:
     try:
         # Only the writer's cache deletes: another's state does not know the writer's newest objects.
         writer.check_one_shot(context.database, context.pool.remotes, context.fs_id)
+        collector = Collector(context)
         with bar(unit="object", desc="deleting") as progress:
-            deleted = Collector(context).collect(progress=progress)
+            deleted = collector.collect(progress=progress)
     finally:
         context.database.dispose()
+    if collector.waited_for_uploads:
+        print("Deleted nothing: zero-worker is uploading, and the objects it is storing look unused until "
+              "it finishes; run zero gc --delete again once it has (zero sync waits for that)")
+        return 0
     print(f"Deleted {deleted} unused object(s) from the remotes")
     return 0
 

@@ -6,11 +6,13 @@ of chunks rows naming it, computed through an index, so it cannot drift.
 
 from __future__ import annotations
 
+import os
 import time
 
 from sqlalchemy import Connection, Row, delete, exists, func, select, update
 
 from zero.state import changelog, quarantine, schema
+from zero.state.chunkstate import ChunkState
 
 _o = schema.objects
 _p = schema.placements
@@ -101,6 +103,57 @@ def mark_unreferenced(connection: Connection, now: float) -> int:
     connection.execute(update(_o).where(_o.c.unreferenced_since.is_not(None), referenced)
                        .values(unreferenced_since=None))
     return stamped
+
+
+# The fence between a collection and uploads (both processes: the worker's collector and
+# `zero gc --delete` against the worker's uploader). A collection begins only while no
+# upload is under way: an upload's placeholder row names no chunk until it finishes, so it
+# looks unused, and the copy that landed would be swept as an orphan. Until the collection
+# ends, no upload group starts: one that stored an object again under a key the collection
+# had claimed would have its copy deleted after it called the chunk clean. A collection
+# whose process is gone holds nothing; one that stopped saying it is alive lets go after
+# COLLECTION_STALE_S.
+COLLECTION_KEY = "collection_under_way"  # meta: "<unix time it last said it was alive> <pid>"
+COLLECTION_STALE_S = 900.0
+
+
+def begin_collection(connection: Connection, now: float) -> bool:
+    """In the transaction that claims garbage: False while a chunk is being uploaded."""
+    if connection.exec_driver_sql("SELECT 1 FROM chunks WHERE state = ? LIMIT 1",
+                                  (ChunkState.UPLOADING.value,)).first() is not None:
+        return False
+    still_alive(connection, now)
+    return True
+
+
+def still_alive(connection: Connection, now: float) -> None:
+    """A collection deleting for long says so, or uploads would take the fence as stale."""
+    connection.exec_driver_sql("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                               (COLLECTION_KEY, f"{now!r} {os.getpid()}"))
+
+
+def end_collection(connection: Connection) -> None:
+    connection.exec_driver_sql("DELETE FROM meta WHERE key = ?", (COLLECTION_KEY,))
+
+
+def collection_under_way(connection: Connection, now: float) -> bool:
+    """Whether upload groups must wait (checked in the transaction that starts them)."""
+    row = connection.exec_driver_sql("SELECT value FROM meta WHERE key = ?", (COLLECTION_KEY,)).first()
+    if row is None:
+        return False
+    alive_at, pid = row[0].split()
+    return now - float(alive_at) < COLLECTION_STALE_S and _running(int(pid))
+
+
+def _running(pid: int) -> bool:
+    """The collection's process (zero-worker or `zero gc`, on this machine: they share the cache)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def claim_garbage(connection: Connection, older_than: float, limit: int = 500) -> list[tuple[str, list[str]]]:

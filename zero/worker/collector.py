@@ -22,10 +22,13 @@ from zero.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
+ALIVE_EVERY = 50  # deletes between two "still collecting" stamps (objects.COLLECTION_STALE_S)
+
 
 class Collector:
     def __init__(self, context: WorkerContext):
         self.context = context
+        self.waited_for_uploads = False  # the last collect() found uploads under way and deleted nothing
 
     def collect(self, now: float | None = None, progress=None) -> int:
         """Returns how many objects were deleted. ``progress`` (a tqdm-like bar, for
@@ -37,50 +40,76 @@ class Collector:
             # Another machine writes the filesystem: what this state calls unused may be its data.
             log.info("Not collecting: this cache is not the filesystem's writer (%s)", writer.role)
             return 0
+        self.waited_for_uploads = False
+        # Listed before the fence goes up: listing a large bucket takes long, and uploads
+        # (and the fsyncs that wait for them) wait while it is up. Anything recorded after
+        # a listing is known to the sweep, which reads the known keys under the fence.
+        listings = self._list_remotes()
         with self.context.database.write() as connection:
             objects.mark_unreferenced(connection, now)
+            if not objects.begin_collection(connection, time.time()):
+                self.waited_for_uploads = True
+                log.info("Not collecting now: uploads are under way, and the objects they are storing look "
+                         "unused until they finish; the next round collects")
+                return 0
             # Unused for at least the grace period: a stamp exactly ``grace`` old counts,
             # so with grace 0 (`zero gc --grace 0`) what just lost its last reference goes now.
             claimed = objects.claim_garbage(connection, older_than=math.nextafter(now - grace, math.inf))
             if claimed:
                 counters.bump(connection, "objects_collected", len(claimed))
-        crashpoints.crash("gc.claimed")
-        if progress is not None:
-            progress.total = len(claimed)
-            progress.refresh()
-        deleted = 0
-        for key, holders in claimed:
-            try:
-                self.context.pool.delete(self.context.remote_key(key), holders)
-                deleted += 1
-            except RemoteUnavailable as error:
-                log.warning("Could not delete unused object %s yet (%s); the orphan sweep will retry", key, error)
+        try:
+            crashpoints.crash("gc.claimed")
             if progress is not None:
-                progress.update(1)
-        deleted += self.sweep_orphans(now, progress)
+                progress.total = len(claimed)
+                progress.refresh()
+            deleted = 0
+            for number, (key, holders) in enumerate(claimed, 1):
+                try:
+                    self.context.pool.delete(self.context.remote_key(key), holders)
+                    deleted += 1
+                except RemoteUnavailable as error:
+                    log.warning("Could not delete unused object %s yet (%s); the orphan sweep will retry", key, error)
+                if progress is not None:
+                    progress.update(1)
+                if number % ALIVE_EVERY == 0:
+                    with self.context.database.write() as connection:
+                        objects.still_alive(connection, time.time())
+            deleted += self.sweep_orphans(now, listings, {(key, name) for key, holders in claimed for name in holders},
+                                          progress)
+        finally:
+            with self.context.database.write() as connection:
+                objects.end_collection(connection)
         if deleted:
             log.info("Collected %d unused object(s) from the remotes", deleted)
         return deleted
 
-    def sweep_orphans(self, now: float, progress=None) -> int:
-        """Delete remote objects the state does not know, once older than the grace period."""
-        grace = self.context.config.gc_grace_period_s
-        prefix = self.context.object_prefix
-        deleted = 0
+    def _list_remotes(self) -> list:
+        """(remote, its objects) for each remote that is ours and answering now."""
+        listings = []
         for remote in self.context.pool.remotes:
             if remote.name not in self.context.pool.durable_names():
                 continue  # not ours right now, or not answering: never sweep it
             try:
-                listing = list(remote.list(prefix))
+                listings.append((remote, list(remote.list(self.context.object_prefix))))
             except RemoteUnavailable as error:
                 log.warning("Could not list %s for unused objects: %s", remote.name, error)
-                continue
-            with self.context.database.read() as connection:
-                known = objects.known_keys(connection)
+        return listings
+
+    def sweep_orphans(self, now: float, listings: list, deleted_copies: set[tuple[str, str]], progress=None) -> int:
+        """Delete listed remote objects the state does not know, once older than the
+        grace period; ``deleted_copies`` ((key, remote) of the claimed objects, listed
+        before their rows went) are gone already."""
+        grace = self.context.config.gc_grace_period_s
+        deleted = 0
+        with self.context.database.read() as connection:
+            known = objects.known_keys(connection)
+        for remote, listing in listings:
+            if remote.name not in self.context.pool.durable_names():
+                continue  # turned away since it was listed
             for remote_key, _size, mtime in listing:
                 key = layout.parse_object_key(self.context.fs_id, remote_key)
-                if key is None or key in known or mtime > now - grace:  # None: not one of our objects
-                    continue
+                if key is None or key in known or mtime > now - grace or (key, remote.name) in deleted_copies:
+                    continue  # None: not one of our objects
                 try:
                     remote.delete(remote_key)
                     deleted += 1

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from zero.fsutil import disk_bytes
-from zero.errors import RemoteUnavailable, StateConflict
+from zero.errors import CollectionUnderWay, RemoteUnavailable, StateConflict
 from zero.state import chunks, counters, objects, requests
 from zero.worker import crashpoints
 from zero.worker.context import WorkerContext
@@ -185,6 +185,9 @@ class Uploader:
         context = self.context
         started = []
         with context.database.write() as connection:
+            if objects.collection_under_way(connection, time.time()):
+                # The collection may be about to delete a copy this group would store again.
+                return 0, CollectionUnderWay("uploads wait while a garbage collection deletes unused objects")
             for row in rows:
                 try:
                     chunks.start_upload(connection, row.ino, row.idx, row.version)
