@@ -643,6 +643,16 @@ def test_collect_deletes_unreferenced_and_never_referenced_objects(make_context)
     assert counter(context, "objects_collected") == 3
 
 
+def upload_due_and_check_its_copy(context, ino: int) -> None:
+    """Upload what is due, then: the chunk is clean and its object is in the remote."""
+    uploader = Uploader(context)
+    for row in uploader.due(hurry=True):
+        uploader.upload(row)
+    row = row_of(context, ino, 0)
+    assert row.state == ChunkState.CLEAN.value
+    assert remote_file(context, row.object_key).exists(), "the clean chunk's only copy was collected"
+
+
 def test_a_collection_during_an_upload_leaves_the_upload_its_copy(make_context):
     """gc with grace 0 while a group was in flight took the upload's placeholder
     row (no chunk names an object until the upload finishes), then swept the
@@ -696,12 +706,7 @@ def test_an_upload_waits_while_a_collection_deletes_its_object(make_context, mon
     monkeypatch.setattr(context.pool, "delete", upload_before_the_delete)
     assert Collector(context).collect() == 1
     monkeypatch.setattr(context.pool, "delete", delete)
-    uploader = Uploader(context)
-    for row in uploader.due(hurry=True):
-        uploader.upload(row)
-    row = row_of(context, new, 0)
-    assert row.state == ChunkState.CLEAN.value
-    assert remote_file(context, row.object_key).exists(), "the clean chunk's only copy was collected"
+    upload_due_and_check_its_copy(context, new)
 
 
 def test_collect_waits_out_the_grace_period(context):
@@ -1022,15 +1027,17 @@ def test_chunks_fetched_ahead_and_never_read_are_evicted_in_turn(make_context, t
 def test_a_collection_that_died_holding_the_fence_does_not_stop_uploads(context):
     """A collector killed between its claim and its deletes (crashpoint gc.claimed)
     left the fence up: uploads, and so fsync, would wait for it for good."""
+    token = objects.collection_token()
     with context.database.write() as connection:
-        assert objects.begin_collection(connection, time.time())
+        assert objects.begin_collection(connection, time.time(), token)
         assert objects.collection_under_way(connection, time.time())
         dead = _a_pid_that_is_gone()
         connection.exec_driver_sql("UPDATE meta SET value = ? WHERE key = ?",
-                                   (f"{time.time()!r} {dead}", objects.COLLECTION_KEY))
+                                   (f"{time.time()!r} {dead} 0", objects.COLLECTION_KEY))
         assert not objects.collection_under_way(connection, time.time())
-        objects.still_alive(connection, time.time() - objects.COLLECTION_STALE_S - 1)  # alive, but silent too long
-        assert not objects.collection_under_way(connection, time.time())
+        connection.exec_driver_sql("UPDATE meta SET value = ? WHERE key = ?",
+                                   (f"{time.time() - objects.COLLECTION_STALE_S - 1!r} {token}", objects.COLLECTION_KEY))
+        assert not objects.collection_under_way(connection, time.time())  # alive, but silent too long
     ino = make_file(context, b"a")
     fuse_write(context, ino, 0, chunk_data(1))
     upload_all(context)
@@ -1040,3 +1047,43 @@ def _a_pid_that_is_gone() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
     return child.pid
+
+
+def test_a_second_collection_neither_takes_nor_ends_the_first_ones_fence(context):
+    """`zero gc --delete` beside the worker's own collector replaced its fence and,
+    finishing first, took it down while the worker still deleted (a review)."""
+    first, second = objects.collection_token(), objects.collection_token()
+    with context.database.write() as connection:
+        assert objects.begin_collection(connection, time.time(), first)
+        assert not objects.begin_collection(connection, time.time(), second)
+        objects.end_collection(connection, second)
+        assert objects.collection_under_way(connection, time.time())
+        assert not objects.still_alive(connection, time.time(), second)
+        assert objects.still_alive(connection, time.time(), first)
+        objects.end_collection(connection, first)
+        assert not objects.collection_under_way(connection, time.time())
+
+
+def test_a_group_whose_chunk_was_written_during_its_upload_records_no_copy(make_context):
+    """A write during an upload sends the chunk back to dirty, so no chunk is
+    'uploading' and a collection may begin and sweep the copy the group sent; the
+    group's last commit recorded that copy anyway, and the chunk's next upload
+    took it for a stored duplicate: clean, with no copy anywhere (a review)."""
+    context = make_context(grace_s=0)
+    ino = make_file(context, b"a")
+    data = chunk_data(1)
+    fuse_write(context, ino, 0, data)
+    uploader = Uploader(context)
+    send = uploader._send
+
+    def send_then_write_then_collect(item):
+        outcome = send(item)
+        fuse_write(context, ino, 0, data)  # the same bytes again: uploading -> dirty
+        Collector(context).collect()
+        return outcome
+
+    uploader._send = send_then_write_then_collect
+    for row in uploader.due(hurry=False):
+        uploader.upload(row)
+    upload_due_and_check_its_copy(context, ino)
+

@@ -38,8 +38,9 @@ def gc(args, config) -> int:
     finally:
         context.database.dispose()
     if collector.waited_for_uploads:
-        print("Deleted nothing: zero-worker is uploading, and the objects it is storing look unused until "
-              "it finishes; run zero gc --delete again once it has (zero sync waits for that)")
+        print("Deleted nothing: chunks are being uploaded (or were, when zero-worker stopped: it finishes them "
+              "when it runs), or another collection is under way, and what is being stored looks unused until "
+              "then; run zero gc --delete again once zero sync returns")
         return 0
     print(f"Deleted {deleted} unused object(s) from the remotes")
     return 0

@@ -7,6 +7,7 @@ of chunks rows naming it, computed through an index, so it cannot drift.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 
 from sqlalchemy import Connection, Row, delete, exists, func, select, update
@@ -113,27 +114,43 @@ def mark_unreferenced(connection: Connection, now: float) -> int:
 # had claimed would have its copy deleted after it called the chunk clean. A collection
 # whose process is gone holds nothing; one that stopped saying it is alive lets go after
 # COLLECTION_STALE_S.
-COLLECTION_KEY = "collection_under_way"  # meta: "<unix time it last said it was alive> <pid>"
+COLLECTION_KEY = "collection_under_way"  # meta: "<unix time it last said it was alive> <pid> <nonce>"
 COLLECTION_STALE_S = 900.0
 
 
-def begin_collection(connection: Connection, now: float) -> bool:
-    """In the transaction that claims garbage: False while a chunk is being uploaded."""
+def collection_token() -> str:
+    """Names one collection: its process and a nonce (a restarted process may get the same pid)."""
+    return f"{os.getpid()} {secrets.token_hex(8)}"
+
+
+def begin_collection(connection: Connection, now: float, token: str) -> bool:
+    """In the transaction that claims garbage: False while a chunk is being uploaded
+    or another collection holds the fence."""
+    if collection_under_way(connection, now):
+        return False
     if connection.exec_driver_sql("SELECT 1 FROM chunks WHERE state = ? LIMIT 1",
                                   (ChunkState.UPLOADING.value,)).first() is not None:
         return False
-    still_alive(connection, now)
+    connection.exec_driver_sql("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                               (COLLECTION_KEY, f"{now!r} {token}"))
     return True
 
 
-def still_alive(connection: Connection, now: float) -> None:
-    """A collection deleting for long says so, or uploads would take the fence as stale."""
-    connection.exec_driver_sql("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                               (COLLECTION_KEY, f"{now!r} {os.getpid()}"))
+def still_alive(connection: Connection, now: float, token: str) -> bool:
+    """A collection deleting for long says so, or uploads would take the fence as
+    stale; False if the fence is no longer its own (it must stop deleting)."""
+    return connection.exec_driver_sql("UPDATE meta SET value = ? WHERE key = ? AND value LIKE ?",
+                                      (f"{now!r} {token}", COLLECTION_KEY, f"% {token}")).rowcount == 1
 
 
-def end_collection(connection: Connection) -> None:
-    connection.exec_driver_sql("DELETE FROM meta WHERE key = ?", (COLLECTION_KEY,))
+def end_collection(connection: Connection, token: str) -> None:
+    connection.exec_driver_sql("DELETE FROM meta WHERE key = ? AND value LIKE ?", (COLLECTION_KEY, f"% {token}"))
+
+
+def release_fences_of(connection: Connection, pid: int) -> None:
+    """At zero-worker's start: a fence its earlier life (same pid, a container's
+    pid 1) left behind when killed holds nothing."""
+    connection.exec_driver_sql("DELETE FROM meta WHERE key = ? AND value LIKE ?", (COLLECTION_KEY, f"% {pid} %"))
 
 
 def collection_under_way(connection: Connection, now: float) -> bool:
@@ -141,7 +158,7 @@ def collection_under_way(connection: Connection, now: float) -> bool:
     row = connection.exec_driver_sql("SELECT value FROM meta WHERE key = ?", (COLLECTION_KEY,)).first()
     if row is None:
         return False
-    alive_at, pid = row[0].split()
+    alive_at, pid, _nonce = row[0].split()
     return now - float(alive_at) < COLLECTION_STALE_S and _running(int(pid))
 
 

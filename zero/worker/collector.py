@@ -22,13 +22,14 @@ from zero.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
-ALIVE_EVERY = 50  # deletes between two "still collecting" stamps (objects.COLLECTION_STALE_S)
+FENCE_REFRESH_S = 30.0  # how often a collection deleting says it is still at it (objects.COLLECTION_STALE_S)
 
 
 class Collector:
     def __init__(self, context: WorkerContext):
         self.context = context
         self.waited_for_uploads = False  # the last collect() found uploads under way and deleted nothing
+        self._fence_at = 0.0  # when this collection last said it holds the fence
 
     def collect(self, now: float | None = None, progress=None) -> int:
         """Returns how many objects were deleted. ``progress`` (a tqdm-like bar, for
@@ -41,16 +42,18 @@ class Collector:
             log.info("Not collecting: this cache is not the filesystem's writer (%s)", writer.role)
             return 0
         self.waited_for_uploads = False
+        token = objects.collection_token()
         # Listed before the fence goes up: listing a large bucket takes long, and uploads
         # (and the fsyncs that wait for them) wait while it is up. Anything recorded after
         # a listing is known to the sweep, which reads the known keys under the fence.
         listings = self._list_remotes()
         with self.context.database.write() as connection:
             objects.mark_unreferenced(connection, now)
-            if not objects.begin_collection(connection, time.time()):
+            self._fence_at = time.time()
+            if not objects.begin_collection(connection, self._fence_at, token):
                 self.waited_for_uploads = True
-                log.info("Not collecting now: uploads are under way, and the objects they are storing look "
-                         "unused until they finish; the next round collects")
+                log.info("Not collecting now: uploads (or another collection) are under way, and the objects "
+                         "being stored look unused until they finish; the next round collects")
                 return 0
             # Unused for at least the grace period: a stamp exactly ``grace`` old counts,
             # so with grace 0 (`zero gc --grace 0`) what just lost its last reference goes now.
@@ -63,25 +66,41 @@ class Collector:
                 progress.total = len(claimed)
                 progress.refresh()
             deleted = 0
-            for number, (key, holders) in enumerate(claimed, 1):
+            deleted_copies: set[tuple[str, str]] = set()
+            for key, holders in claimed:
+                if not self._keep_fence(token):
+                    return deleted
                 try:
                     self.context.pool.delete(self.context.remote_key(key), holders)
                     deleted += 1
+                    deleted_copies.update((key, name) for name in holders)
                 except RemoteUnavailable as error:
                     log.warning("Could not delete unused object %s yet (%s); the orphan sweep will retry", key, error)
                 if progress is not None:
                     progress.update(1)
-                if number % ALIVE_EVERY == 0:
-                    with self.context.database.write() as connection:
-                        objects.still_alive(connection, time.time())
-            deleted += self.sweep_orphans(now, listings, {(key, name) for key, holders in claimed for name in holders},
-                                          progress)
+            deleted += self.sweep_orphans(now, listings, deleted_copies, token, progress)
         finally:
             with self.context.database.write() as connection:
-                objects.end_collection(connection)
+                objects.end_collection(connection, token)
         if deleted:
             log.info("Collected %d unused object(s) from the remotes", deleted)
         return deleted
+
+    def _keep_fence(self, token: str) -> bool:
+        """Before each delete: whether the fence is still this collection's. A
+        collection stopped for long (Ctrl-Z, a remote that hung) may have been
+        taken for dead, and uploads may have stored again what it claimed: it stops."""
+        now = time.time()
+        if now - self._fence_at < FENCE_REFRESH_S:
+            return True
+        if now - self._fence_at < objects.COLLECTION_STALE_S / 2:
+            with self.context.database.write() as connection:
+                if objects.still_alive(connection, now, token):
+                    self._fence_at = now
+                    return True
+        log.warning("Stopped collecting: this collection was held up for %.0f s and uploads may have gone on; the "
+                    "next round collects the rest", now - self._fence_at)
+        return False
 
     def _list_remotes(self) -> list:
         """(remote, its objects) for each remote that is ours and answering now."""
@@ -95,7 +114,8 @@ class Collector:
                 log.warning("Could not list %s for unused objects: %s", remote.name, error)
         return listings
 
-    def sweep_orphans(self, now: float, listings: list, deleted_copies: set[tuple[str, str]], progress=None) -> int:
+    def sweep_orphans(self, now: float, listings: list, deleted_copies: set[tuple[str, str]], token: str,
+                      progress=None) -> int:
         """Delete listed remote objects the state does not know, once older than the
         grace period; ``deleted_copies`` ((key, remote) of the claimed objects, listed
         before their rows went) are gone already."""
@@ -110,6 +130,8 @@ class Collector:
                 key = layout.parse_object_key(self.context.fs_id, remote_key)
                 if key is None or key in known or mtime > now - grace or (key, remote.name) in deleted_copies:
                     continue  # None: not one of our objects
+                if not self._keep_fence(token):
+                    return deleted
                 try:
                     remote.delete(remote_key)
                     deleted += 1

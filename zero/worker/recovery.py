@@ -16,7 +16,7 @@ import logging
 import os
 
 from zero.meta import reboot
-from zero.state import chunks
+from zero.state import chunks, objects
 from zero.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ def recover(context: WorkerContext) -> dict[str, int]:
         repaired["temp_files"] += 1
     with context.database.write() as connection:
         repaired.update(chunks.recover_interrupted(connection))
+        objects.release_fences_of(connection, os.getpid())  # a collection of this pid's earlier life
         for row in chunks.all_rows(connection):
             path = context.cache.chunk_path(row.ino, row.idx)
             if chunks.is_evictable(row) and not os.path.exists(path):

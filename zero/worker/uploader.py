@@ -252,14 +252,17 @@ class Uploader:
                 log.debug("Upload of chunk %d of inode %d postponed: %s", item.row.idx, item.row.ino, outcome)
                 unavailable = outcome
                 self._abort(connection, item.row)
+            # Only what finished records its copies: a chunk written during its upload is
+            # no longer 'uploading', so a collection may have begun and swept the copy it
+            # sent as an orphan (decision 88); that copy is left for the sweep.
+            finished = [(item, outcome) for item, outcome in landed if self._finish(connection, item)]
             # The rows of objects the collector took meanwhile come back first.
-            objects.record_intents(connection, {item.key: len(item.data) for item, _ in landed})
+            objects.record_intents(connection, {item.key: len(item.data) for item, _ in finished})
             objects.record_copies(connection, [(item.key, holder, blob_size)
-                                               for item, (blob_size, holders) in landed for holder in holders])
-            for item, _ in landed:
-                if self._finish(connection, item):
-                    uploaded += 1
-                    uploaded_bytes += len(item.data)
+                                               for item, (blob_size, holders) in finished for holder in holders])
+            for item, _ in finished:
+                uploaded += 1
+                uploaded_bytes += len(item.data)
             counters.bump_many(connection, {"uploads": uploaded, "uploaded_bytes": uploaded_bytes})
         self.uploaded_bytes += uploaded_bytes
         done += uploaded
