@@ -116,14 +116,22 @@ def cold(mount, args, round_no: int) -> str:
             f"for {chunks} chunks; {meter.spent()}")
 
 
+def _state_rows(mount, sql: str) -> list[tuple]:
+    """Rows of zero's state, read-only (WAL: readers never block zero's writers)."""
+    connection = sqlite3.connect(f"file:{mount.cache / 'state.sqlite3'}?mode=ro", uri=True)
+    try:
+        return connection.execute(sql).fetchall()
+    finally:
+        connection.close()
+
+
 def _state_figures(mount) -> tuple[int, int]:
     """(chunks the worker fetched so far, the chunk size). More fault-ins than a
     file has chunks for one read of it: some were fetched twice (evicted before
     they were read)."""
-    with sqlite3.connect(f"file:{mount.cache / 'state.sqlite3'}?mode=ro", uri=True) as connection:
-        fault_ins = connection.execute("SELECT value FROM counters WHERE name = 'fault_ins'").fetchone()
-        chunk_size = connection.execute("SELECT value FROM meta WHERE key = 'chunk_size'").fetchone()
-    return (fault_ins[0] if fault_ins else 0), int(chunk_size[0])
+    fault_ins = _state_rows(mount, "SELECT value FROM counters WHERE name = 'fault_ins'")
+    chunk_size = _state_rows(mount, "SELECT value FROM meta WHERE key = 'chunk_size'")
+    return (fault_ins[0][0] if fault_ins else 0), int(chunk_size[0][0])
 
 
 def create(mount, args, round_no: int) -> str:
@@ -143,8 +151,7 @@ def create(mount, args, round_no: int) -> str:
 
 def _fuse_calls(mount) -> dict[str, int]:
     """zero-fuse's calls by operation, as it publishes them (once a second)."""
-    with sqlite3.connect(f"file:{mount.cache / 'state.sqlite3'}?mode=ro", uri=True) as connection:
-        return dict(connection.execute("SELECT op, calls FROM fuse_ops"))
+    return dict(_state_rows(mount, "SELECT op, calls FROM fuse_ops"))
 
 
 def _calls_per_file(mount, before: dict[str, int], files: int) -> str:

@@ -11,7 +11,6 @@ mount would be left behind."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,28 +19,16 @@ from pathlib import Path
 
 import yaml
 
+from zero.fsutil import zero_mounts
+
 BIN = Path(sys.executable).parent
 MOUNT_TIMEOUT_S = 20.0
-
-
-def _unescape(field: bytes) -> str:
-    """A path as /proc/self/mountinfo writes it (space, tab, newline, backslash as octal escapes)."""
-    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match.group(1), 8)]), field))
 
 
 def zero_mount_ids(path) -> set[int]:
     """The kernel's ids of the zero FUSE mounts on ``path``, live or dead (other
     file systems mounted there do not count)."""
-    where = os.path.abspath(path)
-    found = set()
-    with open("/proc/self/mountinfo", "rb") as table:
-        for line in table:
-            # "<id> <parent> <major:minor> <root> <mount point> <options> [optional...] - <type> <source> ..."
-            fields, _, tail = line.partition(b" - ")
-            fields, tail = fields.split(), tail.split()
-            if tail and tail[0] == b"fuse.zero" and _unescape(fields[4]) == where:
-                found.add(int(fields[0]))
-    return found
+    return {mount_id for mount_id, _device in zero_mounts(path)}
 
 
 def zero_mounted(path) -> bool:

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from pathlib import Path
 
 from zero.fsutil import zero_mounts
 
-from workerkit import drop_caches, wait_until
+from workerkit import State, drop_caches, wait_until
 
 MIB = 1024 * 1024
 
 
 def published_reads(mount) -> tuple[int, int]:
     """(read calls, bytes read) zero-fuse has added to the state so far (it adds its counts once a second)."""
-    with sqlite3.connect(f"file:{mount.cache / 'state.sqlite3'}?mode=ro", uri=True) as state:
-        calls = state.execute("SELECT calls FROM fuse_ops WHERE op = 'read'").fetchone()
-        read = state.execute("SELECT value FROM counters WHERE name = 'fuse_read_bytes'").fetchone()
-    return (calls[0] if calls else 0), (read[0] if read else 0)
+    state = State(mount.cache)
+    calls = state.query("SELECT calls FROM fuse_ops WHERE op = 'read'")
+    read = state.query("SELECT value FROM counters WHERE name = 'fuse_read_bytes'")
+    return (calls[0][0] if calls else 0), (read[0][0] if read else 0)
 
 
 def test_a_sequential_read_reaches_zero_in_requests_of_a_mebibyte(make_mount):
