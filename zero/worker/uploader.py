@@ -242,7 +242,6 @@ class Uploader:
         sent = [self._only_ours(outcome, ours) for outcome in sent]
         unavailable = None
         landed = []
-        uploaded_bytes = uploaded = 0
         with context.database.write() as connection:
             for item, outcome in zip(to_send, sent):
                 if not isinstance(outcome, RemoteUnavailable):
@@ -254,15 +253,14 @@ class Uploader:
                 self._abort(connection, item.row)
             # Only what finished records its copies: a chunk written during its upload is
             # no longer 'uploading', so a collection may have begun and swept the copy it
-            # sent as an orphan (decision 88); that copy is left for the sweep.
+            # sent as an orphan (decision 88); that copy is left for the sweep. The rows of
+            # objects the collector took meanwhile come back (in this same transaction).
             finished = [(item, outcome) for item, outcome in landed if self._finish(connection, item)]
-            # The rows of objects the collector took meanwhile come back first.
             objects.record_intents(connection, {item.key: len(item.data) for item, _ in finished})
             objects.record_copies(connection, [(item.key, holder, blob_size)
                                                for item, (blob_size, holders) in finished for holder in holders])
-            for item, _ in finished:
-                uploaded += 1
-                uploaded_bytes += len(item.data)
+            uploaded = len(finished)
+            uploaded_bytes = sum(len(item.data) for item, _ in finished)
             counters.bump_many(connection, {"uploads": uploaded, "uploaded_bytes": uploaded_bytes})
         self.uploaded_bytes += uploaded_bytes
         done += uploaded
