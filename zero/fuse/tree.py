@@ -200,6 +200,8 @@ class Tree:
         More than one, and a change through one leaves the others' pages stale."""
         if inode.is_dir:
             return 1
+        if not self.hidden:  # the usual case, and open asks on every call: no lock, no scan
+            return inode.nlink
         with self.lock:
             hidden = sum(1 for names in self.hidden.values() for ino in names.values() if ino == inode.ino)
         return inode.nlink + hidden
