@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from zero.errors import CacheFormatError, StateConflict
-from zero.state import chunks, db, namespace, objects, remotes, requests, schema
+from zero.state import chunks, db, namespace, objects, pins, remotes, requests, schema
 from zero.state.schema import ChunkState
 
 D, U, C, R, F = (ChunkState.DIRTY, ChunkState.UPLOADING, ChunkState.CLEAN, ChunkState.REMOTE,
@@ -607,7 +607,7 @@ def test_eviction_refused_for_dirty_pinned_or_leased(database, ino):
             chunks.mark_evicted(connection, ino, 0)
     to_clean(database, ino, 1)
     with database.write() as connection:
-        chunks.set_pinned(connection, [ino], True)
+        pins.set_pinned(connection, [ino], True)
     with database.write() as connection:
         with pytest.raises(StateConflict):
             chunks.mark_evicted(connection, ino, 1)

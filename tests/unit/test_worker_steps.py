@@ -24,6 +24,7 @@ from zero.errors import RemoteUnavailable
 from zero.remote.local import LocalRemote
 from zero.remote.pool import RemotePool
 from zero.state import chunks, counters, db, namespace, objects, requests, schema
+from zero.state import pins as state_pins
 from zero.state.schema import ChunkState
 from zero.worker import pins
 from zero.worker.collector import Collector
@@ -394,7 +395,7 @@ def test_eviction_goes_least_recently_used_first_to_the_low_watermark(make_conte
     fuse_write(context, dirty, 0, chunk_data(11))
     order = [3, 0, 5, 1, 4, 2]  # least recently used first
     with context.database.write() as connection:
-        chunks.set_pinned(connection, [pinned], True)
+        state_pins.set_pinned(connection, [pinned], True)
         # The dirty and the pinned chunk are the oldest of all: age alone never evicts them.
         accesses = {(dirty, 0): 1.0, (pinned, 0): 2.0}
         accesses.update({(many, idx): 10.0 + rank for rank, idx in enumerate(order)})
@@ -435,7 +436,7 @@ def test_eviction_stops_when_only_dirty_and_pinned_chunks_are_left(make_context)
     fuse_write(context, dirty, 0, chunk_data(2))
     fuse_write(context, dirty, 1, chunk_data(3))
     with context.database.write() as connection:
-        chunks.set_pinned(connection, [pinned], True)
+        state_pins.set_pinned(connection, [pinned], True)
     evictor = Evictor(context)
     assert evictor.over_target()
     assert evictor.evict() == 0
@@ -845,7 +846,7 @@ def test_apply_pins_marks_a_pinned_tree_and_asks_for_its_remote_chunks(context):
             requests.request_fetch(connection, ino, 0, requests.READER)
         fetcher.fetch(ino, 0)
     with context.database.write() as connection:
-        chunks.set_pinned(connection, [outside], True)  # pinned once, since unpinned
+        state_pins.set_pinned(connection, [outside], True)  # pinned once, since unpinned
         connection.execute(schema.pins.insert().values(ino=tree, pinned_at=time.time()))
 
     assert pins.apply_pins(context) == 3

@@ -396,23 +396,6 @@ def set_stored_bytes(connection: Connection, ino: int, idx: int, stored_bytes: i
     connection.execute(update(_c).where(_c.c.ino == ino, _c.c.idx == idx).values(stored_bytes=stored_bytes))
 
 
-def set_pinned(connection: Connection, inos: Iterable[int], pinned: bool) -> int:
-    inos = list(inos)
-    total = 0
-    for start in range(0, len(inos), 500):
-        total += connection.execute(update(_c).where(_c.c.ino.in_(inos[start:start + 500]))
-                                    .values(pinned=pinned)).rowcount
-    return total
-
-
-def unpin_all(connection: Connection) -> int:
-    return connection.execute(update(_c).where(_c.c.pinned.is_(True)).values(pinned=False)).rowcount
-
-
-def remote_pinned(connection: Connection, limit: int) -> list[Row]:
-    return connection.execute(select(_c).where(_c.c.pinned.is_(True), _c.c.state == R.value).limit(limit)).all()
-
-
 def recently_evicted(connection: Connection, limit: int) -> list[Row]:
     """Remote chunks, most recently used first, each with its object's
     ``plain_bytes`` (what it will take in the cache): what priming brings back."""

@@ -4,12 +4,15 @@ the worker applies them to chunks.pinned."""
 from __future__ import annotations
 
 import time
+from typing import Iterable
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, Row, delete, insert, select, update
 
 from zero.state import chunks, namespace, schema
+from zero.state.chunkstate import ChunkState
 
 _p = schema.pins
+_c = schema.chunks
 
 
 def add(connection: Connection, inos) -> list[int]:
@@ -50,6 +53,27 @@ def apply(connection: Connection) -> set[int]:
     pinned: set[int] = set()
     for ino in roots(connection):
         pinned.update(namespace.descendants(connection, ino))
-    chunks.unpin_all(connection)
-    chunks.set_pinned(connection, pinned, True)
+    unpin_all_chunks(connection)
+    set_pinned(connection, pinned, True)
     return pinned
+
+
+# chunks.pinned: written only here (the evictor and the fetcher read it)
+
+def set_pinned(connection: Connection, inos: Iterable[int], pinned: bool) -> int:
+    inos = list(inos)
+    total = 0
+    for start in range(0, len(inos), 500):
+        total += connection.execute(update(_c).where(_c.c.ino.in_(inos[start:start + 500]))
+                                    .values(pinned=pinned)).rowcount
+    return total
+
+
+def unpin_all_chunks(connection: Connection) -> int:
+    return connection.execute(update(_c).where(_c.c.pinned.is_(True)).values(pinned=False)).rowcount
+
+
+def remote_pinned(connection: Connection, limit: int) -> list[Row]:
+    """Pinned chunks that are in the remotes only: what pinning fetches."""
+    return connection.execute(select(_c).where(_c.c.pinned.is_(True), _c.c.state == ChunkState.REMOTE.value)
+                              .limit(limit)).all()

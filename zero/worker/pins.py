@@ -16,7 +16,7 @@ def apply_pins(context: WorkerContext) -> int:
     pinned chunks that are remote. Returns how many fetches were queued."""
     with context.database.write() as connection:
         pins.apply(connection)
-        wanted = chunks.remote_pinned(connection, limit=10_000)
+        wanted = pins.remote_pinned(connection, limit=10_000)
         for row in wanted:
             requests.request_fetch(connection, row.ino, row.idx, requests.PIN)
     return len(wanted)
