@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import threading
 from pathlib import Path
 
 from support import EXPECTED_WARNINGS, ZeroMount
@@ -187,3 +189,94 @@ def test_what_fsync_returned_for_survives_a_kill_right_after_it(tmp_path):
     finally:
         problems = close_all(mounts)
     assert not problems, "zero logged unexpected warnings or errors:\n" + "\n".join(problems)
+
+
+def test_a_segment_stored_again_after_a_worker_crash_is_the_one_restored(tmp_path):
+    """The worker stores journal N on both remotes and dies before recording it. Meanwhile a
+    rename is fsynced. The restarted worker stores N again, now with the rename, while one
+    remote is away, and fsync returns. Losing the machine then, a restore that read the first
+    copy of N from the remote that was away lost the fsynced rename."""
+    away, near = tmp_path / "remote-away", tmp_path / "remote-near"
+    remotes = [local_remote(away) | {"name": "away"}, local_remote(near) | {"name": "near"}]
+    paused = tmp_path / "paused"
+    mounts, fsyncs = [], []
+    try:
+        first = ZeroMount(tmp_path / "first", remotes=remotes, metadataBackupInterval=3600, faultInTimeout=60)
+        mounts.append(first)
+        first.start_worker()
+        first.start_fuse()
+        keyfile = wait_until(lambda: next(first.root.glob("recovery-*.key"), None), 30, "the recovery key file")
+        early, second = os.urandom(100_000), os.urandom(100_000)
+        write_synced(first.mnt / "early", early)
+        assert first.stop_worker() == 0, first.worker_log()[-3000:]
+
+        # The segment fsync asks for reaches both remotes; the worker stops before recording it.
+        worker = first.start_worker(env={"ZERO_TEST_PAUSE_AT": "meta.stored", "ZERO_TEST_PAUSE_FILE": str(paused)})
+        fsyncs.append(background(write_synced, first.mnt / "second", second))
+        wait_until(lambda: paused.exists() or worker.poll() is not None, 60, "the worker to store a segment")
+        assert worker.poll() is None, first.worker_log()[-3000:]
+        # A rename, fsynced: its request waits for the worker.
+        os.rename(first.mnt / "early", first.mnt / "renamed")
+        fsyncs.append(background(fsync_path, first.mnt / "renamed"))
+        state = State(first.cache)
+        wait_until(lambda: state.query("SELECT count(*) FROM backup_requests")[0][0] == 2, 60,
+                   "the rename's fsync to ask for a segment")
+        first.kill_worker()
+
+        # One remote goes away; the restarted worker stores the segment again on the other.
+        away.rename(tmp_path / "remote-away.moved")
+        away.write_text("not a folder: this remote cannot be written while the test holds it away\n")
+        first.start_worker()
+        for thread in fsyncs:
+            thread.join(timeout=60)
+            assert not thread.is_alive(), "an fsync never returned after the worker's restart"
+            assert thread.error is None, f"an fsync failed: {thread.error!r}"
+
+        # The machine is lost right then; the remote that was away is back.
+        first.kill_worker()
+        first.kill_fuse()
+        shutil.rmtree(first.cache)
+        away.unlink()
+        (tmp_path / "remote-away.moved").rename(away)
+        restored = ZeroMount(tmp_path / "restored", remotes=remotes)
+        mounts.append(restored)
+        restored.zero("restore", str(restored.cache), "--recovery-key-file", str(keyfile), "--force", timeout=300)
+        restored.start_worker()
+        restored.start_fuse()
+        assert sorted(os.listdir(restored.mnt)) == ["renamed", "second"], "an fsynced change was not restored"
+        assert (restored.mnt / "renamed").read_bytes() == early
+        assert (restored.mnt / "second").read_bytes() == second
+    finally:
+        for thread in fsyncs:
+            thread.join(timeout=60)
+        close_all(mounts)
+
+
+class background(threading.Thread):
+    """Run ``work(*args)`` in a thread; ``error`` holds what it raised."""
+
+    def __init__(self, work, *args):
+        super().__init__(daemon=True)
+        self.work, self.args, self.error = work, args, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.work(*self.args)
+        except BaseException as error:  # noqa: BLE001 - the test reports it
+            self.error = error
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

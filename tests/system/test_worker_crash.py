@@ -33,7 +33,8 @@ import pytest
 
 from support import command
 from workerkit import KIB, State, deleted_chunk_files_held, drop_caches, settle_evicted, status_counters, wait_until
-from zero.worker.crashpoints import STEPS
+from zero.crashpoints import STEPS
+from zero.remote import layout
 
 CHUNK = 64 * KIB
 # faultInTimeout: a reader waits for its fault-in across a kill and a restart of the worker.
@@ -152,7 +153,7 @@ def evicted_chunks(m) -> list[tuple[int, int]]:
 
 
 class PausePoint:
-    """A process started with ZERO_TEST_PAUSE_AT=<step> (zero/worker/crashpoints.py)
+    """A process started with ZERO_TEST_PAUSE_AT=<step> (zero/crashpoints.py)
     stops at the step and says so by writing a file; the test waits for that file,
     looks at the state at exactly that step, then kills -9 or releases it."""
 
@@ -175,6 +176,17 @@ class PausePoint:
 def kill_paused(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=DEATH_TIMEOUT_S) == -signal.SIGKILL
+
+
+def metadata_sequences(remote: Path) -> list[int]:
+    """The sequence of every metadata segment (snapshot or journal) in a local-folder remote."""
+    found = []
+    for path in Path(remote).glob("*/meta/**/*"):
+        fs_id, key = path.relative_to(remote).parts[0], path.relative_to(remote).as_posix()
+        sequence = layout.parse_snapshot_key(fs_id, key) or layout.parse_journal_key(fs_id, key)
+        if sequence is not None:
+            found.append(sequence)
+    return sorted(found)
 
 
 def chunk_file(m, ino: int, idx: int) -> Path:
@@ -227,6 +239,11 @@ def check_paused_state(m, step: str, expected: dict[str, bytes]) -> None:
             assert chunk_file(m, ino, idx).read_bytes() == chunk_bytes(m, expected, ino, idx)
     elif step == "gc.claimed":
         pass  # checked by the caller, which knows which objects were doomed
+    elif step == "meta.stored":
+        committed = int(state.query("SELECT value FROM meta WHERE key = 'backup_sequence'")[0][0]
+                        if state.query("SELECT 1 FROM meta WHERE key = 'backup_sequence'") else 0)
+        stored = metadata_sequences(m.remote)
+        assert stored and max(stored) == committed + 1, f"committed {committed}, in the remote {stored}"
     else:
         raise AssertionError(f"no check for the crash point {step}: add one")
 
@@ -235,7 +252,8 @@ def check_paused_state(m, step: str, expected: dict[str, bytes]) -> None:
 def test_worker_killed_at_crash_point_recovers(make_mount, step):
     """The process pauses at exactly ``step``; the test checks the state there, kills
     it with SIGKILL, restarts the worker and checks recovery and every byte."""
-    m = make_mount(worker=False, **CONFIG)
+    # A metadata segment a second after the first change, instead of a minute.
+    m = make_mount(worker=False, **CONFIG, **({"metadataBackupInterval": 1} if step.startswith("meta.") else {}))
     state = State(m.cache)
     pause = PausePoint(m, step)
     reader_result: dict[str, object] = {}
@@ -322,7 +340,10 @@ def test_worker_killed_at_crash_point_recovers(make_mount, step):
             assert digest(reader_result["data"]) == digest(expected[reader_result["name"]])
         if step == "evict.unlinked":
             assert reader_result.get("patched"), reader_result
-    if step != "gc.claimed":
+    if step == "meta.stored":
+        wait_until(lambda: "never recorded; storing a full snapshot" in m.worker_log(), 30,
+                   "the restarted worker to store a snapshot after the segment it never recorded")
+    elif step != "gc.claimed":
         wait_until(lambda: "Recovered from an unclean stop" in m.worker_log(), 30,
                    "the restarted worker to report its recovery")
     finish_and_check(m, expected)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from zero import wakeup
+from zero import crashpoints, wakeup
 from zero.cachedir import CacheDir
 from zero.config import Config, RemoteSpec
 from zero.errors import ObjectCorrupt, RemoteUnavailable, RestoreError, WorkerUnavailable, WrongSecret
@@ -258,7 +258,42 @@ def test_no_remote_taking_it_changes_nothing(context, monkeypatch):
     monkeypatch.undo()
     with context.database.read() as connection:
         assert changelog.has_changes(connection)
-    assert worker.back_up() == 2
+    # A put that failed may still have landed (a timeout after the store): 2 is never reused.
+    assert worker.back_up() == 3
+    assert layout.snapshot_key(context.fs_id, 3) in meta_keys(context, 0)
+
+
+def test_a_segment_stored_before_a_crash_is_never_stored_again_under_its_number(context, monkeypatch):
+    """Killed after the puts, before the commit: the copies of journal 2 stay as they are, and
+    the next attempt is a snapshot numbered 3 (a second journal 2, holding later changes that
+    fsync was told are safe, could be missed by a restore reading a remote's first copy)."""
+    worker = MetadataBackup(context)
+    worker.back_up()
+    make_inode(context, b"x")
+
+    class Killed(BaseException):
+        pass
+
+    def die(step):
+        if step == "meta.stored":
+            raise Killed(step)
+
+    monkeypatch.setattr(crashpoints, "crash", die)
+    with pytest.raises(Killed):
+        worker.back_up()
+    monkeypatch.undo()
+    assert layout.journal_key(context.fs_id, 2) in meta_keys(context, 0)
+    stored = []
+    for remote in context.pool.remotes:
+        monkeypatch.setattr(remote, "put", lambda key, data, put=remote.put: (stored.append(key), put(key, data)))
+    make_inode(context, b"y")
+    assert worker.back_up() == 3
+    assert set(stored) == {layout.snapshot_key(context.fs_id, 3)}, stored
+    # The snapshot supersedes the first copy of 2 wherever it landed; pruning then drops it.
+    assert layout.journal_key(context.fs_id, 2) not in meta_keys(context, 0)
+    make_inode(context, b"z")
+    assert worker.back_up() == 4
+    assert layout.journal_key(context.fs_id, 4) in meta_keys(context, 0)  # journals again once committed
 
 
 # --- restore's refusals ---------------------------------------------------------------------------------

@@ -5,10 +5,13 @@ snapshots snapshotRetention no longer keeps deleted.
 One step, ``back_up``: read the changes (or everything, for a snapshot) in one
 read transaction, seal the segment with the codec, store it on every remote
 that takes it, then, in one write transaction, advance the sequence, trim the
-changelog, answer fsync's requests and record the restore point. A crash
-before that commit leaves a segment in the remotes that the next attempt
-stores again under the same number with a superset of its changes; either
-copy is a consistent state, so restoring from it is right (docs/dev/metadata_backup.md).
+changelog, answer fsync's requests and record the restore point. A number is
+never stored twice: the attempt is recorded before anything is sent, and
+after an attempt that was not committed (a crash, or no remote took it) the
+next segment takes the next number and is a full snapshot. A second copy under
+the same number would hold changes that fsync was told are safe, and a remote
+that kept only the first copy would restore without them (decision 89,
+docs/dev/metadata_backup.md).
 
 ``context`` is anything with database, pool, codec, fs_id and config (the
 worker's context, or restore's).
@@ -20,7 +23,7 @@ import logging
 import threading
 import time
 
-from zero import wakeup
+from zero import crashpoints, wakeup
 from zero.errors import RemoteUnavailable, WorkerUnavailable
 from zero.meta import retention
 from zero.meta.segment import JOURNAL, SNAPSHOT, Segment, encode
@@ -30,6 +33,7 @@ from zero.state import changelog, db as state_db
 log = logging.getLogger(__name__)
 
 SEQUENCE_META = "backup_sequence"            # the last segment stored in a remote
+ATTEMPT_META = "backup_attempt"              # the last number sent (or maybe sent) to a remote
 COVERED_META = "backup_covered"              # changelog seq that segment covers
 SNAPSHOT_META = "backup_snapshot_sequence"   # the last snapshot's sequence
 NEEDS_SNAPSHOT_META = "backup_needs_snapshot"  # "1": a remote missed a segment, or the state was restored
@@ -71,8 +75,12 @@ class MetadataBackup:
             raise RemoteUnavailable("this cache is not the filesystem's writer; its metadata is not backed up")
         settings = self._settings()
         now = self.clock()
-        snapshot = force_snapshot or self.snapshot_due(settings, now)
-        sequence = int(settings.get(SEQUENCE_META, 0)) + 1
+        committed, attempted = int(settings.get(SEQUENCE_META, 0)), int(settings.get(ATTEMPT_META, 0))
+        # An attempt that was never committed may be in some remotes: it keeps its number, and
+        # a snapshot under the next one supersedes it wherever this one lands.
+        uncommitted = attempted > committed
+        snapshot = force_snapshot or uncommitted or self.snapshot_due(settings, now)
+        sequence = max(committed, attempted) + 1
         begin_at = self.clock()
         with self.context.database.read() as connection:
             covered = changelog.current_sequence(connection)
@@ -89,6 +97,11 @@ class MetadataBackup:
         end_at = self.clock()
         blob = self.context.codec.seal(encode(segment))
         key = (layout.snapshot_key if snapshot else layout.journal_key)(self.context.fs_id, sequence)
+        with self.context.database.write() as connection:
+            state_db.set_meta(connection, ATTEMPT_META, str(sequence))
+        if uncommitted:
+            log.info("Metadata segment %d was sent before a stop or a failure and never recorded; storing a full "
+                     "snapshot as %d so no remote keeps it as the newest state", attempted, sequence)
         stored, refused, skipped = [], [], []
         usable = self.context.pool.durable_names()
         for remote in self.context.pool.remotes:
@@ -104,6 +117,7 @@ class MetadataBackup:
         if not stored:
             raise RemoteUnavailable(f"no remote took metadata {segment.kind} {sequence}: "
                                     f"{'; '.join(refused + skipped)}")
+        crashpoints.crash("meta.stored")
         with self.context.database.write() as connection:
             state_db.set_meta(connection, SEQUENCE_META, str(sequence))
             state_db.set_meta(connection, COVERED_META, str(max(covered, int(settings.get(COVERED_META, 0)))))

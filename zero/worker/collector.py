@@ -17,7 +17,7 @@ import time
 from zero.errors import RemoteUnavailable
 from zero.remote import layout
 from zero.state import counters, objects
-from zero.worker import crashpoints
+from zero import crashpoints
 from zero.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)

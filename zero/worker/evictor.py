@@ -14,7 +14,7 @@ import time
 
 from zero.errors import StateConflict
 from zero.state import chunks, counters, objects
-from zero.worker import crashpoints
+from zero import crashpoints
 from zero.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import time
 from zero.fsutil import disk_bytes
 from zero.errors import ObjectCorrupt, ObjectMissing, RemoteUnavailable, StateConflict
 from zero.state import chunks, counters, namespace, objects, quarantine, requests
-from zero.worker import crashpoints
+from zero import crashpoints
 from zero.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from zero.fsutil import disk_bytes
 from zero.errors import CollectionUnderWay, RemoteUnavailable, StateConflict
 from zero.state import chunks, counters, objects, requests
-from zero.worker import crashpoints
+from zero import crashpoints
 from zero.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)

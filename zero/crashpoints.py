@@ -33,6 +33,7 @@ STEPS = (
     "fetch.downloaded",     # verified temp file in <cache>/tmp, not renamed
     "fetch.renamed",        # file renamed into place, transaction not committed
     "gc.claimed",           # object rows deleted, remote copies still there
+    "meta.stored",          # metadata segment in the remotes, its sequence not committed
 )
 
 # A paused process that nobody releases or kills (its test died) ends itself.
