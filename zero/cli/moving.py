@@ -35,6 +35,9 @@ def move_off(context, key: str, source: str, command: str, always_copy: bool) ->
                             "once the other remotes answer") from None
         size = size or len(blob)
     with context.database.write() as connection:
+        if objects.get(connection, key) is None:
+            # Collected while it was copied: the copies just made are orphans the next sweep deletes.
+            return size
         for name in added:
             objects.record_copy(connection, key, name, size)
         objects.forget_copy(connection, key, source)
