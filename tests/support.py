@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -197,3 +198,15 @@ EXPECTED_WARNINGS = (
     "zero-worker is not running",
     "Ignoring invalid max threads value",
 )
+
+
+def damage_table(state: Path, table: str) -> None:
+    """Overwrite the root page of ``table`` in a state database (checkpointed first), as a
+    disk that lost a block would: the file still opens, reading the table fails."""
+    with sqlite3.connect(state) as other:
+        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (root,) = other.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+        (page_size,) = other.execute("PRAGMA page_size").fetchone()
+    with open(state, "r+b") as file:
+        file.seek((root - 1) * page_size)
+        file.write(b"\xa5" * page_size)

@@ -92,6 +92,10 @@ class DiskFull(ZeroError):
     """The cache disk has no room left for data or for the state's commits."""
 
 
+class StateUnavailable(ZeroError):
+    """The state database failed for a reason outside zero: the disk, its permissions, damage."""
+
+
 class WrongSecret(ZeroError):
     """The passphrase or recovery key does not open the sealed data keys."""
 

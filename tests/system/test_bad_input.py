@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ZeroMount, command, unmount_if_mounted, zero_mount_ids, zero_mounted
+from support import ZeroMount, command, damage_table, unmount_if_mounted, zero_mount_ids, zero_mounted
 from zero.state import db as state_db
 
 ERROR_TIMEOUT_S = 30
@@ -181,6 +181,26 @@ def test_a_state_database_that_is_not_one_is_refused_and_left_as_it_was(tmp_path
         result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=ERROR_TIMEOUT_S)
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         assert "not an SQLite database" in result.stderr and "zero restore" in result.stderr, result.stderr
+    assert hashlib.sha256(state.read_bytes()).hexdigest() == before
+
+
+def test_a_state_database_damaged_inside_is_a_sentence_not_a_traceback(tmp_path, mnt, cache, make_mount):
+    """The file opens (its header is whole) but a table's page is damaged: zero-fuse,
+    `zero status` and `zero fsck` printed SQLAlchemy's traceback. Each now names the
+    file, says it is damaged, and how to get the filesystem back; the file is left as it was."""
+    made = make_mount(worker=False)
+    for n in range(300):
+        (made.mnt / f"file-{n:04d}-{'x' * 60}").write_bytes(b"")
+    made.close()
+    state = made.cache / "state.sqlite3"
+    damage_table(state, "inodes")
+    before = hashlib.sha256(state.read_bytes()).hexdigest()
+
+    refusal(run_fuse(tmp_path, mnt, made.cache, env=made.env), str(state), "is damaged", "zero restore")
+    for args in ([command("zero"), "status", str(made.cache)], [command("zero"), "fsck", str(made.cache)]):
+        result = subprocess.run(args, capture_output=True, text=True, env=made.env, timeout=ERROR_TIMEOUT_S)
+        assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout, result.stderr
+        assert "is damaged" in result.stderr and "zero restore" in result.stderr, result.stderr
     assert hashlib.sha256(state.read_bytes()).hexdigest() == before
 
 

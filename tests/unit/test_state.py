@@ -10,7 +10,8 @@ import types
 import pytest
 from sqlalchemy import insert, select
 
-from zero.errors import CacheFormatError, StateConflict
+from support import damage_table
+from zero.errors import CacheFormatError, DatabaseBusy, StateConflict, StateUnavailable
 from zero.state import chunks, db, namespace, objects, pins, remotes, requests, schema
 from zero.state.schema import ChunkState
 
@@ -173,7 +174,7 @@ def test_writes_go_on_after_a_failed_statement_a_failed_step_and_a_lock_not_had(
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process writing for longer than the busy timeout
     try:
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
+        with pytest.raises(DatabaseBusy, match="stayed locked by another process"):
             with database.write() as connection:
                 db.set_meta(connection, "late", "2")
     finally:
@@ -850,3 +851,28 @@ def test_durable_checkpoint_fsyncs_the_wal_even_when_a_reader_blocks_the_checkpo
             make_file(connection, namespace.ROOT_INO, b"committed")
         database.durable_checkpoint()
     assert f"{path}-wal" in synced
+
+
+def test_a_damaged_page_is_a_sentence_and_a_wrong_statement_stays_a_traceback(database, path):
+    """SQLite's errors from outside zero (damage, here) say what happened and what to do;
+    an error in a statement zero wrote is a bug and keeps SQLAlchemy's exception."""
+    with database.write() as connection:
+        for n in range(2000):
+            make_file(connection, namespace.ROOT_INO, f"file-{n:05d}-{'x' * 40}".encode())
+    database.durable_checkpoint()
+    database.dispose()
+    damage_table(path, "inodes")
+    damaged = db.Database(path)
+    try:
+        with pytest.raises(StateUnavailable, match=r"is damaged .* zero restore"):
+            with damaged.read() as connection:
+                namespace.totals(connection)
+        with pytest.raises(StateUnavailable, match="the change was not saved"):
+            with damaged.write() as connection:
+                make_file(connection, namespace.ROOT_INO, b"one more")
+        from sqlalchemy import exc
+        with pytest.raises(exc.OperationalError, match="no such table"):
+            with damaged.read() as connection:
+                connection.exec_driver_sql("SELECT * FROM no_such_table")
+    finally:
+        damaged.dispose()

@@ -23,7 +23,7 @@ from typing import Iterator
 from sqlalchemy import Connection, create_engine, event, exc, insert, select, update
 from sqlalchemy.pool import QueuePool
 
-from zero.errors import CacheFormatError, DatabaseBusy, DiskFull
+from zero.errors import CacheFormatError, DatabaseBusy, DiskFull, StateUnavailable, ZeroError
 from zero.state import changelog, schema
 from zero.state.chunkstate import StateWriteGuard
 
@@ -138,19 +138,57 @@ class Database:
                 raise
             finally:
                 self._write_depth -= 1
-        except exc.OperationalError as error:
-            if getattr(error.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-                raise DiskFull(f"the disk holding {self.path} is full, so the change was not saved; "
-                               "free space there (zero-worker frees cache space as it uploads)") from None
-            raise
+        except (exc.DBAPIError, sqlite3.Error) as error:
+            failure = self._failure(error, "the change was not saved")
+            if failure is None:
+                raise
+            raise failure from error
         finally:
             self._write_lock.release()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as connection:
-            with connection.begin():
-                yield connection
+        try:
+            with self.engine.connect() as connection:
+                with connection.begin():
+                    yield connection
+        except (exc.DBAPIError, sqlite3.Error) as error:
+            failure = self._failure(error, "nothing was changed")
+            if failure is None:
+                raise
+            raise failure from error
+
+    def _failure(self, error: Exception, outcome: str) -> ZeroError | None:
+        """SQLite's error, when the cause is outside zero (the disk, a lock held too
+        long, damage), as a sentence saying what happened and what to do; None
+        for the others (a statement zero got wrong), which stay tracebacks."""
+        original = getattr(error, "orig", error)
+        code = getattr(original, "sqlite_errorcode", None)
+        if code is None:
+            if not (isinstance(original, sqlite3.OperationalError) and "locked" in str(original)):
+                return None
+            code = sqlite3.SQLITE_BUSY  # BEGIN IMMEDIATE retried until the deadline (_on_begin_write)
+        primary = code & 0xFF
+        if primary == sqlite3.SQLITE_FULL:
+            return DiskFull(f"the disk holding {self.path} is full, so {outcome}; free space there "
+                            "(zero-worker frees cache space as it uploads)")
+        if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return DatabaseBusy(f"the cache's state database {self.path} stayed locked by another process for "
+                                f"{BUSY_TIMEOUT_S:.0f}s, so {outcome}. A zero command (fsck --repair, gc) or a stuck "
+                                f"zero-fuse or zero-worker holds it: try again once it is done")
+        if primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            what = (f"the cache's state database {self.path} is damaged ({original})" if primary == sqlite3.SQLITE_CORRUPT
+                    else f"{self.path} is not an SQLite database zero can read ({original}): it was damaged, or it "
+                         f"is not zero's")
+            return StateUnavailable(
+                f"{what}, so {outcome}. To get the filesystem back from its metadata backups in the remotes: stop "
+                f"zero-fuse and zero-worker, move it aside (mv {self.path} {self.path}.damaged) and run: "
+                f"zero restore <a new cache folder>")
+        if primary in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM):
+            return StateUnavailable(f"the cache's state database {self.path} could not be used ({original}), so "
+                                    f"{outcome}. Check the disk holding it: that it is mounted read-write, its "
+                                    f"permissions, and the kernel log (dmesg) for I/O errors")
+        return None
 
     def single_read(self, sql: str, params: tuple = ()) -> tuple | None:
         """The first row of one read-only statement, outside any transaction:
@@ -277,15 +315,9 @@ def open_database(path: Path, chunk_size_bytes: int | None = None, root_uid: int
     database = Database(path)
     try:
         return _open_or_format(database, path, chunk_size_bytes, root_uid, root_gid)
-    except exc.DatabaseError as error:
-        if getattr(error.orig, "sqlite_errorcode", None) not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
-            raise
-        database.dispose()
-        raise CacheFormatError(
-            f"{path} is not an SQLite database zero can read ({error.orig}): it was damaged, or it is not "
-            f"zero's. Nothing was changed. To get the filesystem back from its metadata backups in the "
-            f"remotes, move it aside (mv {path} {path}.damaged) and run: zero restore <a new cache folder>"
-        ) from None
+    except StateUnavailable:
+        database.dispose()  # damaged, or not a database (decision 87): the sentence says what to do
+        raise
 
 
 def _open_or_format(database: Database, path: Path, chunk_size_bytes: int | None, root_uid: int,
