@@ -8,10 +8,9 @@ its own when scrubRate is set)."""
 
 from __future__ import annotations
 
-import sys
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from tqdm import tqdm
-
+from zero.cli import progress
 from zero.cli.common import find_cache, human
 from zero.state import quarantine
 
@@ -36,8 +35,9 @@ def scrub(args, config) -> int:
         keeper.refresh()
         with context.database.read() as connection:
             total_copies, total_bytes = quarantine.copies_total(connection)
-        with tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="scrubbing",
-                  disable=not sys.stderr.isatty()) as bar:
+        # A bad copy's warning goes above the bar, not into its line.
+        with progress.bar(total_bytes, unit="B", desc="scrubbing", unit_scale=True, unit_divisor=1024) as bar, \
+                logging_redirect_tqdm():
             summary = Scrubber(context, keeper.still_ours).scrub_all(lambda copies, size: bar.update(size))
     finally:
         context.database.dispose()
