@@ -1044,6 +1044,24 @@ def test_a_collection_that_died_holding_the_fence_does_not_stop_uploads(context)
     upload_all(context)
 
 
+def test_a_collection_in_another_pid_namespace_holds_its_fence_until_it_is_stale(context):
+    """`zero gc --delete` in a container beside a worker outside it (or the reverse): its
+    pid means nothing here, so a pid that is gone here must not take its fence down."""
+    dead = _a_pid_that_is_gone()
+    elsewhere = f"{dead} {'0' * 16} {objects.pid_namespace()}-elsewhere"
+    with context.database.write() as connection:
+        connection.exec_driver_sql("INSERT INTO meta (key, value) VALUES (?, ?)",
+                                   (objects.COLLECTION_KEY, f"{time.time()!r} {elsewhere}"))
+        assert objects.collection_under_way(connection, time.time())
+        objects.release_fences_of(connection, dead)  # a worker here with that pid: not the same process
+        assert objects.collection_under_way(connection, time.time())
+        assert not objects.collection_under_way(connection, time.time() + objects.COLLECTION_STALE_S + 1)
+        here = f"{dead} {'0' * 16} {objects.pid_namespace()}"
+        connection.exec_driver_sql("UPDATE meta SET value = ? WHERE key = ?",
+                                   (f"{time.time()!r} {here}", objects.COLLECTION_KEY))
+        assert not objects.collection_under_way(connection, time.time())  # here, the pid is gone
+
+
 def _a_pid_that_is_gone() -> int:
     child = subprocess.Popen(["true"])
     child.wait()

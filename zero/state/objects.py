@@ -114,13 +114,23 @@ def mark_unreferenced(connection: Connection, now: float) -> int:
 # had claimed would have its copy deleted after it called the chunk clean. A collection
 # whose process is gone holds nothing; one that stopped saying it is alive lets go after
 # COLLECTION_STALE_S.
-COLLECTION_KEY = "collection_under_way"  # meta: "<unix time it last said it was alive> <pid> <nonce>"
+COLLECTION_KEY = "collection_under_way"  # meta: "<unix time it last said it was alive> <pid> <nonce> <pid ns>"
 COLLECTION_STALE_S = 900.0
 
 
+def pid_namespace() -> str:
+    """Which pid namespace this process's pids are numbers in: a `zero gc` in a container
+    and a worker outside it (or the reverse) cannot check each other's pid."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "unknown"
+
+
 def collection_token() -> str:
-    """Names one collection: its process and a nonce (a restarted process may get the same pid)."""
-    return f"{os.getpid()} {secrets.token_hex(8)}"
+    """Names one collection: its process (in its pid namespace) and a nonce (a restarted
+    process may get the same pid)."""
+    return f"{os.getpid()} {secrets.token_hex(8)} {pid_namespace()}"
 
 
 def begin_collection(connection: Connection, now: float, token: str) -> bool:
@@ -150,7 +160,8 @@ def end_collection(connection: Connection, token: str) -> None:
 def release_fences_of(connection: Connection, pid: int) -> None:
     """At zero-worker's start: a fence its earlier life (same pid, a container's
     pid 1) left behind when killed holds nothing."""
-    connection.exec_driver_sql("DELETE FROM meta WHERE key = ? AND value LIKE ?", (COLLECTION_KEY, f"% {pid} %"))
+    connection.exec_driver_sql("DELETE FROM meta WHERE key = ? AND value LIKE ?",
+                               (COLLECTION_KEY, f"% {pid} % {pid_namespace()}"))
 
 
 def collection_under_way(connection: Connection, now: float) -> bool:
@@ -158,8 +169,11 @@ def collection_under_way(connection: Connection, now: float) -> bool:
     row = connection.exec_driver_sql("SELECT value FROM meta WHERE key = ?", (COLLECTION_KEY,)).first()
     if row is None:
         return False
-    alive_at, pid, _nonce = row[0].split()
-    return now - float(alive_at) < COLLECTION_STALE_S and _running(int(pid))
+    alive_at, pid, _nonce, *namespace = row[0].split()
+    if now - float(alive_at) >= COLLECTION_STALE_S:
+        return False
+    # A pid from another pid namespace names another process here, or none: only time tells.
+    return _running(int(pid)) if namespace in ([], [pid_namespace()]) else True
 
 
 def _running(pid: int) -> bool:
