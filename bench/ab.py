@@ -72,8 +72,15 @@ def read(mount, args, round_no: int) -> float:
     return args.size_mib / (time.perf_counter() - started)
 
 
+def delete(mount, args, round_no: int) -> float:
+    """rm -r of the folder this round's create made."""
+    started = time.perf_counter()
+    shutil.rmtree(mount.mnt / f"create-{round_no}")
+    return args.files / (time.perf_counter() - started)
+
+
 WORKLOADS = {"create": (create, "files/s"), "stat": (stat, "files/s"), "write": (write, "MiB/s"),
-             "read": (read, "MiB/s")}
+             "read": (read, "MiB/s"), "delete": (delete, "files/s")}
 
 
 def prepare(mount, args) -> None:
@@ -94,7 +101,10 @@ def main(argv=None) -> int:
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--base-dir", type=Path, default=None)
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help=f"which, in this order (default: all: {','.join(WORKLOADS)}; delete needs create)")
     args = parser.parse_args(argv)
+    chosen = {name: WORKLOADS[name] for name in args.workloads.split(",")}
     trees = {"base": args.base.resolve(), "new": args.new.resolve()}
     for name, tree in trees.items():
         if not (tree / "zero" / "__init__.py").exists():
@@ -115,15 +125,15 @@ def main(argv=None) -> int:
             os.environ["PYTHONPATH"] = saved
         for mount in mounts.values():
             prepare(mount, args)
-        figures = {name: {workload: [] for workload in WORKLOADS} for name in mounts}
+        figures = {name: {workload: [] for workload in chosen} for name in mounts}
         for round_no in range(args.rounds):
             # Who goes first alternates: the second of a pair meets a warmer machine.
             order = list(mounts) if round_no % 2 == 0 else list(mounts)[::-1]
-            for workload, (measure, _unit) in WORKLOADS.items():
+            for workload, (measure, _unit) in chosen.items():
                 for name in order:
                     figures[name][workload].append(measure(mounts[name], args, round_no))
         print(f"{args.rounds} round(s); medians, and the median of the rounds' new / base")
-        for workload, (_measure, unit) in WORKLOADS.items():
+        for workload, (_measure, unit) in chosen.items():
             base, new = figures["base"][workload], figures["new"][workload]
             ratios = [n / b for b, n in zip(base, new)]
             print(f"{workload:7s} base {statistics.median(base):9.0f} {unit:8s} new {statistics.median(new):9.0f} "

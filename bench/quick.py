@@ -149,17 +149,36 @@ def create(mount, args, round_no: int) -> str:
     return f"create {args.files / took:.0f} files/s; {spent}; {_calls_per_file(mount, calls_before, args.files)}"
 
 
+def delete(mount, args, round_no: int) -> str:
+    """`--files` small files made (untimed), then removed as `rm -r` does (shutil.rmtree)."""
+    folder = mount.mnt / f"doomed-{round_no}"
+    folder.mkdir()
+    data = os.urandom(4096)
+    for i in range(args.files):
+        with open(folder / f"f{i:06d}", "wb") as out:
+            out.write(data)
+    meter = CpuMeter(mount)
+    calls_before = _fuse_calls(mount)
+    started = time.perf_counter()
+    shutil.rmtree(folder)
+    took = time.perf_counter() - started
+    spent = meter.spent()
+    return (f"delete {args.files / took:.0f} files/s; {spent}; "
+            f"{_calls_per_file(mount, calls_before, args.files, done_by='unlink')}")
+
+
 def _fuse_calls(mount) -> dict[str, int]:
     """zero-fuse's calls by operation, as it publishes them (once a second)."""
     return dict(_state_rows(mount, "SELECT op, calls FROM fuse_ops"))
 
 
-def _calls_per_file(mount, before: dict[str, int], files: int) -> str:
-    """The calls into zero-fuse each file cost, once zero-fuse published them all."""
+def _calls_per_file(mount, before: dict[str, int], files: int, done_by: str = "release") -> str:
+    """The calls into zero-fuse each file cost, once zero-fuse published them all
+    (``done_by``: the call each file ends with)."""
     deadline = time.monotonic() + 10
     while True:
         after = _fuse_calls(mount)
-        if after.get("release", 0) - before.get("release", 0) >= files or time.monotonic() > deadline:
+        if after.get(done_by, 0) - before.get(done_by, 0) >= files or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     per_file = {op: (calls - before.get(op, 0)) / files for op, calls in sorted(after.items())}
@@ -214,7 +233,8 @@ def namespace(mount, args, round_no: int) -> str:
             f"zero-fuse RSS {rss:.0f} MiB, peak {peak:.0f} MiB")
 
 
-WORKLOADS = {"write": write, "read": read, "cold": cold, "create": create, "namespace": namespace, "sync": sync}
+WORKLOADS = {"write": write, "read": read, "cold": cold, "create": create, "delete": delete, "namespace": namespace,
+             "sync": sync}
 
 
 def main(argv=None) -> int:

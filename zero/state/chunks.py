@@ -17,7 +17,7 @@ from typing import Iterable
 from sqlalchemy import Connection, Row, delete, func, select, update
 
 from zero.errors import StateConflict
-from zero.state import quarantine, schema
+from zero.state import db, quarantine, schema
 from zero.state.chunkstate import (
     CREATED, EVICTABLE, LOCAL, NEEDS_FETCH, RESTORED, UNUPLOADED, ChunkState, Owner, StateWriteGuard, check_move,
 )
@@ -122,28 +122,25 @@ def take_lease(connection: Connection, ino: int, idx: int, pinned: bool = False,
     clean chunk, inside this transaction, before the row turns dirty (fuse
     syncs the file there, decision 76). Runs on the first write to every chunk.
     """
-    row = connection.exec_driver_sql("SELECT state, version FROM chunks WHERE ino = ? AND idx = ?",
-                                     (ino, idx)).first()
+    row = db.run(connection, "SELECT state, version FROM chunks WHERE ino = ? AND idx = ?", (ino, idx)).fetchone()
     if row is None:
-        connection.exec_driver_sql(
-            "INSERT INTO chunks (ino, idx, state, version, leased, stored_bytes, last_access, pinned) "
-            "VALUES (?, ?, ?, 1, 1, 0, ?, ?)", (ino, idx, CREATED[FUSE].value, time.time(), pinned))
+        db.run(connection, "INSERT INTO chunks (ino, idx, state, version, leased, stored_bytes, last_access, pinned) "
+                           "VALUES (?, ?, ?, 1, 1, 0, ?, ?)", (ino, idx, CREATED[FUSE].value, time.time(), pinned))
         return Readiness.HERE
-    state = ChunkState(row.state)
+    state, version = ChunkState(row[0]), row[1]
     if state in NEEDS_FETCH:
         return Readiness.FETCH
     if state in EVICTABLE and not file_exists():
         return Readiness.EVICTION_UNFINISHED
-    transition(connection, FUSE, [state], D, ino=ino, idx=idx, values={"leased": 1, "version": row.version + 1})
+    transition(connection, FUSE, [state], D, ino=ino, idx=idx, values={"leased": 1, "version": version + 1})
     return Readiness.HERE
 
 
 def lease_new_chunk(connection: Connection, ino: int, idx: int) -> None:
     """The lease of a chunk that cannot have a row yet (a file being created),
     taken in the create's own transaction: the first write then costs no commit."""
-    connection.exec_driver_sql(
-        "INSERT INTO chunks (ino, idx, state, version, leased, stored_bytes, last_access, pinned) "
-        "VALUES (?, ?, ?, 1, 1, 0, ?, 0)", (ino, idx, CREATED[FUSE].value, time.time()))
+    db.run(connection, "INSERT INTO chunks (ino, idx, state, version, leased, stored_bytes, last_access, pinned) "
+                       "VALUES (?, ?, ?, 1, 1, 0, ?, 0)", (ino, idx, CREATED[FUSE].value, time.time()))
 
 
 def drop_unwritten(connection: Connection, ino: int, indexes: Iterable[int]) -> None:
@@ -151,7 +148,7 @@ def drop_unwritten(connection: Connection, ino: int, indexes: Iterable[int]) -> 
     nothing to upload, and a row without a file would read as a hole anyway."""
     params = [(ino, idx) for idx in indexes]
     if params:
-        connection.exec_driver_sql("DELETE FROM chunks WHERE ino = ? AND idx = ? AND leased = 1", params)
+        db.run_many(connection, "DELETE FROM chunks WHERE ino = ? AND idx = ? AND leased = 1", params)
 
 
 def release_leases(connection: Connection, ino: int, indexes: Iterable[int],
@@ -162,8 +159,7 @@ def release_leases(connection: Connection, ino: int, indexes: Iterable[int],
     now = time.time()
     params = [((written_at or {}).get(idx, now), ino, idx) for idx in indexes]
     if params:
-        connection.exec_driver_sql("UPDATE chunks SET leased = 0, last_access = ? WHERE ino = ? AND idx = ?",
-                                   params)
+        db.run_many(connection, "UPDATE chunks SET leased = 0, last_access = ? WHERE ino = ? AND idx = ?", params)
 
 
 def release_all_leases(connection: Connection) -> int:

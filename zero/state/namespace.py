@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Row, delete, func, insert, select, update
 
-from zero.state import schema
+from zero.state import db, schema
 
 if TYPE_CHECKING:
     from zero.state.db import Database
@@ -77,24 +77,22 @@ def _columns(values: dict) -> list[str]:
 
 def insert_inode(connection: Connection, **values) -> int:
     names = _columns(values)
-    result = connection.exec_driver_sql(
-        f"INSERT INTO inodes ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-        tuple(values[name] for name in names))
-    return result.lastrowid
+    return db.run(connection, f"INSERT INTO inodes ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                  tuple(values[name] for name in names)).lastrowid
 
 
 def update_inode(connection: Connection, ino: int, **values) -> None:
     names = _columns(values)
-    connection.exec_driver_sql(f"UPDATE inodes SET {', '.join(f'{name} = ?' for name in names)} WHERE ino = ?",
-                               (*(values[name] for name in names), ino))
+    db.run(connection, f"UPDATE inodes SET {', '.join(f'{name} = ?' for name in names)} WHERE ino = ?",
+           (*(values[name] for name in names), ino))
 
 
 def insert_dentry(connection: Connection, parent: int, name: bytes, ino: int) -> None:
-    connection.exec_driver_sql("INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)", (parent, name, ino))
+    db.run(connection, "INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)", (parent, name, ino))
 
 
 def delete_dentry(connection: Connection, parent: int, name: bytes) -> None:
-    connection.exec_driver_sql("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
+    db.run(connection, "DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
 
 
 def repoint_dentry(connection: Connection, parent: int, name: bytes, ino: int) -> None:
@@ -104,10 +102,10 @@ def repoint_dentry(connection: Connection, parent: int, name: bytes, ino: int) -
 def delete_inode(connection: Connection, ino: int) -> list[int]:
     """Remove an inode and everything hanging off it; returns its chunk numbers
     so the caller can unlink their cache files after the commit."""
-    # Plain SQL: rm -r runs this once per file.
-    indexes = [row.idx for row in connection.exec_driver_sql("SELECT idx FROM chunks WHERE ino = ?", (ino,))]
+    # Straight on SQLite: rm -r runs this once per file.
+    indexes = [idx for (idx,) in db.run(connection, "SELECT idx FROM chunks WHERE ino = ?", (ino,))]
     for table in ("chunks", "fetch_requests", "upload_requests", "pins", "xattrs", "inodes"):
-        connection.exec_driver_sql(f"DELETE FROM {table} WHERE ino = ?", (ino,))
+        db.run(connection, f"DELETE FROM {table} WHERE ino = ?", (ino,))
     return indexes
 
 
