@@ -73,10 +73,18 @@ def read(mount, args, round_no: int) -> float:
 
 
 def delete(mount, args, round_no: int) -> float:
-    """rm -r of the folder this round's create made."""
+    """As bench/peers.py: the folder this round's create made is listed after a cache
+    drop (untimed), then each file is unlinked by its path."""
+    folder = mount.mnt / f"create-{round_no}"
+    drop_page_cache(3)
+    with os.scandir(folder) as entries:
+        paths = [folder / entry.name for entry in entries]
     started = time.perf_counter()
-    shutil.rmtree(mount.mnt / f"create-{round_no}")
-    return args.files / (time.perf_counter() - started)
+    for path in paths:
+        os.unlink(path)
+    took = time.perf_counter() - started
+    folder.rmdir()
+    return len(paths) / took
 
 
 WORKLOADS = {"create": (create, "files/s"), "stat": (stat, "files/s"), "write": (write, "MiB/s"),

@@ -150,19 +150,27 @@ def create(mount, args, round_no: int) -> str:
 
 
 def delete(mount, args, round_no: int) -> str:
-    """`--files` small files made (untimed), then removed as `rm -r` does (shutil.rmtree)."""
+    """`--files` small files made, and listed after a cache drop (untimed, as bench/peers.py
+    does), then each unlinked by its path."""
     folder = mount.mnt / f"doomed-{round_no}"
     folder.mkdir()
     data = os.urandom(4096)
+    calls_before = _fuse_calls(mount)
     for i in range(args.files):
         with open(folder / f"f{i:06d}", "wb") as out:
             out.write(data)
+    _calls_per_file(mount, calls_before, args.files)  # waits until the creates are counted
+    bench_run.drop_page_cache()
+    with os.scandir(folder) as entries:
+        paths = [folder / entry.name for entry in entries]
     meter = CpuMeter(mount)
     calls_before = _fuse_calls(mount)
     started = time.perf_counter()
-    shutil.rmtree(folder)
+    for path in paths:
+        os.unlink(path)
     took = time.perf_counter() - started
     spent = meter.spent()
+    folder.rmdir()
     return (f"delete {args.files / took:.0f} files/s; {spent}; "
             f"{_calls_per_file(mount, calls_before, args.files, done_by='unlink')}")
 
