@@ -5,6 +5,7 @@ copy of evicted data is refused with the command that fixes it."""
 from __future__ import annotations
 
 import os
+import threading
 
 import yaml
 
@@ -96,3 +97,43 @@ def test_rebalance_spreads_what_one_remote_took_alone(make_mount, tmp_path):
     wait_until(lambda: State(m.cache).states().get("remote", 0) >= 24, 60, "the cache to be under its target")
     settle_evicted(m)
     assert sha256_of(m.mnt / "data.bin") == digest
+
+
+def test_nothing_lands_on_a_remote_once_its_drain_said_it_is_empty(make_mount, tmp_path):
+    """A red-team run drained a remote while files were being written: drain said
+    "zero no longer needs anything on first", and the worker went on placing new
+    objects there for up to ten seconds (it learnt of the drain on its next probe,
+    and an upload group in flight recorded what it had sent). Removing the remote,
+    as the message says, lost those files on a restore."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    remotes = [{"name": "first", "type": "local", "path": str(first), "weight": 1000},
+               {"name": "second", "type": "local", "path": str(second), "weight": 0.001}]
+    m = make_mount(remotes=remotes, chunkSize="256KiB", uploadDelay=0)
+    stop = threading.Event()
+    written = []
+
+    def keep_writing():
+        while not stop.is_set():
+            path = m.mnt / f"new-{len(written):04d}.bin"
+            with open(path, "wb") as out:
+                out.write(os.urandom(300_000))
+                out.flush()
+                os.fsync(out.fileno())
+            written.append(path)
+
+    writer = threading.Thread(target=keep_writing, daemon=True)
+    writer.start()
+    try:
+        wait_until(lambda: State(m.cache).query("SELECT count(*) FROM placements WHERE remote = 'first'")[0][0] > 0,
+                   60, "the writer's objects to land on the first remote")
+        m.zero("drain", "first", str(m.cache))
+        drained_at = len(written)
+        wait_until(lambda: len(written) >= drained_at + 10, 60, "ten more files written after the drain")
+    finally:
+        stop.set()
+        writer.join(timeout=60)
+    m.zero("sync", str(m.mnt))
+    assert State(m.cache).query("SELECT count(*) FROM placements WHERE remote = 'first'")[0][0] == 0, \
+        "objects were placed on the drained remote after drain said it was empty"
+    for path in written[-5:]:
+        assert path.stat().st_size == 300_000

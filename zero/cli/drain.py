@@ -1,11 +1,13 @@
 """`zero drain <remote> <cache>`: copy everything a remote holds to the other
 remotes, so that it can be removed from the config without losing a byte.
 
-The remote is marked draining first (no new objects go there; the worker
-notices within its next check), then each object it holds gets its
-``replicas`` copies on the other healthy remotes before the drained copy
-stops counting. Objects placed there meanwhile are picked up by the next
-pass, until none is left."""
+The remote is marked draining first: from that commit on, no copy on it is
+recorded, whoever sent it (an upload group in flight, a scrub's repair), and
+the worker's next upload group places nothing there. Then each object it
+holds gets its ``replicas`` copies on the other healthy remotes before the
+drained copy stops counting. Objects placed there before the mark are picked
+up by the next pass, until none is left; after that none can appear, so
+"empty" stays true (decision 93)."""
 
 from __future__ import annotations
 

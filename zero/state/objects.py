@@ -12,7 +12,7 @@ import time
 
 from sqlalchemy import Connection, Row, delete, exists, func, select, update
 
-from zero.state import changelog, quarantine, schema
+from zero.state import changelog, quarantine, remotes, schema
 from zero.state.chunkstate import ChunkState
 
 _o = schema.objects
@@ -87,8 +87,14 @@ def record_copy(connection: Connection, key: str, remote: str, stored_bytes: int
 
 def record_copies(connection: Connection, copies) -> None:
     """(key, remote, stored_bytes) for each copy that landed; each key's row exists.
-    The copy just stored replaces a quarantined one there (the quarantine is lifted)."""
+    The copy just stored replaces a quarantined one there (the quarantine is lifted).
+    A copy on a remote being drained is not recorded: once `zero drain` found the
+    remote empty it must stay so, whoever sent a copy there before hearing of
+    the drain (the copy is an orphan for the sweep)."""
     copies = list(copies)
+    if copies:
+        draining = remotes.draining_names(connection)
+        copies = [copy for copy in copies if copy[1] not in draining]
     if not copies:
         return
     connection.exec_driver_sql(_STORED_SQL, [(stored, key) for key, _remote, stored in copies])

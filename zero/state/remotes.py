@@ -50,5 +50,9 @@ def set_health(connection: Connection, name: str, health: str, error: str | None
     return row.health != health
 
 
+def draining_names(connection: Connection) -> set[str]:
+    return {row.name for row in connection.execute(select(_r.c.name).where(_r.c.draining.is_(True)))}
+
+
 def set_draining(connection: Connection, name: str, draining: bool) -> None:
     connection.execute(update(_r).where(_r.c.name == name).values(draining=draining))

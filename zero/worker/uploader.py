@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from zero.fsutil import disk_bytes
 from zero.errors import CollectionUnderWay, RemoteUnavailable, StateConflict
-from zero.state import chunks, counters, objects, requests
+from zero.state import chunks, counters, objects, remotes, requests
 from zero import crashpoints
 from zero.worker.context import WorkerContext
 
@@ -188,6 +188,8 @@ class Uploader:
             if objects.collection_under_way(connection, time.time()):
                 # The collection may be about to delete a copy this group would store again.
                 return 0, CollectionUnderWay("uploads wait while a garbage collection deletes unused objects")
+            # A drain just begun: this group places nothing there (the probe would tell the pool in 10 s).
+            context.pool.set_draining(remotes.draining_names(connection))
             for row in rows:
                 try:
                     chunks.start_upload(connection, row.ino, row.idx, row.version)
@@ -243,9 +245,16 @@ class Uploader:
         unavailable = None
         landed = []
         with context.database.write() as connection:
+            # A copy sent to a remote whose drain began meanwhile is not recorded (record_copies):
+            # a chunk with no other copy goes back to dirty, for a group that places it elsewhere.
+            draining = remotes.draining_names(connection)
             for item, outcome in zip(to_send, sent):
                 if not isinstance(outcome, RemoteUnavailable):
-                    landed.append((item, outcome))
+                    _blob_size, holders = outcome
+                    if [name for name in holders if name not in draining]:
+                        landed.append((item, outcome))
+                    else:
+                        self._abort(connection, item.row)
                     continue
                 # The pool logged the remote's change of health once; a line per chunk would flood.
                 log.debug("Upload of chunk %d of inode %d postponed: %s", item.row.idx, item.row.ino, outcome)
