@@ -21,7 +21,7 @@ from support import ZeroMount
 from workerkit import State, remote_objects, wait_until
 
 WRITER_LOG = ("being written by", "did not stop cleanly", "older than the filesystem", "Fenced:",
-              "Took the filesystem over", "not mounted")
+              "Took the filesystem over", "not mounted", "taken over from this cache")
 PASSPHRASE = "one writer at a time"
 
 
@@ -141,6 +141,66 @@ def test_a_killed_writer_is_taken_over_only_with_force(machines):
     assert (second.mnt / "a.txt").read_bytes() == b"written before the crash\n"
     wait_until(lambda: lease_of(first.remote)["cache"] == str(second.cache)
                and not lease_of(first.remote)["stopped"], 30, "the second worker to hold the lease")
+
+
+def test_a_machine_taken_over_with_force_does_not_take_the_filesystem_back(machines):
+    """A red-team run: after `zero restore --force` on a second machine said "that
+    machine, if it comes back, stops writing", the first machine's worker, restarted
+    plainly, became the writer again and the second was refused."""
+    first = machines()
+    (first.mnt / "a.txt").write_bytes(b"from the first machine\n")
+    backed_up(first)
+    first.kill_worker()
+    second = machines.another(first, "second")
+    second.zero("restore", str(second.cache), "--force")
+    for extra in ((), ("--force",)):
+        worker = first.start_worker(*extra)
+        assert worker.wait(timeout=60) == 1, first.worker_log()[-2000:]
+        first.worker = None
+    assert "taken over from this cache" in first.worker_log() and str(second.cache) in first.worker_log()
+    second.start_worker()
+    second.start_fuse()
+    assert (second.mnt / "a.txt").read_bytes() == b"from the first machine\n"
+    second.close()
+    worker = first.start_worker()  # the second stopped cleanly: still not the first's again
+    assert worker.wait(timeout=60) == 1
+    first.worker = None
+
+
+def test_a_writer_killed_before_its_first_heartbeat_leaves_no_room_for_a_fork(machines):
+    """A red-team run: a second machine took over from a cleanly stopped first, wrote and
+    fsynced, and was killed before its first heartbeat, so its lease still named the
+    segment it had restored. The first machine's worker, started with --force, took the
+    filesystem back and stored its segments under the numbers the second had used: a
+    restore then lost fsynced files of both and read a splice of two machines' files."""
+    first = machines()
+    (first.mnt / "a.txt").write_bytes(b"from the first machine\n")
+    backed_up(first)
+    first.unmount()
+    assert first.stop_worker() == 0
+    second = machines.another(first, "second")
+    second.zero("restore", str(second.cache))
+    second.start_worker()
+    second.start_fuse()
+    with open(second.mnt / "b.txt", "wb") as out:
+        out.write(b"from the second machine, fsynced\n")
+        out.flush()
+        os.fsync(out.fileno())
+    second.kill_worker()
+    second.kill_fuse()
+    restored_at = lease_of(first.remote)["sequence"]
+    assert int(State(second.cache).query("SELECT value FROM meta WHERE key = 'backup_sequence'")[0][0]) > restored_at
+
+    worker = first.start_worker("--force")
+    assert worker.wait(timeout=60) == 1, "the first machine took back a filesystem written since by another"
+    assert "older than the filesystem in the remotes" in first.worker_log()
+    first.worker = None
+    third = machines.another(first, "third")
+    third.zero("restore", str(third.cache), "--force")
+    third.start_worker()
+    third.start_fuse()
+    assert (third.mnt / "b.txt").read_bytes() == b"from the second machine, fsynced\n"
+    assert (third.mnt / "a.txt").read_bytes() == b"from the first machine\n"
 
 
 def test_a_writer_that_was_taken_over_uploads_and_deletes_nothing(machines):

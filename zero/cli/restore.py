@@ -78,7 +78,7 @@ def restore(args, config) -> int:
             raise NotTheWriter(f"not restored: {why_not}. A read-only copy is always possible: "
                                f"zero restore --at TIME {args.cache}")
         if holder is not None and not holder.stopped:
-            taken_from.append(writer.describe(holder, time.time()))
+            taken_from.append(holder)
 
     result = restoring.restore(config.database_path(cache.root), remotes, secret, fs_id=fs_id,
                                at=parse_time(args.at), progress=bar,
@@ -86,7 +86,8 @@ def restore(args, config) -> int:
     if not read_only:
         # Parked (stopped) until its worker starts: another machine that stopped cleanly and holds
         # no newer metadata may still go on, and whichever writes first makes the other stale.
-        lease = writer.new_lease(result.writer_id, cache.root, result.sequence, time.time(), stopped=True)
+        lease = writer.new_lease(result.writer_id, cache.root, result.sequence, time.time(), stopped=True,
+                                 taken_from=taken_from[0].writer_id if taken_from else "")
         if not writer.put_lease(remotes, fs_id, lease):
             print("zero: could not write the writer lease to any remote; zero-worker takes it at start",
                   file=sys.stderr)
@@ -102,7 +103,8 @@ def restore(args, config) -> int:
         print("This is a read-only restore point: zero-fuse mounts it read-only and nothing is written to the "
               "remotes from it. To write from it instead, restore it again with --take-over.")
     for holder in taken_from:
-        print(f"Took the filesystem over from {holder}: that machine, if it comes back, stops writing.")
+        print(f"Took the filesystem over from {writer.describe(holder, time.time())}: that machine, if it comes "
+              f"back, stops writing.")
     return 0
 
 

@@ -46,6 +46,7 @@ WRITER_ID_META = "writer_id"
 MODE_META = "writer_mode"        # READ_ONLY for a `zero restore --at` point; absent: this cache may write
 VERDICT_META = "writer_verdict"  # the worker's last word on its role (JSON), for zero-fuse and zero status
 SEQUENCE_META = "backup_sequence"  # zero.meta.backup's: the last segment this cache stored
+ATTEMPT_META = "backup_attempt"    # zero.meta.backup's: the last number it sent, stored or not
 
 WRITER = "writer"        # holds the lease: uploads, collects, backs up the metadata
 PENDING = "pending"      # no remote answered yet: writes stay in the cache until one does
@@ -120,6 +121,12 @@ def is_alive(lease: Lease, now: float, timeout_s: float) -> bool:
     return now - lease.heartbeat < timeout_s
 
 
+def forked(whose: str, theirs: int, ours: int) -> str:
+    return (f"this cache is older than the filesystem in the remotes: {whose} stored its metadata up to segment "
+            f"{theirs}, this cache only up to {ours}, so writing from here would fork the filesystem. Restore it "
+            f"into a new cache folder (zero restore <new cache>) and use that")
+
+
 def judge(lease: Lease | None, writer: str, sequence: int, now: float, timeout_s: float,
           force: bool) -> str | None:
     """None when the writer ``writer``, whose state has stored metadata up to
@@ -127,12 +134,14 @@ def judge(lease: Lease | None, writer: str, sequence: int, now: float, timeout_s
     if lease is None or lease.writer_id == writer:
         return None
     holder = describe(lease, now)
-    forked = (f"this cache is older than the filesystem in the remotes: {lease.host} (cache {lease.cache}) "
-              f"stored its metadata up to segment {lease.sequence}, this cache only up to {sequence}, so "
-              f"writing from here would fork the filesystem. Restore it into a new cache folder "
-              f"(zero restore <new cache>) and use that")
+    if writer and lease.taken_from == writer:
+        # Whatever it did since (nothing yet, or a clean stop): it was told this cache stops writing.
+        return (f"the filesystem was taken over from this cache by {holder} (zero restore --force), so this cache "
+                f"no longer writes it, even with --force. Copy out what it holds that is not uploaded, then "
+                f"restore (zero restore) into a new cache to go on from the new writer's state")
+    forked_here = forked(f"{lease.host} (cache {lease.cache})", lease.sequence, sequence)
     if lease.stopped:
-        return forked if lease.sequence > sequence else None
+        return forked_here if lease.sequence > sequence else None
     if is_alive(lease, now, timeout_s):
         wait = timeout_s - (now - lease.heartbeat)
         return (f"the filesystem is being written by {holder}. Stop it there first (zero umount, or stop its "
@@ -142,7 +151,20 @@ def judge(lease: Lease | None, writer: str, sequence: int, now: float, timeout_s
         return (f"the filesystem was being written by {holder}, which did not stop cleanly. Wait for it to "
                 f"stop, or, if that machine is dead or its cache is lost, take the filesystem over with --force "
                 f"(what it had not uploaded is then lost to this copy)")
-    return forked if lease.sequence > sequence else None
+    return forked_here if lease.sequence > sequence else None
+
+
+def newest_segment(remotes, fs_id: str) -> int:
+    """The highest metadata segment number in the remotes that answer (0: none)."""
+    newest = 0
+    for remote in remotes:
+        try:
+            for key, _size, _mtime in remote.list(layout.meta_prefix(fs_id)):
+                sequence = layout.parse_snapshot_key(fs_id, key) or layout.parse_journal_key(fs_id, key) or 0
+                newest = max(newest, sequence)
+        except RemoteUnavailable as error:
+            log.info("Could not list the metadata on %s: %s", remote.name, error)
+    return newest
 
 
 def read_holder(remotes, fs_id: str) -> Lease | None:
@@ -174,9 +196,10 @@ def put_lease(remotes, fs_id: str, lease: Lease) -> list[str]:
     return stored
 
 
-def new_lease(writer: str, cache, sequence: int, now: float, stopped: bool = False) -> Lease:
+def new_lease(writer: str, cache, sequence: int, now: float, stopped: bool = False, taken_from: str = "") -> Lease:
     return Lease(writer_id=writer, host=socket.gethostname(), boot_id=boot_id(), pid=os.getpid(),
-                 cache=str(cache), started=now, heartbeat=now, sequence=sequence, stopped=stopped)
+                 cache=str(cache), started=now, heartbeat=now, sequence=sequence, stopped=stopped,
+                 taken_from=taken_from)
 
 
 def check_one_shot(database, remotes, fs_id: str) -> None:
@@ -271,6 +294,12 @@ class Writer:
         with self.database.read() as connection:
             return int(state_db.get_meta(connection, SEQUENCE_META) or 0)
 
+    def _sent_up_to(self) -> int:
+        """The highest segment number this cache may have stored (decision 89: an attempt counts)."""
+        with self.database.read() as connection:
+            return max(int(state_db.get_meta(connection, SEQUENCE_META) or 0),
+                       int(state_db.get_meta(connection, ATTEMPT_META) or 0))
+
     def _acquire(self) -> None:
         began = self.ticker()
         remotes = self.remotes()
@@ -282,10 +311,17 @@ class Writer:
             return
         mine, sequence, now = writer_id(self.database), self._sequence(), self.clock()
         why_not = judge(holder, mine, sequence, now, self.timeout_s, self.force)
+        if why_not is None:
+            # The lease says what its holder had stored when it last beat; the remotes say what is
+            # there: a writer killed before its first heartbeat left newer segments than its lease names.
+            sent, newest = self._sent_up_to(), newest_segment(remotes, self.fs_id)
+            if newest > sent:
+                why_not = forked("another cache", newest, sent)
         if why_not is not None:
             self._set(REFUSED, why_not)
             return
-        lease = new_lease(mine, self.cache, sequence, now)
+        inherited = holder.taken_from if holder is not None and holder.writer_id == mine else ""
+        lease = new_lease(mine, self.cache, sequence, now, taken_from=inherited)
         if not put_lease(remotes, self.fs_id, lease):
             self._set(PENDING, "no remote took the writer lease; nothing is uploaded until one does")
             return

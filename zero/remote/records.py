@@ -18,10 +18,12 @@ _PLAIN = {"str": str, "int": int, "float": float, "bool": bool}
 
 def decode(kind: type[T], blob: bytes, key: str, what: str, newest_format: int) -> T:
     """``kind`` from JSON, each field converted by its annotated type; refused when
-    a field is missing or of the wrong shape, or the format is newer than this zero."""
+    a field is missing (one with a default may be: written before it existed) or of
+    the wrong shape, or the format is newer than this zero."""
     try:
         fields = json.loads(blob)
-        record = kind(**{field.name: _PLAIN[field.type](fields[field.name]) for field in dataclasses.fields(kind)})
+        record = kind(**{field.name: _PLAIN[field.type](fields[field.name]) for field in dataclasses.fields(kind)
+                         if field.name in fields or field.default is dataclasses.MISSING})
     except (ValueError, KeyError, TypeError):
         raise ObjectCorrupt(f"the {what} {key} is not a zero {what} (damaged, or written by something else)") \
             from None

@@ -26,6 +26,7 @@ class Lease:
     sequence: int    # the last metadata segment this writer stored
     stopped: bool    # True after a clean stop (or a restore that has not started yet)
     format: int = LEASE_FORMAT
+    taken_from: str = ""  # the writer id a `zero restore --force` took the filesystem from: never again its writer
 
     def encode(self) -> bytes:
         return records.encode(self)
