@@ -178,7 +178,8 @@ def test_a_writer_killed_before_its_first_heartbeat_leaves_no_room_for_a_fork(ma
     backed_up(first)
     first.unmount()
     assert first.stop_worker() == 0
-    second = machines.another(first, "second")
+    # Its first heartbeat would be 15 minutes in: its lease keeps naming the segment it restored at.
+    second = machines.another(first, "second", writerTimeout=3600)
     second.zero("restore", str(second.cache))
     second.start_worker()
     second.start_fuse()
