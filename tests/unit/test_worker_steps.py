@@ -654,12 +654,13 @@ def upload_due_and_check_its_copy(context, ino: int) -> None:
     assert remote_file(context, row.object_key).exists(), "the clean chunk's only copy was collected"
 
 
-def test_a_collection_during_an_upload_leaves_the_upload_its_copy(make_context):
+def test_a_collection_during_an_upload_leaves_the_upload_its_copy(make_context, monkeypatch):
     """gc with grace 0 while a group was in flight took the upload's placeholder
     row (no chunk names an object until the upload finishes), then swept the
     copy that had landed as an orphan; the upload's last commit put the row
     back and marked the chunk clean: an fsynced file with no copy anywhere
     (a red-team pass, 3 of 3). A collection waits while uploads are under way."""
+    monkeypatch.setattr(objects, "COLLECTION_WAIT_S", 0.5)  # the upload it waits for is on its own thread here
     context = make_context(grace_s=0)
     ino = make_file(context, b"a")
     fuse_write(context, ino, 0, chunk_data(1))
@@ -708,6 +709,57 @@ def test_an_upload_waits_while_a_collection_deletes_its_object(make_context, mon
     assert Collector(context).collect() == 1
     monkeypatch.setattr(context.pool, "delete", delete)
     upload_due_and_check_its_copy(context, new)
+
+
+def test_a_steady_writer_does_not_put_a_collection_off_for_good(make_context):
+    """A collection begins only while no chunk is uploading, and a steady writer
+    always has one: it was put off round after round (decision 88's known gap).
+    Now it asks new upload groups to wait, the group in flight finishes, and it
+    begins; the asked-off group goes up after it."""
+    context = make_context(grace_s=0)
+    data = chunk_data(1)
+    gone = make_file(context, b"gone")
+    fuse_write(context, gone, 0, data)
+    upload_all(context)
+    with context.database.write() as connection:
+        namespace.delete_inode(connection, gone)
+    steady, later = make_file(context, b"steady"), make_file(context, b"later")
+    fuse_write(context, steady, 0, chunk_data(2))
+    in_flight, asked_off = Uploader(context), Uploader(context)
+    send, outcome = in_flight._send, {}
+
+    def send_until_asked(item):
+        wait_for(lambda: _collection_asked(context), "the collection to ask uploads to wait")
+        fuse_write(context, later, 0, chunk_data(3))
+        try:
+            for row in asked_off.due(hurry=True):
+                asked_off.upload(row)
+        except RemoteUnavailable as error:
+            outcome["asked off"] = error
+        return send(item)
+
+    in_flight._send = send_until_asked
+    group = threading.Thread(target=lambda: [in_flight.upload(row) for row in in_flight.due(hurry=True)])
+    group.start()
+    wait_for(lambda: row_of(context, steady, 0).state == ChunkState.UPLOADING.value, "the steady writer's upload")
+    assert Collector(context).collect() == 1
+    group.join(timeout=30)
+    assert "wait" in str(outcome.get("asked off")), outcome
+    assert context.codec.object_key(data) not in remote_object_keys(context)
+    upload_due_and_check_its_copy(context, later)
+
+
+def _collection_asked(context) -> bool:
+    with context.database.read() as connection:
+        return connection.exec_driver_sql("SELECT 1 FROM meta WHERE key = ?",
+                                          (objects.COLLECTION_WANTED_KEY,)).first() is not None
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 def test_collect_waits_out_the_grace_period(context):

@@ -122,6 +122,12 @@ def mark_unreferenced(connection: Connection, now: float) -> int:
 # COLLECTION_STALE_S.
 COLLECTION_KEY = "collection_under_way"  # meta: "<unix time it last said it was alive> <pid> <nonce> <pid ns>"
 COLLECTION_STALE_S = 900.0
+# A collection that found uploads under way asks new groups to wait for it (the same
+# "<time> <token>"): a steady writer always has a chunk uploading, and without the ask the
+# collection would be put off for good. The groups in flight finish meanwhile; the ask holds
+# for COLLECTION_WAIT_S at most.
+COLLECTION_WANTED_KEY = "collection_wanted"
+COLLECTION_WAIT_S = 30.0
 
 
 def pid_namespace() -> str:
@@ -140,16 +146,39 @@ def collection_token() -> str:
 
 
 def begin_collection(connection: Connection, now: float, token: str) -> bool:
-    """In the transaction that claims garbage: False while a chunk is being uploaded
-    or another collection holds the fence."""
+    """In the transaction that claims garbage: False while another collection holds
+    the fence, or while a chunk is being uploaded (then, unless another collection
+    asked already, it asks new upload groups to wait: waiting_for_uploads)."""
     if collection_under_way(connection, now):
         return False
     if connection.exec_driver_sql("SELECT 1 FROM chunks WHERE state = ? LIMIT 1",
                                   (ChunkState.UPLOADING.value,)).first() is not None:
+        if not _held(connection, COLLECTION_WANTED_KEY, now, COLLECTION_WAIT_S):
+            connection.exec_driver_sql("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                       (COLLECTION_WANTED_KEY, f"{now!r} {token}"))
         return False
+    connection.exec_driver_sql("DELETE FROM meta WHERE key = ?", (COLLECTION_WANTED_KEY,))  # this one serves it
     connection.exec_driver_sql("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                (COLLECTION_KEY, f"{now!r} {token}"))
     return True
+
+
+def waiting_for_uploads(connection: Connection, now: float, token: str) -> bool:
+    """Whether this collection's ask holds new upload groups back, so trying again soon may begin it."""
+    row = connection.exec_driver_sql("SELECT value FROM meta WHERE key = ?", (COLLECTION_WANTED_KEY,)).first()
+    return row is not None and row[0].endswith(f" {token}") and _held(connection, COLLECTION_WANTED_KEY, now,
+                                                                      COLLECTION_WAIT_S)
+
+
+def stop_waiting(connection: Connection, token: str) -> None:
+    connection.exec_driver_sql("DELETE FROM meta WHERE key = ? AND value LIKE ?",
+                               (COLLECTION_WANTED_KEY, f"% {token}"))
+
+
+def uploads_wait(connection: Connection, now: float) -> bool:
+    """Whether upload groups must wait (checked in the transaction that starts them):
+    a collection holds the fence, or asked for the groups in flight to finish."""
+    return collection_under_way(connection, now) or _held(connection, COLLECTION_WANTED_KEY, now, COLLECTION_WAIT_S)
 
 
 def still_alive(connection: Connection, now: float, token: str) -> bool:
@@ -166,17 +195,23 @@ def end_collection(connection: Connection, token: str) -> None:
 def release_fences_of(connection: Connection, pid: int) -> None:
     """At zero-worker's start: a fence its earlier life (same pid, a container's
     pid 1) left behind when killed holds nothing."""
-    connection.exec_driver_sql("DELETE FROM meta WHERE key = ? AND value LIKE ?",
-                               (COLLECTION_KEY, f"% {pid} % {pid_namespace()}"))
+    for key in (COLLECTION_KEY, COLLECTION_WANTED_KEY):
+        connection.exec_driver_sql("DELETE FROM meta WHERE key = ? AND value LIKE ?",
+                                   (key, f"% {pid} % {pid_namespace()}"))
 
 
 def collection_under_way(connection: Connection, now: float) -> bool:
-    """Whether upload groups must wait (checked in the transaction that starts them)."""
-    row = connection.exec_driver_sql("SELECT value FROM meta WHERE key = ?", (COLLECTION_KEY,)).first()
+    """Whether a collection holds the fence."""
+    return _held(connection, COLLECTION_KEY, now, COLLECTION_STALE_S)
+
+
+def _held(connection: Connection, key: str, now: float, stale_s: float) -> bool:
+    """Whether the fence or the ask under ``key`` holds: younger than ``stale_s``, its process alive."""
+    row = connection.exec_driver_sql("SELECT value FROM meta WHERE key = ?", (key,)).first()
     if row is None:
         return False
     alive_at, pid, _nonce, *namespace = row[0].split()
-    if now - float(alive_at) >= COLLECTION_STALE_S:
+    if now - float(alive_at) >= stale_s:
         return False
     # A pid from another pid namespace names another process here, or none: only time tells.
     return _running(int(pid)) if namespace in ([], [pid_namespace()]) else True

@@ -23,6 +23,7 @@ from zero.worker.context import WorkerContext
 log = logging.getLogger(__name__)
 
 FENCE_REFRESH_S = 30.0  # how often a collection deleting says it is still at it (objects.COLLECTION_STALE_S)
+BEGIN_RETRY_S = 0.2     # how often a collection waiting for the upload groups in flight looks again
 
 
 class Collector:
@@ -47,19 +48,13 @@ class Collector:
         # (and the fsyncs that wait for them) wait while it is up. Anything recorded after
         # a listing is known to the sweep, which reads the known keys under the fence.
         listings = self._list_remotes()
-        with self.context.database.write() as connection:
-            objects.mark_unreferenced(connection, now)
-            self._fence_at = time.time()
-            if not objects.begin_collection(connection, self._fence_at, token):
-                self.waited_for_uploads = True
-                log.info("Not collecting now: uploads (or another collection) are under way, and the objects "
-                         "being stored look unused until they finish; the next round collects")
-                return 0
-            # Unused for at least the grace period: a stamp exactly ``grace`` old counts,
-            # so with grace 0 (`zero gc --grace 0`) what just lost its last reference goes now.
-            claimed = objects.claim_garbage(connection, older_than=math.nextafter(now - grace, math.inf))
-            if claimed:
-                counters.bump(connection, "objects_collected", len(claimed))
+        claimed = self._begin(now, grace, token)
+        if claimed is None:
+            self.waited_for_uploads = True
+            log.info("Not collecting now: uploads (or another collection) were under way for %.0f s, and the "
+                     "objects being stored look unused until they finish; the next round collects",
+                     objects.COLLECTION_WAIT_S)
+            return 0
         try:
             crashpoints.crash("gc.claimed")
             if progress is not None:
@@ -85,6 +80,30 @@ class Collector:
         if deleted:
             log.info("Collected %d unused object(s) from the remotes", deleted)
         return deleted
+
+    def _begin(self, now: float, grace: float, token: str) -> list | None:
+        """Put up the fence and claim what is garbage, in one transaction: the claimed
+        (key, holders). While uploads are under way, new upload groups are asked to wait
+        and this tries again until those in flight finish, for COLLECTION_WAIT_S at most;
+        None if it could not begin."""
+        deadline = time.monotonic() + objects.COLLECTION_WAIT_S
+        while True:
+            with self.context.database.write() as connection:
+                objects.mark_unreferenced(connection, now)
+                self._fence_at = time.time()
+                if objects.begin_collection(connection, self._fence_at, token):
+                    # Unused for at least the grace period: a stamp exactly ``grace`` old counts,
+                    # so with grace 0 (`zero gc --grace 0`) what just lost its last reference goes now.
+                    claimed = objects.claim_garbage(connection, older_than=math.nextafter(now - grace, math.inf))
+                    if claimed:
+                        counters.bump(connection, "objects_collected", len(claimed))
+                    return claimed
+                waiting = objects.waiting_for_uploads(connection, self._fence_at, token)
+            if not waiting or time.monotonic() > deadline:
+                with self.context.database.write() as connection:
+                    objects.stop_waiting(connection, token)
+                return None
+            time.sleep(BEGIN_RETRY_S)
 
     def _keep_fence(self, token: str) -> bool:
         """Before each delete: whether the fence is still this collection's. A

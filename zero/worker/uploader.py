@@ -185,8 +185,9 @@ class Uploader:
         context = self.context
         started = []
         with context.database.write() as connection:
-            if objects.collection_under_way(connection, time.time()):
-                # The collection may be about to delete a copy this group would store again.
+            if objects.uploads_wait(connection, time.time()):
+                # The collection may be about to delete a copy this group would store again,
+                # or waits for the groups in flight to finish so that it can begin.
                 return 0, CollectionUnderWay("uploads wait while a garbage collection deletes unused objects")
             # A drain just begun: this group places nothing there (the probe would tell the pool in 10 s).
             context.pool.set_draining(remotes.draining_names(connection))
