@@ -36,12 +36,12 @@ PASSPHRASE = keyring.Secret(keys.PASSPHRASE, "correct horse battery", "test")
 def make_context(tmp_path):
     made = []
 
-    def factory(name="fs", remotes=("a",)):
+    def factory(name="fs", remotes=("a",), replicas=1):
         root = tmp_path / name
         cache = CacheDir(root / "cache")
         cache.prepare()
         config = Config(source="test", passphrase=PASSPHRASE.value, chunk_size_bytes=CHUNK, upload_delay_s=0,
-                        remotes=tuple(RemoteSpec(r, "local", {"path": str(tmp_path / f"remote-{r}")})
+                        replicas=replicas, remotes=tuple(RemoteSpec(r, "local", {"path": str(tmp_path / f"remote-{r}")})
                                       for r in remotes))
         context = build_context(config, cache)
         RemoteKeeper(context).start()  # as zero-worker does: each remote gets its marker

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from zero.errors import RemoteUnavailable, ZeroError
 from zero.remote import layout
-from zero.state import objects
+from zero.state import objects, remotes
 
 
 def move_off(context, key: str, source: str, command: str, always_copy: bool) -> int:
@@ -19,6 +19,7 @@ def move_off(context, key: str, source: str, command: str, always_copy: bool) ->
         holders = objects.remotes_holding(connection, key)
         good = objects.good_holders(connection, key)  # a quarantined copy is not one of the replicas
         row = objects.get(connection, key)
+        pool.set_draining(remotes.draining_names(connection))  # another drain may have begun since this one
     others = [name for name in good if name != source]
     size = row.stored_bytes if row else 0
     added: list[str] = []
@@ -35,9 +36,19 @@ def move_off(context, key: str, source: str, command: str, always_copy: bool) ->
                             "once the other remotes answer") from None
         size = size or len(blob)
     with context.database.write() as connection:
-        if objects.get(connection, key) is None:
-            # Collected while it was copied: the copies just made are orphans the next sweep deletes.
+        now = objects.get(connection, key)
+        if now is None or (row is not None and now.created != row.created):
+            # Collected while it was copied (and perhaps stored anew since, with copies of its own):
+            # the copies just made are orphans the next sweep deletes.
             return size
+        draining = remotes.draining_names(connection)
+        added = [name for name in added if name not in draining]  # record_copies would drop them anyway
+        kept = {name for name in objects.good_holders(connection, key) if name != source and name not in draining}
+        if len(kept | set(added)) < context.config.replicas:
+            # A remote it copied to, or held a copy on, began draining meanwhile: the copy on
+            # the source still counts, and the next pass places the object elsewhere.
+            raise ZeroError(f"could not keep {context.config.replicas} copies of {remote_key} without {source}: "
+                            f"{', '.join(sorted(draining))} began draining meanwhile; run zero {command} again")
         for name in added:
             objects.record_copy(connection, key, name, size)
         objects.forget_copy(connection, key, source)

@@ -247,12 +247,14 @@ class Uploader:
         landed = []
         with context.database.write() as connection:
             # A copy sent to a remote whose drain began meanwhile is not recorded (record_copies):
-            # a chunk with no other copy goes back to dirty, for a group that places it elsewhere.
+            # a chunk left with fewer than `replicas` copies goes back to dirty, for a group
+            # that places it elsewhere (clean, it would never be uploaded again).
             draining = remotes.draining_names(connection)
             for item, outcome in zip(to_send, sent):
                 if not isinstance(outcome, RemoteUnavailable):
                     _blob_size, holders = outcome
-                    if [name for name in holders if name not in draining]:
+                    copies = {name for name in [*item.holders, *holders] if name not in draining}
+                    if len(copies) >= context.config.replicas:
                         landed.append((item, outcome))
                     else:
                         self._abort(connection, item.row)
