@@ -4,6 +4,7 @@
     <cache>/tmp/                                      fault-ins in progress
     <cache>/wake/                                     cross-process wake-ups
     <cache>/fuse.lock, <cache>/worker.lock            one process of each kind
+    <cache>/collect.lock                              one garbage collection at a time (zero.worker.collector)
     <cache>/state.sqlite3                             the state (unless sqliteFileLocation)
 """
 

@@ -59,3 +59,43 @@ def holder_pid(path: Path) -> int | None:
         return None if l_type == fcntl.F_UNLCK else pid
     finally:
         os.close(fd)
+
+
+class HeldLock:
+    """An flock on a file, held for as long as an activity runs (a garbage collection):
+    others ask ``is_held`` whether it still runs. The kernel drops it when its holder
+    dies, in whatever pid namespace either process runs, which a pid cannot tell."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def is_held(path: Path) -> bool:
+    """Whether some process (this one too, through another HeldLock) holds the flock on ``path``."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False  # nobody holds it (the shared lock goes with the descriptor)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

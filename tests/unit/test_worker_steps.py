@@ -9,6 +9,7 @@ import logging
 import os
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from sqlalchemy import select
 
 from zero.cachedir import CacheDir
 from zero.fsutil import disk_bytes
-from zero import wakeup
+from zero import locking, wakeup
 from zero.config import Config, RemoteSpec
 from zero.errors import RemoteUnavailable
 from zero.remote.local import LocalRemote
@@ -27,7 +28,7 @@ from zero.state import chunks, counters, db, namespace, objects, requests, schem
 from zero.state import pins as state_pins
 from zero.state.schema import ChunkState
 from zero.worker import pins
-from zero.worker.collector import Collector
+from zero.worker.collector import COLLECT_LOCK, Collector
 from zero.worker import evictor as evictor_module
 from zero.worker import unread as unread_module
 from zero.worker.evictor import Evictor
@@ -1079,39 +1080,47 @@ def test_chunks_fetched_ahead_and_never_read_are_evicted_in_turn(make_context, t
 
 def test_a_collection_that_died_holding_the_fence_does_not_stop_uploads(context):
     """A collector killed between its claim and its deletes (crashpoint gc.claimed)
-    left the fence up: uploads, and so fsync, would wait for it for good."""
+    left the fence up: uploads, and so fsync, would wait for it for good. Its lock
+    went with it; and one alive but silent for too long holds nothing either."""
     token = objects.collection_token()
     with context.database.write() as connection:
         assert objects.begin_collection(connection, time.time(), token)
-        assert objects.collection_under_way(connection, time.time())
-        dead = _a_pid_that_is_gone()
-        connection.exec_driver_sql("UPDATE meta SET value = ? WHERE key = ?",
-                                   (f"{time.time()!r} {dead} 0", objects.COLLECTION_KEY))
-        assert not objects.collection_under_way(connection, time.time())
-        connection.exec_driver_sql("UPDATE meta SET value = ? WHERE key = ?",
-                                   (f"{time.time() - objects.COLLECTION_STALE_S - 1!r} {token}", objects.COLLECTION_KEY))
-        assert not objects.collection_under_way(connection, time.time())  # alive, but silent too long
+        assert objects.collection_under_way(connection, time.time(), lambda: True)
+        assert not objects.collection_under_way(connection, time.time(), lambda: False)  # its lock is free
+        assert not objects.collection_under_way(connection, time.time() + objects.COLLECTION_STALE_S + 1,
+                                                lambda: True)  # alive, but silent too long
     ino = make_file(context, b"a")
     fuse_write(context, ino, 0, chunk_data(1))
+    upload_all(context)  # nobody holds <cache>/collect.lock
+
+
+def test_a_collection_in_another_process_holds_the_fence_through_its_lock_whatever_its_pid(context):
+    """The fence's liveness was the collector's pid, which means nothing across pid
+    namespaces: a `zero gc` in a container beside a worker outside it looked dead
+    (uploads went on under it), and a worker restarted in a new container could not
+    take down the fence of its earlier life (uploads waited 15 minutes). The lock on
+    <cache>/collect.lock says it in any namespace: held, uploads wait; gone, they go."""
+    lock = context.cache.lock_path(COLLECT_LOCK)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with context.database.write() as connection:  # its fence names a pid that is nobody here
+            connection.exec_driver_sql("INSERT INTO meta (key, value) VALUES (?, ?)",
+                                       (objects.COLLECTION_KEY, f"{time.time()!r} {_a_pid_that_is_gone()} 0"))
+        assert Collector(context).collect() == 0  # one collection at a time
+        ino = make_file(context, b"a")
+        fuse_write(context, ino, 0, chunk_data(1))
+        uploader = Uploader(context)
+        for row in uploader.due(hurry=True):
+            with pytest.raises(RemoteUnavailable, match="garbage collection"):
+                uploader.upload(row)
+    finally:
+        holder.kill()
+        holder.wait()
     upload_all(context)
-
-
-def test_a_collection_in_another_pid_namespace_holds_its_fence_until_it_is_stale(context):
-    """`zero gc --delete` in a container beside a worker outside it (or the reverse): its
-    pid means nothing here, so a pid that is gone here must not take its fence down."""
-    dead = _a_pid_that_is_gone()
-    elsewhere = f"{dead} {'0' * 16} {objects.pid_namespace()}-elsewhere"
-    with context.database.write() as connection:
-        connection.exec_driver_sql("INSERT INTO meta (key, value) VALUES (?, ?)",
-                                   (objects.COLLECTION_KEY, f"{time.time()!r} {elsewhere}"))
-        assert objects.collection_under_way(connection, time.time())
-        objects.release_fences_of(connection, dead)  # a worker here with that pid: not the same process
-        assert objects.collection_under_way(connection, time.time())
-        assert not objects.collection_under_way(connection, time.time() + objects.COLLECTION_STALE_S + 1)
-        here = f"{dead} {'0' * 16} {objects.pid_namespace()}"
-        connection.exec_driver_sql("UPDATE meta SET value = ? WHERE key = ?",
-                                   (f"{time.time()!r} {here}", objects.COLLECTION_KEY))
-        assert not objects.collection_under_way(connection, time.time())  # here, the pid is gone
 
 
 def _a_pid_that_is_gone() -> int:
@@ -1122,17 +1131,24 @@ def _a_pid_that_is_gone() -> int:
 
 def test_a_second_collection_neither_takes_nor_ends_the_first_ones_fence(context):
     """`zero gc --delete` beside the worker's own collector replaced its fence and,
-    finishing first, took it down while the worker still deleted (a review)."""
+    finishing first, took it down while the worker still deleted (a review). One
+    collection holds the lock at a time, and only the fence's owner refreshes or ends it."""
     first, second = objects.collection_token(), objects.collection_token()
     with context.database.write() as connection:
         assert objects.begin_collection(connection, time.time(), first)
-        assert not objects.begin_collection(connection, time.time(), second)
         objects.end_collection(connection, second)
-        assert objects.collection_under_way(connection, time.time())
+        assert objects.collection_under_way(connection, time.time(), lambda: True)
         assert not objects.still_alive(connection, time.time(), second)
         assert objects.still_alive(connection, time.time(), first)
         objects.end_collection(connection, first)
-        assert not objects.collection_under_way(connection, time.time())
+        assert not objects.collection_under_way(connection, time.time(), lambda: True)
+    held = locking.HeldLock(context.cache.lock_path(COLLECT_LOCK))
+    assert held.try_acquire()
+    try:
+        collector = Collector(context)
+        assert collector.collect() == 0 and collector.waited_for_uploads
+    finally:
+        held.release()
 
 
 def test_a_group_whose_chunk_was_written_during_its_upload_records_no_copy(make_context):

@@ -117,10 +117,13 @@ def mark_unreferenced(connection: Connection, now: float) -> int:
 # upload is under way: an upload's placeholder row names no chunk until it finishes, so it
 # looks unused, and the copy that landed would be swept as an orphan. Until the collection
 # ends, no upload group starts: one that stored an object again under a key the collection
-# had claimed would have its copy deleted after it called the chunk clean. A collection
-# whose process is gone holds nothing; one that stopped saying it is alive lets go after
-# COLLECTION_STALE_S.
-COLLECTION_KEY = "collection_under_way"  # meta: "<unix time it last said it was alive> <pid> <nonce> <pid ns>"
+# had claimed would have its copy deleted after it called the chunk clean.
+#
+# Whether a collection still runs is its lock's to say (the caller's ``collector_alive``: an
+# flock on <cache>/collect.lock, which one collection at a time holds and the kernel drops
+# when it dies, in any pid namespace). The rows say since when and whose: one that has not
+# said it is alive for COLLECTION_STALE_S holds nothing (a stopped or hung collector).
+COLLECTION_KEY = "collection_under_way"  # meta: "<unix time it last said it was alive> <pid> <nonce>"
 COLLECTION_STALE_S = 900.0
 # A collection that found uploads under way asks new groups to wait for it (the same
 # "<time> <token>"): a steady writer always has a chunk uploading, and without the ask the
@@ -130,55 +133,36 @@ COLLECTION_WANTED_KEY = "collection_wanted"
 COLLECTION_WAIT_S = 30.0
 
 
-def pid_namespace() -> str:
-    """Which pid namespace this process's pids are numbers in: a `zero gc` in a container
-    and a worker outside it (or the reverse) cannot check each other's pid."""
-    try:
-        return str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:
-        return "unknown"
-
-
 def collection_token() -> str:
-    """Names one collection: its process (in its pid namespace) and a nonce (a restarted
-    process may get the same pid)."""
-    return f"{os.getpid()} {secrets.token_hex(8)} {pid_namespace()}"
+    """Names one collection: its process, and a nonce (a restarted process may get the same pid)."""
+    return f"{os.getpid()} {secrets.token_hex(8)}"
 
 
 def begin_collection(connection: Connection, now: float, token: str) -> bool:
-    """In the transaction that claims garbage: False while another collection holds
-    the fence, or while a chunk is being uploaded (then, unless another collection
-    asked already, it asks new upload groups to wait: waiting_for_uploads)."""
-    if collection_under_way(connection, now):
-        return False
+    """In the transaction that claims garbage, by the collection holding the lock (so
+    any other fence or ask is a dead one's): False while a chunk is being uploaded,
+    and then new upload groups are asked to wait (waiting_for_uploads)."""
     if connection.exec_driver_sql("SELECT 1 FROM chunks WHERE state = ? LIMIT 1",
                                   (ChunkState.UPLOADING.value,)).first() is not None:
-        if not _held(connection, COLLECTION_WANTED_KEY, now, COLLECTION_WAIT_S):
+        if not waiting_for_uploads(connection, now, token):
             connection.exec_driver_sql("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                        (COLLECTION_WANTED_KEY, f"{now!r} {token}"))
         return False
-    connection.exec_driver_sql("DELETE FROM meta WHERE key = ?", (COLLECTION_WANTED_KEY,))  # this one serves it
+    connection.exec_driver_sql("DELETE FROM meta WHERE key = ?", (COLLECTION_WANTED_KEY,))
     connection.exec_driver_sql("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                (COLLECTION_KEY, f"{now!r} {token}"))
     return True
 
 
 def waiting_for_uploads(connection: Connection, now: float, token: str) -> bool:
-    """Whether this collection's ask holds new upload groups back, so trying again soon may begin it."""
+    """Whether this collection's ask still holds new upload groups back, so trying again soon may begin it."""
     row = connection.exec_driver_sql("SELECT value FROM meta WHERE key = ?", (COLLECTION_WANTED_KEY,)).first()
-    return row is not None and row[0].endswith(f" {token}") and _held(connection, COLLECTION_WANTED_KEY, now,
-                                                                      COLLECTION_WAIT_S)
+    return row is not None and row[0].endswith(f" {token}") and now - float(row[0].split()[0]) < COLLECTION_WAIT_S
 
 
 def stop_waiting(connection: Connection, token: str) -> None:
     connection.exec_driver_sql("DELETE FROM meta WHERE key = ? AND value LIKE ?",
                                (COLLECTION_WANTED_KEY, f"% {token}"))
-
-
-def uploads_wait(connection: Connection, now: float) -> bool:
-    """Whether upload groups must wait (checked in the transaction that starts them):
-    a collection holds the fence, or asked for the groups in flight to finish."""
-    return collection_under_way(connection, now) or _held(connection, COLLECTION_WANTED_KEY, now, COLLECTION_WAIT_S)
 
 
 def still_alive(connection: Connection, now: float, token: str) -> bool:
@@ -192,40 +176,21 @@ def end_collection(connection: Connection, token: str) -> None:
     connection.exec_driver_sql("DELETE FROM meta WHERE key = ? AND value LIKE ?", (COLLECTION_KEY, f"% {token}"))
 
 
-def release_fences_of(connection: Connection, pid: int) -> None:
-    """At zero-worker's start: a fence its earlier life (same pid, a container's
-    pid 1) left behind when killed holds nothing."""
-    for key in (COLLECTION_KEY, COLLECTION_WANTED_KEY):
-        connection.exec_driver_sql("DELETE FROM meta WHERE key = ? AND value LIKE ?",
-                                   (key, f"% {pid} % {pid_namespace()}"))
-
-
-def collection_under_way(connection: Connection, now: float) -> bool:
+def collection_under_way(connection: Connection, now: float, collector_alive) -> bool:
     """Whether a collection holds the fence."""
-    return _held(connection, COLLECTION_KEY, now, COLLECTION_STALE_S)
+    return _fresh(connection, COLLECTION_KEY, now, COLLECTION_STALE_S) and collector_alive()
 
 
-def _held(connection: Connection, key: str, now: float, stale_s: float) -> bool:
-    """Whether the fence or the ask under ``key`` holds: younger than ``stale_s``, its process alive."""
+def uploads_wait(connection: Connection, now: float, collector_alive) -> bool:
+    """Whether upload groups must wait (checked in the transaction that starts them):
+    a collection holds the fence, or asked for the groups in flight to finish."""
+    return ((_fresh(connection, COLLECTION_KEY, now, COLLECTION_STALE_S)
+             or _fresh(connection, COLLECTION_WANTED_KEY, now, COLLECTION_WAIT_S)) and collector_alive())
+
+
+def _fresh(connection: Connection, key: str, now: float, stale_s: float) -> bool:
     row = connection.exec_driver_sql("SELECT value FROM meta WHERE key = ?", (key,)).first()
-    if row is None:
-        return False
-    alive_at, pid, _nonce, *namespace = row[0].split()
-    if now - float(alive_at) >= stale_s:
-        return False
-    # A pid from another pid namespace names another process here, or none: only time tells.
-    return _running(int(pid)) if namespace in ([], [pid_namespace()]) else True
-
-
-def _running(pid: int) -> bool:
-    """The collection's process (zero-worker or `zero gc`, on this machine: they share the cache)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return row is not None and now - float(row[0].split()[0]) < stale_s
 
 
 def claim_garbage(connection: Connection, older_than: float, limit: int = 500) -> list[tuple[str, list[str]]]:

@@ -17,11 +17,12 @@ import time
 from zero.errors import RemoteUnavailable
 from zero.remote import layout
 from zero.state import counters, objects
-from zero import crashpoints
+from zero import crashpoints, locking
 from zero.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
+COLLECT_LOCK = "collect"  # <cache>/collect.lock: held for a collection's length (objects.collection_under_way)
 FENCE_REFRESH_S = 30.0  # how often a collection deleting says it is still at it (objects.COLLECTION_STALE_S)
 BEGIN_RETRY_S = 0.2     # how often a collection waiting for the upload groups in flight looks again
 
@@ -43,6 +44,17 @@ class Collector:
             log.info("Not collecting: this cache is not the filesystem's writer (%s)", writer.role)
             return 0
         self.waited_for_uploads = False
+        lock = locking.HeldLock(self.context.cache.lock_path(COLLECT_LOCK))
+        if not lock.try_acquire():
+            self.waited_for_uploads = True
+            log.info("Not collecting now: another collection (zero-worker's, or zero gc) is under way")
+            return 0
+        try:
+            return self._collect(now, grace, progress)
+        finally:
+            lock.release()
+
+    def _collect(self, now: float, grace: float, progress) -> int:
         token = objects.collection_token()
         # Listed before the fence goes up: listing a large bucket takes long, and uploads
         # (and the fsyncs that wait for them) wait while it is up. Anything recorded after

@@ -30,7 +30,6 @@ def recover(context: WorkerContext) -> dict[str, int]:
         repaired["temp_files"] += 1
     with context.database.write() as connection:
         repaired.update(chunks.recover_interrupted(connection))
-        objects.release_fences_of(connection, os.getpid())  # a collection of this pid's earlier life
         for row in chunks.all_rows(connection):
             path = context.cache.chunk_path(row.ino, row.idx)
             if chunks.is_evictable(row) and not os.path.exists(path):

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from zero.fsutil import disk_bytes
 from zero.errors import CollectionUnderWay, RemoteUnavailable, StateConflict
 from zero.state import chunks, counters, objects, remotes, requests
-from zero import crashpoints
+from zero import crashpoints, locking
+from zero.worker.collector import COLLECT_LOCK
 from zero.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class Uploader:
         self._in_flight: dict[concurrent.futures.Future, set[tuple[int, int]]] = {}
         self._backlog: list = []  # due rows not submitted yet (no room then)
         self._requested: set[int] = set()  # inodes of the asked-for chunks due() last returned
+        collect_lock = context.cache.lock_path(COLLECT_LOCK)
+        self._collector_alive = lambda: locking.is_held(collect_lock)  # objects.uploads_wait
 
     def due(self, hurry: bool) -> list:
         """Chunks to upload now: the requested ones first, then the quiet ones.
@@ -185,7 +188,7 @@ class Uploader:
         context = self.context
         started = []
         with context.database.write() as connection:
-            if objects.uploads_wait(connection, time.time()):
+            if objects.uploads_wait(connection, time.time(), self._collector_alive):
                 # The collection may be about to delete a copy this group would store again,
                 # or waits for the groups in flight to finish so that it can begin.
                 return 0, CollectionUnderWay("uploads wait while a garbage collection deletes unused objects")
