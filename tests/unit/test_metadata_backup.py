@@ -20,6 +20,7 @@ from zero.errors import ObjectCorrupt, RemoteUnavailable, RestoreError, WorkerUn
 from zero.meta import backup, keyring, keys, restore, retention
 from zero.meta.backup import MetadataBackup
 from zero.remote import layout
+from zero.remote import pool as pool_module
 from zero.state import changelog, chunks, namespace, objects
 from zero.state import db as state_db
 from zero.wiring import build_context
@@ -406,3 +407,21 @@ def test_an_hour_old_point_restores_its_data_although_gc_ran_in_between(tmp_path
         assert context.codec.open(blob, expected_key=old_key) == old
     finally:
         restored.dispose()
+
+
+def test_an_outage_burns_no_segment_number(context):
+    """With no remote usable nothing is sent, so the retries during an outage (every 10 s
+    while an fsync waits) neither use up numbers nor each read the whole state for a
+    snapshot (a review): the next segment is the journal that was due."""
+    worker = MetadataBackup(context)
+    worker.back_up()
+    make_inode(context, b"x")
+    for remote in context.pool.remotes:
+        context.pool.set_health(remote.name, pool_module.UNHEALTHY, "unplugged")
+    for _ in range(3):
+        with pytest.raises(RemoteUnavailable, match="no remote can take"):
+            worker.back_up()
+    for remote in context.pool.remotes:
+        context.pool.set_health(remote.name, pool_module.HEALTHY)
+    assert worker.back_up() == 2
+    assert layout.journal_key(context.fs_id, 2) in meta_keys(context, 0)

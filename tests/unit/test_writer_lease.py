@@ -116,3 +116,22 @@ def test_a_damaged_or_newer_lease_is_refused_not_guessed_at():
         writerlease.decode(good.replace(b'"pid": 1', b'"pid": "one"'), "k")
     with pytest.raises(ObjectCorrupt, match="newer than this zero knows"):
         writerlease.decode(good.replace(b'"format": 1', b'"format": 9'), "k")
+
+
+def test_the_lease_names_a_writers_first_segment_at_once(tmp_path, remote):
+    """A writer killed between its first segment and its first heartbeat left a lease
+    naming the segment it started from, so another cache as far along took over without
+    seeing the fork (a red-team run; decision 94). The first segment is named at once;
+    the later ones wait for the heartbeats (a PUT per fsync would double the metadata's)."""
+    remote.prepare()
+    now = [1000.0]
+    writing = make_writer(tmp_path, "writing", remote, lambda: now[0], lambda: now[0])
+    assert writing.start() == writer.WRITER
+    assert writerlease.read(remote, FS).sequence == 0
+    writing.segment_stored(3)
+    assert writerlease.read(remote, FS).sequence == 3
+    writing.segment_stored(4)
+    assert writerlease.read(remote, FS).sequence == 3
+    other = make_writer(tmp_path, "other", remote, lambda: now[0] + TIMEOUT * 2, lambda: now[0] + TIMEOUT * 2)
+    with pytest.raises(NotTheWriter, match="fork"):
+        other.start(force=True)  # its pid is this one's, alive: judged by the heartbeat, stale; but forked

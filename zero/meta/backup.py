@@ -95,6 +95,12 @@ class MetadataBackup:
             else:
                 segment.rows, segment.deleted = changelog.changed_rows(connection)
         end_at = self.clock()
+        usable = self.context.pool.durable_names()
+        if not any(remote.name in usable for remote in self.context.pool.remotes):
+            # Nothing is sent, so the number stays free: an outage does not burn one a retry.
+            raise RemoteUnavailable(f"no remote can take metadata {segment.kind} {sequence} now: "
+                                    + "; ".join(f"{remote.name} ({self.context.pool.health(remote.name)})"
+                                                for remote in self.context.pool.remotes))
         blob = self.context.codec.seal(encode(segment))
         key = (layout.snapshot_key if snapshot else layout.journal_key)(self.context.fs_id, sequence)
         with self.context.database.write() as connection:
@@ -103,7 +109,6 @@ class MetadataBackup:
             log.info("Metadata segment %d was sent before a stop or a failure and never recorded; storing a full "
                      "snapshot as %d so no remote keeps it as the newest state", attempted, sequence)
         stored, refused, skipped = [], [], []
-        usable = self.context.pool.durable_names()
         for remote in self.context.pool.remotes:
             if remote.name not in usable:
                 # Not ours, or not answering: never written into (the pool logged why, once).
@@ -128,6 +133,7 @@ class MetadataBackup:
             changelog.trim(connection, covered)
             changelog.finish_requests(connection, covered)
             changelog.record_point(connection, sequence, segment.kind, begin_at, end_at)
+        getattr(self.context, "segment_stored", lambda _sequence: None)(sequence)
         if refused:
             log.warning("Metadata %s %d is on %s but not on %s; the next segment will be a full snapshot",
                         segment.kind, sequence, ", ".join(stored), "; ".join(refused))

@@ -237,6 +237,7 @@ class Writer:
         self._lease: Lease | None = None
         self._confirmed_at: float | None = None
         self._starting = False
+        self._announced = False  # the lease has named a segment this writer stored
         self._lock = threading.RLock()
 
     @property
@@ -274,6 +275,19 @@ class Writer:
             if self._confirmed_at is not None and self.ticker() - self._confirmed_at < self.timeout_s / 2:
                 return True
             return self._confirm()
+
+    def segment_stored(self, sequence: int) -> None:
+        """After this writer's first metadata segment, the lease names it at once rather
+        than at the next heartbeat: a writer killed before that heartbeat otherwise left a
+        lease naming the segment it started from, and another cache as far along would
+        not see that taking over forks the filesystem (decision 94)."""
+        with self._lock:
+            if self._announced or self.role != WRITER or self._lease is None:
+                return
+            self._announced = True
+            lease = self._lease.beat(self.clock(), sequence)
+            if put_lease(self.remotes(), self.fs_id, lease):
+                self._lease = lease
 
     def confirm_now(self) -> bool:
         """Before deleting from the remotes: read the lease now, whatever the last confirmation."""

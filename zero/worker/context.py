@@ -37,6 +37,11 @@ class WorkerContext:
         """Uploads, metadata segments and deletions ask this first: the fence."""
         return self.writer is None or self.writer.may_write()
 
+    def segment_stored(self, sequence: int) -> None:
+        """A metadata segment was stored and recorded (zero.meta.backup)."""
+        if self.writer is not None:
+            self.writer.segment_stored(sequence)
+
     def remote_key(self, object_key: str) -> str:
         """Objects live under the filesystem's id, so several caches can share a
         bucket and the collector only ever sweeps its own."""
