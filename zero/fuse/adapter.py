@@ -240,7 +240,7 @@ class ZeroOperations(Operations):
     @translated
     def fsyncdir(self, path, datasync, fh):
         self.flusher.flush()
-        self.database.durable_checkpoint()
+        self.data.fsync_names(self._target(path, fh))
 
     # --- names -------------------------------------------------------------------------------
 

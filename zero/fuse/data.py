@@ -229,6 +229,17 @@ class DataPath:
             self.leases.release(inode, persist=True)
             with self.database.read() as connection:
                 versions = chunks.unuploaded_versions(connection, inode.ino)
+        self._make_durable(f"fsync of inode {inode.ino}", versions, inode.ino)
+
+    def fsync_names(self, folder: Inode) -> None:
+        """fsync of a folder: the names in it made durable, as after a file's fsync (the
+        write-then-rename pattern fsyncs the folder last, and a restore must find the rename)."""
+        self._make_durable(f"fsync of folder inode {folder.ino}", {}, None)
+
+    def _make_durable(self, what: str, versions: dict, ino: int | None) -> None:
+        """The state's commits durable here; with fsyncWaitsForUpload and a running worker,
+        the data's ``versions`` uploaded and then a metadata segment covering every change
+        so far in the remotes (a restore on a new machine finds them)."""
         self.database.durable_checkpoint()
         if not self.config.fsync_waits_for_upload:
             return
@@ -236,14 +247,13 @@ class DataPath:
             if versions or self.worker.metadata_pending():
                 # fsyncWaitsForUpload promises the remotes; success here would be a lie.
                 raise WorkerUnavailable(
-                    f"fsync of inode {inode.ino}: the data is safe in the local cache, but zero-worker is not "
-                    f"running, so it is not in the remotes as fsyncWaitsForUpload promises; start it with: "
-                    f"zero-worker {self.files.cache.root} (or set fsyncWaitsForUpload: false to let fsync "
-                    f"return once the data is safe locally)")
+                    f"{what}: the change is safe in the local cache, but zero-worker is not running, so it is "
+                    f"not in the remotes as fsyncWaitsForUpload promises; start it with: zero-worker "
+                    f"{self.files.cache.root} (or set fsyncWaitsForUpload: false to let fsync return once the "
+                    f"change is safe locally)")
             return
         if versions:
-            self.worker.wait_uploaded(inode.ino, versions)
-        # The data is in the remotes; now the metadata that names it (a restore on a new machine finds it).
+            self.worker.wait_uploaded(ino, versions)
         self.worker.wait_backed_up()
 
     # --- what the file costs locally ----------------------------------------------------------
