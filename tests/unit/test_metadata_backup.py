@@ -264,17 +264,12 @@ def test_no_remote_taking_it_changes_nothing(context, monkeypatch):
     assert layout.snapshot_key(context.fs_id, 3) in meta_keys(context, 0)
 
 
-def test_a_segment_stored_before_a_crash_is_never_stored_again_under_its_number(context, monkeypatch):
-    """Killed after the puts, before the commit: the copies of journal 2 stay as they are, and
-    the next attempt is a snapshot numbered 3 (a second journal 2, holding later changes that
-    fsync was told are safe, could be missed by a restore reading a remote's first copy)."""
-    worker = MetadataBackup(context)
-    worker.back_up()
-    make_inode(context, b"x")
+class Killed(BaseException):
+    """The worker's process dying at a crash point (what ZERO_TEST_CRASH_AT does)."""
 
-    class Killed(BaseException):
-        pass
 
+def killed_after_the_puts(worker: MetadataBackup, monkeypatch) -> None:
+    """One back_up that stores its segment in the remotes and dies before recording it."""
     def die(step):
         if step == "meta.stored":
             raise Killed(step)
@@ -283,6 +278,16 @@ def test_a_segment_stored_before_a_crash_is_never_stored_again_under_its_number(
     with pytest.raises(Killed):
         worker.back_up()
     monkeypatch.undo()
+
+
+def test_a_segment_stored_before_a_crash_is_never_stored_again_under_its_number(context, monkeypatch):
+    """Killed after the puts, before the commit: the copies of journal 2 stay as they are, and
+    the next attempt is a snapshot numbered 3 (a second journal 2, holding later changes that
+    fsync was told are safe, could be missed by a restore reading a remote's first copy)."""
+    worker = MetadataBackup(context)
+    worker.back_up()
+    make_inode(context, b"x")
+    killed_after_the_puts(worker, monkeypatch)
     assert layout.journal_key(context.fs_id, 2) in meta_keys(context, 0)
     stored = []
     for remote in context.pool.remotes:
@@ -425,3 +430,64 @@ def test_an_outage_burns_no_segment_number(context):
         context.pool.set_health(remote.name, pool_module.HEALTHY)
     assert worker.back_up() == 2
     assert layout.journal_key(context.fs_id, 2) in meta_keys(context, 0)
+
+
+def _uploaded_file(context, name: bytes, data: bytes) -> tuple[int, str]:
+    ino = make_inode(context, name)
+    write_chunk(context, ino, 0, data)
+    upload_all(context)
+    with context.database.read() as connection:
+        return ino, chunks.get(connection, ino, 0).object_key
+
+
+def _claimed_at_once_after_deleting(database, ino: int) -> list[str]:
+    """The file is deleted, and a collection with no grace period claims what it can."""
+    with database.write() as connection:
+        namespace.delete_inode(connection, ino)
+    with database.write() as connection:
+        objects.mark_unreferenced(connection, time.time())
+        return [key for key, _holders in objects.claim_garbage(connection, older_than=time.time() + 1)]
+
+
+def test_a_restored_state_keeps_what_its_restored_journal_needs_from_gc(tmp_path, context):
+    """A red-team run: restore onto a new machine, delete a file there, `zero gc --delete
+    --grace 0`, lose that machine too: the next restore reads the same journal, and the
+    fsynced file's object was gone (EIO). The restored segments are restore points."""
+    worker = MetadataBackup(context)
+    worker.back_up()
+    ino, key = _uploaded_file(context, b"thesis.tex", b"fsynced " * 500)
+    assert worker.back_up() == 2  # a journal
+    _result, restored = restore_into(tmp_path, context)
+    try:
+        assert key not in _claimed_at_once_after_deleting(restored, ino), "gc took what the restored journal needs"
+    finally:
+        restored.dispose()
+
+
+def test_a_segment_sent_but_not_yet_recorded_is_a_point_gc_respects(context, monkeypatch):
+    """A red-team run: the worker stopped between storing a journal and recording it;
+    meanwhile the file it names was deleted and gc ran; the restore read that journal
+    and the file gave EIO. The point is recorded before anything is sent."""
+    worker = MetadataBackup(context)
+    worker.back_up()
+    ino, key = _uploaded_file(context, b"f", b"named by journal 2 " * 100)
+    killed_after_the_puts(worker, monkeypatch)
+    assert key not in _claimed_at_once_after_deleting(context.database, ino), "gc took what the journal needs"
+
+
+def test_every_journal_after_the_newest_snapshot_stays_a_point(context):
+    """`zero restore --at` plans on any journal after the newest snapshot, but only the
+    newest journal was a point: gc deleted what an older one needed (a red-team run)."""
+    worker = MetadataBackup(context)
+    assert worker.back_up() == 1
+    for name in (b"a", b"b", b"c"):
+        make_inode(context, name)
+        worker.back_up()
+    with context.database.read() as connection:
+        kinds = dict(connection.exec_driver_sql("SELECT sequence, kind FROM backup_points").fetchall())
+    assert kinds == {1: "snapshot", 2: "journal", 3: "journal", 4: "journal"}
+    make_inode(context, b"d")
+    assert worker.back_up(force_snapshot=True) == 5
+    with context.database.read() as connection:
+        kinds = dict(connection.exec_driver_sql("SELECT sequence, kind FROM backup_points").fetchall())
+    assert kinds[5] == "snapshot" and "journal" not in kinds.values()  # superseded, as in the remotes

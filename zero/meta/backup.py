@@ -105,6 +105,9 @@ class MetadataBackup:
         key = (layout.snapshot_key if snapshot else layout.journal_key)(self.context.fs_id, sequence)
         with self.context.database.write() as connection:
             state_db.set_meta(connection, ATTEMPT_META, str(sequence))
+            # A point from now on: the copies may land before the commit below, or without it (a
+            # crash), and the collector must not delete what they reference meanwhile.
+            changelog.record_point(connection, sequence, segment.kind, begin_at, end_at)
         if uncommitted:
             log.info("Metadata segment %d was sent before a stop or a failure and never recorded; storing a full "
                      "snapshot as %d so no remote keeps it as the newest state", attempted, sequence)

@@ -205,3 +205,10 @@ def _adopt_identity(connection, found: Catalog, segments: list[Segment], data_ke
     # The snapshots still in the remotes stay restore points: GC here must not break them.
     for sequence, (taken_at, _holders) in found.snapshots.items():
         changelog.record_point(connection, sequence, SNAPSHOT, taken_at, taken_at)
+    # And so do the segments restored, journals too: until this state's first segment, a
+    # restore elsewhere reads them again (a red-team run lost an fsynced file to GC here).
+    # Each was read between its own clock at the start and its store (the remotes' time).
+    for segment in segments:
+        stored_at = (found.snapshots if segment.kind == SNAPSHOT else found.journals)[segment.sequence][0]
+        changelog.record_point(connection, segment.sequence, segment.kind, segment.taken_at,
+                               max(stored_at, segment.taken_at))

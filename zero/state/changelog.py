@@ -139,11 +139,14 @@ def finish_requests(connection: Connection, covered: int) -> int:
 # -- restore points and the collector's rule -----------------------------------------------------
 
 def record_point(connection: Connection, sequence: int, kind: str, begin_at: float, end_at: float) -> None:
-    """A segment reached the remotes. Only the newest journal point is kept: older
-    journals are superseded by it and cannot be restored to on their own."""
-    connection.exec_driver_sql("DELETE FROM backup_points WHERE kind = 'journal'")
+    """A segment is (or may be, while it is being sent) in the remotes: a point to
+    restore to, by `zero restore` (the newest) or `--at` (any journal after the newest
+    snapshot too, as Catalog.plan walks them). A snapshot supersedes the journals
+    before it: the remotes delete them (MetadataBackup.prune), and so do their points."""
     connection.exec_driver_sql("INSERT OR REPLACE INTO backup_points (sequence, kind, begin_at, end_at) "
                                "VALUES (?, ?, ?, ?)", (sequence, kind, begin_at, end_at))
+    if kind == "snapshot":
+        connection.exec_driver_sql("DELETE FROM backup_points WHERE kind = 'journal' AND sequence < ?", (sequence,))
 
 
 def snapshot_points(connection: Connection) -> list[tuple[int, float]]:
