@@ -9,6 +9,7 @@ symlinks, odd names."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -286,6 +287,66 @@ def test_a_segment_stored_again_after_a_worker_crash_is_the_one_restored(tmp_pat
     finally:
         for thread in fsyncs:
             thread.join(timeout=60)
+        close_all(mounts)
+
+
+def test_a_restore_without_a_remote_writes_nothing_until_that_remote_is_checked(tmp_path):
+    """A red-team run: the first machine saved f2 on remote a only (b was away) and was
+    lost; a second machine restored while a was away and b back, so from b alone, and
+    went on numbering segments from there, reusing the numbers a held; when a came back,
+    a restore read the first machine's segment under one of them and lost what the
+    second had fsynced (3 of 3). Now the restored cache writes nothing to the remotes
+    until a answers, and then finds it holds newer metadata: a fork, refused."""
+    away, other = tmp_path / "a", tmp_path / "b"
+    remotes = [local_remote(away) | {"name": "a"}, local_remote(other) | {"name": "b"}]
+    mounts = []
+
+    def put_away(folder: Path) -> None:
+        folder.rename(folder.with_name(folder.name + ".away"))
+        folder.write_text("not a folder: this remote is away\n")
+
+    def bring_back(folder: Path) -> None:
+        folder.unlink()
+        folder.with_name(folder.name + ".away").rename(folder)
+
+    try:
+        first = ZeroMount(tmp_path / "first", remotes=remotes, metadataBackupInterval=3600)
+        mounts.append(first)
+        first.start_worker()
+        first.start_fuse()
+        keyfile = wait_until(lambda: next(first.root.glob("recovery-*.key"), None), 30, "the recovery key file")
+        write_synced(first.mnt / "f1", b"on both remotes")
+        put_away(other)
+        write_synced(first.mnt / "f2", b"on a only")
+        first.kill_worker()
+        first.kill_fuse()
+        shutil.rmtree(first.cache)
+
+        put_away(away)
+        bring_back(other)
+        second = ZeroMount(tmp_path / "second", remotes=remotes, writerTimeout=4, metadataBackupInterval=1)
+        mounts.append(second)
+        restored = second.zero("restore", str(second.cache), "--recovery-key-file", str(keyfile), "--force",
+                               timeout=300)
+        assert "Restored without a" in restored.stdout, restored.stdout
+        second.start_worker()
+        second.start_fuse()
+        state = State(second.cache)
+        role = lambda: json.loads(state.query("SELECT value FROM meta WHERE key = 'writer_verdict'")[0][0])  # noqa: E731
+        wait_until(lambda: role()["role"] == "pending", 30, "the restored worker to wait for remote a")
+        assert "did not answer" in role()["message"]
+        (second.mnt / "g1").write_bytes(b"written while a was away")
+        bring_back(away)
+        wait_until(lambda: role()["role"] == "refused", 60, "the worker to find a's newer metadata")
+        assert "older than the filesystem in the remotes" in role()["message"]
+
+        third = ZeroMount(tmp_path / "third", remotes=remotes)
+        mounts.append(third)
+        third.zero("restore", str(third.cache), "--recovery-key-file", str(keyfile), "--force", timeout=300)
+        third.start_worker()
+        third.start_fuse()
+        assert (third.mnt / "f2").read_bytes() == b"on a only"
+    finally:
         close_all(mounts)
 
 

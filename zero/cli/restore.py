@@ -99,6 +99,10 @@ def restore(args, config) -> int:
     print(f"Restored filesystem {fs_id} into {cache.root}: snapshot {result.snapshot} and "
           f"{len(result.journals)} journal segment(s), {result.rows} rows. Mount it with: "
           f"zero-fuse <mountpoint> {cache.root}  (and zero-worker {cache.root}); data comes back as it is read.")
+    if result.unreached and not read_only:
+        print(f"Restored without {', '.join(result.unreached)}, which did not answer: what it holds may be newer "
+              f"than this. zero-worker writes nothing to the remotes from this cache until it answers and is "
+              f"checked (or leaves the config, if it is gone for good).")
     if read_only:
         print("This is a read-only restore point: zero-fuse mounts it read-only and nothing is written to the "
               "remotes from it. To write from it instead, restore it again with --take-over.")

@@ -124,6 +124,7 @@ class Restored:
     path: Path
     writer_id: str
     sequence: int  # the newest segment in the remotes: where this state's own numbering continues
+    unreached: list[str] = field(default_factory=list)  # configured remotes that did not answer
 
 
 def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | None = None,
@@ -166,6 +167,8 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
                     if bar is not None:
                         bar.update(len(segment.rows.get(table, ())) + len(segment.deleted.get(table, ())))
             _adopt_identity(connection, found, segments, data_keys, envelope)
+            unreached = [remote.name for remote in remotes if remote.name not in found.reachable]
+            state_db.set_meta(connection, writer.RESTORED_WITHOUT_META, ",".join(unreached))
             if read_only:
                 state_db.set_meta(connection, writer.MODE_META, writer.READ_ONLY)
             writer_id = state_db.get_meta(connection, writer.WRITER_ID_META)  # made fresh with the new state
@@ -179,7 +182,7 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
     log.info("Restored filesystem %s from snapshot %d and %d journal segment(s): %d rows", fs_id, snapshot,
              len(journals), total)
     return Restored(fs_id=fs_id, snapshot=snapshot, journals=journals, rows=total, path=database_path,
-                    writer_id=writer_id, sequence=found.newest_sequence())
+                    writer_id=writer_id, sequence=found.newest_sequence(), unreached=unreached)
 
 
 def _adopt_identity(connection, found: Catalog, segments: list[Segment], data_keys, envelope: bytes) -> None:

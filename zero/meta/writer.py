@@ -47,6 +47,7 @@ MODE_META = "writer_mode"        # READ_ONLY for a `zero restore --at` point; ab
 VERDICT_META = "writer_verdict"  # the worker's last word on its role (JSON), for zero-fuse and zero status
 SEQUENCE_META = "backup_sequence"  # zero.meta.backup's: the last segment this cache stored
 ATTEMPT_META = "backup_attempt"    # zero.meta.backup's: the last number it sent, stored or not
+RESTORED_WITHOUT_META = "restored_without"  # remotes that did not answer the restore (comma-separated)
 
 WRITER = "writer"        # holds the lease: uploads, collects, backs up the metadata
 PENDING = "pending"      # no remote answered yet: writes stay in the cache until one does
@@ -221,12 +222,13 @@ class Writer:
     it (or finds it lost), ``may_write`` is the fence, ``release`` marks it stopped."""
 
     def __init__(self, database, fs_id: str, cache, timeout_s: float, remotes, clock=time.time,
-                 ticker=boot_clock):
+                 ticker=boot_clock, configured=None):
         self.database = database
         self.fs_id = fs_id
         self.cache = str(cache)
         self.timeout_s = timeout_s
         self.remotes = remotes  # () -> the remotes usable now (ours and answering)
+        self.configured = configured or (lambda: [remote.name for remote in remotes()])  # () -> names in the config
         self.clock = clock
         self.ticker = ticker
         self.role = PENDING
@@ -314,9 +316,24 @@ class Writer:
             return max(int(state_db.get_meta(connection, SEQUENCE_META) or 0),
                        int(state_db.get_meta(connection, ATTEMPT_META) or 0))
 
+    def _restored_without(self, answering: list[str]) -> list[str]:
+        """Remotes the restore that made this cache could not read, still configured and not
+        answering now: they may hold newer metadata than what was restored (another machine
+        wrote there alone), so numbering on from here could reuse its numbers."""
+        with self.database.read() as connection:
+            named = [name for name in (state_db.get_meta(connection, RESTORED_WITHOUT_META) or "").split(",") if name]
+        configured = set(self.configured())
+        return [name for name in named if name in configured and name not in answering]
+
     def _acquire(self) -> None:
         began = self.ticker()
         remotes = self.remotes()
+        missing = self._restored_without([remote.name for remote in remotes])
+        if missing:
+            self._set(PENDING, f"this cache was restored while {', '.join(missing)} did not answer, and what it "
+                               f"holds may be newer than what was restored: nothing is written to the remotes until "
+                               f"it answers (then it is checked), or until it leaves the config if it is gone for good")
+            return
         try:
             holder = read_holder(remotes, self.fs_id)
         except RemoteUnavailable as error:
@@ -340,6 +357,8 @@ class Writer:
             self._set(PENDING, "no remote took the writer lease; nothing is uploaded until one does")
             return
         self._lease, self._confirmed_at = lease, began
+        with self.database.write() as connection:  # whatever the restore could not read has been checked now
+            state_db.set_meta(connection, RESTORED_WITHOUT_META, "")
         if holder is not None and holder.writer_id != mine and not holder.stopped:
             log.warning("Took the filesystem over from %s (--force)", describe(holder, now))
         self._set(WRITER, f"this cache writes the filesystem (lease {layout.lock_key(self.fs_id)})")

@@ -74,7 +74,8 @@ def run(args) -> int:
         keeper.start()  # refuses a config that strands data; marks each remote's health
         usable = lambda: [remote for remote in context.pool.remotes  # noqa: E731 - ours and answering, now
                           if remote.name in context.pool.durable_names()]
-        writer = Writer(context.database, context.fs_id, cache.root, config.writer_timeout_s, usable)
+        writer = Writer(context.database, context.fs_id, cache.root, config.writer_timeout_s, usable,
+                        configured=lambda: [remote.name for remote in context.pool.remotes])
         context.writer = writer
         # The keys, sealed, in every remote that is ours and answering (never into a stranger), by the writer only.
         writer.on_writer = lambda: ensure_published(context.database, usable(), config)
