@@ -491,3 +491,25 @@ def test_every_journal_after_the_newest_snapshot_stays_a_point(context):
     with context.database.read() as connection:
         kinds = dict(connection.exec_driver_sql("SELECT sequence, kind FROM backup_points").fetchall())
     assert kinds[5] == "snapshot" and "journal" not in kinds.values()  # superseded, as in the remotes
+
+
+def test_a_snapshot_left_on_a_remote_that_was_away_stays_a_point_until_it_is_pruned_there(make_context):
+    """A red-team run: pruning forgot a snapshot's point though a remote that was away
+    still held it; `zero snapshots` offered it, gc deleted what it needed, and
+    `zero restore --at` it read EIO. The point goes once every remote has pruned it."""
+    context = make_context(remotes=("a", "b"))
+    context.config = dataclasses.replace(context.config, snapshot_retention=())  # only the newest is kept
+    worker = MetadataBackup(context)
+    assert worker.back_up(force_snapshot=True) == 1
+    context.pool.set_health("b", pool_module.UNHEALTHY, "away")
+    make_inode(context, b"x")
+    assert worker.back_up(force_snapshot=True) == 2
+    assert layout.snapshot_key(context.fs_id, 1) in meta_keys(context, 1)  # b was not pruned
+    with context.database.read() as connection:
+        assert [sequence for sequence, _at in changelog.snapshot_points(connection)] == [1, 2]
+    context.pool.set_health("b", pool_module.HEALTHY)
+    make_inode(context, b"y")
+    assert worker.back_up() == 3  # a snapshot again: b missed segment 2
+    assert layout.snapshot_key(context.fs_id, 1) not in meta_keys(context, 1)
+    with context.database.read() as connection:
+        assert [sequence for sequence, _at in changelog.snapshot_points(connection)] == [3]

@@ -68,6 +68,7 @@ def restore(args, config) -> int:
     cache = CacheDir(args.cache)
     cache.prepare()
     taken_from = []
+    inherited = []
 
     def check_lease(fs_id, sequence):
         if read_only:
@@ -79,6 +80,8 @@ def restore(args, config) -> int:
                                f"zero restore --at TIME {args.cache}")
         if holder is not None and not holder.stopped:
             taken_from.append(holder)
+        elif holder is not None and holder.taken_from:
+            inherited.append(holder.taken_from)  # an earlier --force restore's, never started: still taken
 
     result = restoring.restore(config.database_path(cache.root), remotes, secret, fs_id=fs_id,
                                at=parse_time(args.at), progress=bar,
@@ -87,7 +90,7 @@ def restore(args, config) -> int:
         # Parked (stopped) until its worker starts: another machine that stopped cleanly and holds
         # no newer metadata may still go on, and whichever writes first makes the other stale.
         lease = writer.new_lease(result.writer_id, cache.root, result.sequence, time.time(), stopped=True,
-                                 taken_from=taken_from[0].writer_id if taken_from else "")
+                                 taken_from=taken_from[0].writer_id if taken_from else "".join(inherited))
         if not writer.put_lease(remotes, fs_id, lease):
             print("zero: could not write the writer lease to any remote; zero-worker takes it at start",
                   file=sys.stderr)

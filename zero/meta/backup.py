@@ -46,6 +46,9 @@ class MetadataBackup:
     def __init__(self, context, clock=time.time):
         self.context = context
         self.clock = clock
+        # One segment at a time: the stop's last segment must not race the thread's own (the
+        # number read by both, and a late commit moving the sequence back).
+        self.storing = threading.Lock()
 
     # -- one step --------------------------------------------------------------------------
 
@@ -70,6 +73,10 @@ class MetadataBackup:
     def back_up(self, force_snapshot: bool = False) -> int | None:
         """Store one segment if there is anything to store; its sequence, or None.
         Raises RemoteUnavailable when no remote took it (nothing changes then)."""
+        with self.storing:
+            return self._back_up(force_snapshot)
+
+    def _back_up(self, force_snapshot: bool) -> int | None:
         if not self.may_write():
             # Fenced or read-only: a segment from here would overwrite the writer's numbers.
             raise RemoteUnavailable("this cache is not the filesystem's writer; its metadata is not backed up")
@@ -156,12 +163,12 @@ class MetadataBackup:
         with self.context.database.read() as connection:
             known = dict(changelog.snapshot_points(connection))
         keep = retention.retained(list(known.items()), rules)
-        with self.context.database.write() as connection:
-            changelog.forget_points(connection, set(known) - keep)
         deleted = 0
+        pruned_everywhere = True
         usable = self.context.pool.durable_names()
         for remote in self.context.pool.remotes:
             if remote.name not in usable:
+                pruned_everywhere = False
                 continue  # never delete from a remote that is not ours or not answering
             try:
                 listing = list(remote.list(layout.meta_prefix(fs_id)))
@@ -182,7 +189,13 @@ class MetadataBackup:
                     remote.delete(key)
                     deleted += 1
             except RemoteUnavailable as error:
+                pruned_everywhere = False
                 log.warning("Could not prune old metadata backups on %s yet: %s", remote.name, error)
+        if pruned_everywhere:
+            # Only now: a snapshot left on a remote that was away is still offered by `zero snapshots`
+            # and `restore --at`, and the collector must keep what it references until it goes.
+            with self.context.database.write() as connection:
+                changelog.forget_points(connection, set(known) - keep)
         return deleted
 
     # -- the worker's thread -------------------------------------------------------------------
@@ -245,6 +258,10 @@ class BackupThread:
         self.listener.poke()
         if self._thread is not None:
             self._thread.join(timeout=60)
+            if self._thread.is_alive():
+                log.warning("The metadata backup did not finish within 60 s (a remote hung?); the next start "
+                            "stores what changed")
+                return
         try:
             with self.context.database.read() as connection:
                 changed = changelog.has_changes(connection)
