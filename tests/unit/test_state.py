@@ -870,6 +870,8 @@ def test_a_damaged_page_is_a_sentence_and_a_wrong_statement_stays_a_traceback(da
         with pytest.raises(StateUnavailable, match="the change was not saved"):
             with damaged.write() as connection:
                 make_file(connection, namespace.ROOT_INO, b"one more")
+        with pytest.raises(StateUnavailable, match="is damaged"):  # zero-fuse's lookups, outside a transaction
+            damaged.single_read("SELECT count(*) FROM inodes WHERE size >= 0")
         from sqlalchemy import exc
         with pytest.raises(exc.OperationalError, match="no such table"):
             with damaged.read() as connection:

@@ -205,6 +205,13 @@ class Database:
                 return cursor.fetchone()
             finally:
                 cursor.close()  # resets the statement, which ends its read of the WAL
+        except sqlite3.Error as error:
+            # READONLY here is query_only refusing a statement that writes: zero's mistake, not the disk's.
+            failure = None if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY else \
+                self._failure(error, "nothing was changed")
+            if failure is None:
+                raise
+            raise failure from error
         finally:
             if self._disposed:
                 connection.close()
@@ -228,8 +235,14 @@ class Database:
         A checkpoint fsyncs the WAL before it copies frames into the database,
         but a PASSIVE one that a reader keeps from copying anything syncs
         nothing; so the WAL, where the commits are, is fsynced here too."""
-        with self.engine.connect() as connection:
-            connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        try:
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except (exc.DBAPIError, sqlite3.Error) as error:
+            failure = self._failure(error, "what was written is not known to be on the disk")
+            if failure is None:
+                raise
+            raise failure from error
         try:
             fd = os.open(f"{self.path}-wal", os.O_RDONLY)
         except FileNotFoundError:
