@@ -161,17 +161,22 @@ def test_lose_the_machine(tmp_path, s3):
     assert not problems, "zero logged unexpected warnings or errors:\n" + "\n".join(problems)
 
 
+def first_machine(tmp_path: Path, mounts: list, **config) -> tuple[ZeroMount, Path]:
+    """A mount with its worker under <tmp_path>/first, and its recovery key file once written."""
+    first = ZeroMount(tmp_path / "first", **config)
+    mounts.append(first)
+    first.start_worker()
+    first.start_fuse()
+    return first, wait_until(lambda: next(first.root.glob("recovery-*.key"), None), 30, "the recovery key file")
+
+
 def test_what_fsync_returned_for_survives_a_kill_right_after_it(tmp_path):
     """fsync with fsyncWaitsForUpload covers the data and the metadata naming it: kill -9 both
     processes the moment fsync returns, lose the cache, restore: the file is there, whole. The
     periodic backup is set to an hour, so only fsync's own request can have sent the metadata."""
     mounts = []
     try:
-        first = ZeroMount(tmp_path / "first", metadataBackupInterval=3600)
-        mounts.append(first)
-        first.start_worker()
-        first.start_fuse()
-        keyfile = wait_until(lambda: next(first.root.glob("recovery-*.key"), None), 30, "the recovery key file")
+        first, keyfile = first_machine(tmp_path, mounts, metadataBackupInterval=3600)
         (first.mnt / "projects" / "thesis").mkdir(parents=True)
         data = os.urandom(3 * MIB + 123)
         fd = os.open(first.mnt / "projects" / "thesis" / "chapter-1.tex", os.O_WRONLY | os.O_CREAT, 0o644)
@@ -199,11 +204,7 @@ def test_a_folder_fsync_makes_its_renames_links_and_unlinks_restorable(tmp_path)
     the old file, the temporary one, an unlinked one and no hard link."""
     mounts = []
     try:
-        first = ZeroMount(tmp_path / "first", metadataBackupInterval=3600)
-        mounts.append(first)
-        first.start_worker()
-        first.start_fuse()
-        keyfile = wait_until(lambda: next(first.root.glob("recovery-*.key"), None), 30, "the recovery key file")
+        first, keyfile = first_machine(tmp_path, mounts, metadataBackupInterval=3600)
         folder = first.mnt / "docs"
         folder.mkdir()
         old, new = os.urandom(40_000), os.urandom(40_000)
