@@ -513,3 +513,30 @@ def test_a_snapshot_left_on_a_remote_that_was_away_stays_a_point_until_it_is_pru
     assert layout.snapshot_key(context.fs_id, 1) not in meta_keys(context, 1)
     with context.database.read() as connection:
         assert [sequence for sequence, _at in changelog.snapshot_points(connection)] == [3]
+
+
+def test_a_snapshot_that_did_not_land_keeps_the_journal_points_the_remotes_still_hold(context, monkeypatch):
+    """A review: the attempt of a snapshot forgot the journal points before it, though
+    every put of it failed; the remotes still held only snapshot 1 and journal 2, and
+    gc took the object journal 2 names (its file was fsynced)."""
+    base = time.time()
+    clock = [base]
+    worker = MetadataBackup(context, clock=lambda: clock[0])
+    assert worker.back_up() == 1
+    ino, key = _uploaded_file(context, b"f", b"named by journal 2 " * 100)
+    clock[0] = base + 1
+    assert worker.back_up() == 2
+    with context.database.write() as connection:
+        namespace.delete_inode(connection, ino)
+    with context.database.write() as connection:
+        objects.mark_unreferenced(connection, base + 10)
+    clock[0] = base + 100
+    for remote in context.pool.remotes:
+        monkeypatch.setattr(remote, "put", lambda key, data: (_ for _ in ()).throw(RemoteUnavailable("timed out")))
+    with pytest.raises(RemoteUnavailable):
+        worker.back_up(force_snapshot=True)
+    monkeypatch.undo()
+    assert restore.catalog(context.pool.remotes, context.fs_id).plan() == (1, [2])
+    with context.database.write() as connection:
+        claimed = [claimed_key for claimed_key, _ in objects.claim_garbage(connection, older_than=base + 1000)]
+    assert key not in claimed, "gc claimed an object the newest restorable journal needs"

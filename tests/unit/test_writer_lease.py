@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from zero.errors import NotTheWriter
+from zero.errors import NotTheWriter, RemoteUnavailable
 from zero.meta import writer
 from zero.remote import layout, writerlease
 from zero.remote.local import LocalRemote
@@ -135,3 +135,23 @@ def test_the_lease_names_a_writers_first_segment_at_once(tmp_path, remote):
     other = make_writer(tmp_path, "other", remote, lambda: now[0] + TIMEOUT * 2, lambda: now[0] + TIMEOUT * 2)
     with pytest.raises(NotTheWriter, match="fork"):
         other.start(force=True)  # its pid is this one's, alive: judged by the heartbeat, stale; but forked
+
+
+def test_a_cache_restored_without_a_remote_waits_until_that_remote_is_listed(tmp_path, remote):
+    """Decision 100, and a review of it: the wait ended as soon as the remote looked
+    healthy, even when listing its metadata failed; and `zero gc --delete` did not wait
+    at all. Both wait until the remote's metadata has been listed."""
+    remote.prepare()
+    now = [1000.0]
+    restored = make_writer(tmp_path, "restored", remote, lambda: now[0], lambda: now[0])
+    with restored.database.write() as connection:
+        state_db.set_meta(connection, writer.RESTORED_WITHOUT_META, "a")
+    with pytest.raises(NotTheWriter, match="did not answer"):
+        writer.check_one_shot(restored.database, [remote], FS)
+    listing = remote.list
+    remote.list = lambda prefix="": (_ for _ in ()).throw(RemoteUnavailable("timed out"))
+    assert restored.start() == writer.PENDING and "did not answer" in restored.message
+    remote.list = listing
+    restored.heartbeat()
+    assert restored.role == writer.WRITER
+    writer.check_one_shot(restored.database, [remote], FS)  # checked now: gc may run

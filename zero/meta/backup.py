@@ -80,6 +80,11 @@ class MetadataBackup:
         if not self.may_write():
             # Fenced or read-only: a segment from here would overwrite the writer's numbers.
             raise RemoteUnavailable("this cache is not the filesystem's writer; its metadata is not backed up")
+        usable = self.context.pool.durable_names()
+        if not any(remote.name in usable for remote in self.context.pool.remotes):
+            # Nothing could be sent: no number taken, and no state read for it (an outage retries every 10 s).
+            raise RemoteUnavailable("no remote can take metadata now: " + "; ".join(
+                f"{remote.name} ({self.context.pool.health(remote.name)})" for remote in self.context.pool.remotes))
         settings = self._settings()
         now = self.clock()
         committed, attempted = int(settings.get(SEQUENCE_META, 0)), int(settings.get(ATTEMPT_META, 0))
@@ -102,12 +107,6 @@ class MetadataBackup:
             else:
                 segment.rows, segment.deleted = changelog.changed_rows(connection)
         end_at = self.clock()
-        usable = self.context.pool.durable_names()
-        if not any(remote.name in usable for remote in self.context.pool.remotes):
-            # Nothing is sent, so the number stays free: an outage does not burn one a retry.
-            raise RemoteUnavailable(f"no remote can take metadata {segment.kind} {sequence} now: "
-                                    + "; ".join(f"{remote.name} ({self.context.pool.health(remote.name)})"
-                                                for remote in self.context.pool.remotes))
         blob = self.context.codec.seal(encode(segment))
         key = (layout.snapshot_key if snapshot else layout.journal_key)(self.context.fs_id, sequence)
         with self.context.database.write() as connection:
@@ -115,6 +114,8 @@ class MetadataBackup:
             # A point from now on: the copies may land before the commit below, or without it (a
             # crash), and the collector must not delete what they reference meanwhile.
             changelog.record_point(connection, sequence, segment.kind, begin_at, end_at)
+        # Before anything is sent: from the first copy on, another cache as far along must see the fork.
+        getattr(self.context, "segment_stored", lambda _sequence: None)(sequence)
         if uncommitted:
             log.info("Metadata segment %d was sent before a stop or a failure and never recorded; storing a full "
                      "snapshot as %d so no remote keeps it as the newest state", attempted, sequence)
@@ -143,7 +144,6 @@ class MetadataBackup:
             changelog.trim(connection, covered)
             changelog.finish_requests(connection, covered)
             changelog.record_point(connection, sequence, segment.kind, begin_at, end_at)
-        getattr(self.context, "segment_stored", lambda _sequence: None)(sequence)
         if refused:
             log.warning("Metadata %s %d is on %s but not on %s; the next segment will be a full snapshot",
                         segment.kind, sequence, ", ".join(stored), "; ".join(refused))
@@ -165,6 +165,7 @@ class MetadataBackup:
         keep = retention.retained(list(known.items()), rules)
         deleted = 0
         pruned_everywhere = True
+        newest_everywhere = None  # the lowest of the remotes' newest snapshots: journals before it are gone
         usable = self.context.pool.durable_names()
         for remote in self.context.pool.remotes:
             if remote.name not in usable:
@@ -180,6 +181,7 @@ class MetadataBackup:
                     elif (sequence := layout.parse_journal_key(fs_id, key)) is not None:
                         journals[sequence] = key
                 if not snapshots:
+                    pruned_everywhere = False  # its journals, if any, stay restorable
                     continue
                 keep_here = retention.retained([(s, at) for s, (_k, at) in snapshots.items()], rules)
                 newest = max(snapshots)
@@ -188,6 +190,7 @@ class MetadataBackup:
                 for key in doomed:
                     remote.delete(key)
                     deleted += 1
+                newest_everywhere = newest if newest_everywhere is None else min(newest_everywhere, newest)
             except RemoteUnavailable as error:
                 pruned_everywhere = False
                 log.warning("Could not prune old metadata backups on %s yet: %s", remote.name, error)
@@ -196,6 +199,8 @@ class MetadataBackup:
             # and `restore --at`, and the collector must keep what it references until it goes.
             with self.context.database.write() as connection:
                 changelog.forget_points(connection, set(known) - keep)
+                if newest_everywhere is not None:
+                    changelog.forget_journal_points(connection, newest_everywhere)
         return deleted
 
     # -- the worker's thread -------------------------------------------------------------------

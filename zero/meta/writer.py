@@ -155,9 +155,10 @@ def judge(lease: Lease | None, writer: str, sequence: int, now: float, timeout_s
     return forked_here if lease.sequence > sequence else None
 
 
-def newest_segment(remotes, fs_id: str) -> int:
-    """The highest metadata segment number in the remotes that answer (0: none)."""
-    newest = 0
+def newest_segment(remotes, fs_id: str) -> tuple[int, list[str]]:
+    """The highest metadata segment number in the remotes that answer (0: none), and
+    the names of those that did not."""
+    newest, unlisted = 0, []
     for remote in remotes:
         try:
             for key, _size, _mtime in remote.list(layout.meta_prefix(fs_id)):
@@ -165,7 +166,8 @@ def newest_segment(remotes, fs_id: str) -> int:
                 newest = max(newest, sequence)
         except RemoteUnavailable as error:
             log.info("Could not list the metadata on %s: %s", remote.name, error)
-    return newest
+            unlisted.append(remote.name)
+    return newest, unlisted
 
 
 def read_holder(remotes, fs_id: str) -> Lease | None:
@@ -209,6 +211,13 @@ def check_one_shot(database, remotes, fs_id: str) -> None:
     if is_read_only(database):
         raise NotTheWriter("this cache is a read-only restore point (zero restore --at); it deletes nothing "
                            "from the remotes")
+    with database.read() as connection:
+        unchecked = [name for name in (state_db.get_meta(connection, RESTORED_WITHOUT_META) or "").split(",")
+                     if name in {remote.name for remote in remotes}]
+    if unchecked:
+        raise NotTheWriter(f"this cache was restored while {', '.join(unchecked)} did not answer; until zero-worker "
+                           f"has checked what it holds, objects this cache does not know may be needed there. "
+                           f"Start zero-worker once it answers, or take it out of the config if it is gone for good")
     holder = read_holder(remotes, fs_id)
     if holder is not None and holder.writer_id != writer_id(database):
         raise NotTheWriter(f"this cache is not the filesystem's writer: {describe(holder, time.time())}. "
@@ -279,17 +288,16 @@ class Writer:
             return self._confirm()
 
     def segment_stored(self, sequence: int) -> None:
-        """After this writer's first metadata segment, the lease names it at once rather
+        """Before this writer's first metadata segment is sent, the lease names it, rather
         than at the next heartbeat: a writer killed before that heartbeat otherwise left a
         lease naming the segment it started from, and another cache as far along would
         not see that taking over forks the filesystem (decision 94)."""
         with self._lock:
             if self._announced or self.role != WRITER or self._lease is None:
                 return
-            self._announced = True
             lease = self._lease.beat(self.clock(), sequence)
             if put_lease(self.remotes(), self.fs_id, lease):
-                self._lease = lease
+                self._lease, self._announced = lease, True
 
     def confirm_now(self) -> bool:
         """Before deleting from the remotes: read the lease now, whatever the last confirmation."""
@@ -325,14 +333,18 @@ class Writer:
         configured = set(self.configured())
         return [name for name in named if name in configured and name not in answering]
 
+    def _wait_for_unchecked(self, names: list[str]) -> None:
+        self._set(PENDING, f"this cache was restored while {', '.join(names)} did not answer, and what it holds "
+                           f"may be newer than what was restored: nothing is written to the remotes until it "
+                           f"answers and its metadata has been listed, or until it leaves the config if it is "
+                           f"gone for good")
+
     def _acquire(self) -> None:
         began = self.ticker()
         remotes = self.remotes()
         missing = self._restored_without([remote.name for remote in remotes])
         if missing:
-            self._set(PENDING, f"this cache was restored while {', '.join(missing)} did not answer, and what it "
-                               f"holds may be newer than what was restored: nothing is written to the remotes until "
-                               f"it answers (then it is checked), or until it leaves the config if it is gone for good")
+            self._wait_for_unchecked(missing)
             return
         try:
             holder = read_holder(remotes, self.fs_id)
@@ -345,7 +357,11 @@ class Writer:
         if why_not is None:
             # The lease says what its holder had stored when it last beat; the remotes say what is
             # there: a writer killed before its first heartbeat left newer segments than its lease names.
-            sent, newest = self._sent_up_to(), newest_segment(remotes, self.fs_id)
+            sent, (newest, unlisted) = self._sent_up_to(), newest_segment(remotes, self.fs_id)
+            unchecked = [name for name in self._restored_without([]) if name in unlisted]
+            if unchecked:
+                self._wait_for_unchecked(unchecked)
+                return
             if newest > sent:
                 why_not = forked("another cache", newest, sent)
         if why_not is not None:

@@ -141,12 +141,15 @@ def finish_requests(connection: Connection, covered: int) -> int:
 def record_point(connection: Connection, sequence: int, kind: str, begin_at: float, end_at: float) -> None:
     """A segment is (or may be, while it is being sent) in the remotes: a point to
     restore to, by `zero restore` (the newest) or `--at` (any journal after the newest
-    snapshot too, as Catalog.plan walks them). A snapshot supersedes the journals
-    before it: the remotes delete them (MetadataBackup.prune), and so do their points."""
+    snapshot too, as Catalog.plan walks them). Points go only when the remotes have
+    deleted their segments (MetadataBackup.prune: forget_points, forget_journal_points)."""
     connection.exec_driver_sql("INSERT OR REPLACE INTO backup_points (sequence, kind, begin_at, end_at) "
                                "VALUES (?, ?, ?, ?)", (sequence, kind, begin_at, end_at))
-    if kind == "snapshot":
-        connection.exec_driver_sql("DELETE FROM backup_points WHERE kind = 'journal' AND sequence < ?", (sequence,))
+
+
+def forget_journal_points(connection: Connection, before: int) -> None:
+    """Every remote's newest snapshot is at least ``before`` and the journals before it are deleted."""
+    connection.exec_driver_sql("DELETE FROM backup_points WHERE kind = 'journal' AND sequence < ?", (before,))
 
 
 def snapshot_points(connection: Connection) -> list[tuple[int, float]]:
@@ -167,9 +170,10 @@ POINT_MARGIN_S = 60.0
 
 
 def referenced_by_retained_snapshots(connection: Connection, keys: Iterable[str]) -> set[str]:
-    """Which of ``keys`` a retained restore point (a kept snapshot, or the newest
-    segment) may reference: objects that existed when the point was read and
-    lost their last reference only after. The collector must not delete them."""
+    """Which of ``keys`` a restore point (a segment the remotes may still hold: a kept
+    snapshot, a journal not yet superseded everywhere, one being sent, one a restore
+    came from) may reference: objects that existed when the point was read and lost
+    their last reference only after. The collector must not delete them."""
     protected = set()
     for key in keys:
         if connection.exec_driver_sql(
