@@ -198,7 +198,10 @@ class Database:
         try:
             connection = self._readers.pop()
         except IndexError:
-            connection = self._open_reader()
+            try:
+                connection = self._open_reader()
+            except sqlite3.Error as error:
+                raise self._failure(error, "nothing was changed") or error from error
         try:
             cursor = connection.execute(sql, params)
             try:
