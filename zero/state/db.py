@@ -201,7 +201,10 @@ class Database:
             try:
                 connection = self._open_reader()
             except sqlite3.Error as error:
-                raise self._failure(error, "nothing was changed") or error from error
+                failure = self._failure(error, "nothing was changed")
+                if failure is None:
+                    raise
+                raise failure from error
         try:
             cursor = connection.execute(sql, params)
             try:
