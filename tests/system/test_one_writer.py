@@ -172,7 +172,9 @@ def test_a_writer_killed_before_its_first_heartbeat_leaves_no_room_for_a_fork(ma
     fsynced, and was killed before its first heartbeat, so its lease still named the
     segment it had restored. The first machine's worker, started with --force, took the
     filesystem back and stored its segments under the numbers the second had used: a
-    restore then lost fsynced files of both and read a splice of two machines' files."""
+    restore then lost fsynced files of both and read a splice of two machines' files.
+    Now the lease names a writer's first segment before it is sent (decision 97), and
+    the worker lists the remotes' newest segment before taking the lease (decision 94)."""
     first = machines()
     (first.mnt / "a.txt").write_bytes(b"from the first machine\n")
     backed_up(first)
@@ -189,8 +191,8 @@ def test_a_writer_killed_before_its_first_heartbeat_leaves_no_room_for_a_fork(ma
         os.fsync(out.fileno())
     second.kill_worker()
     second.kill_fuse()
-    restored_at = lease_of(first.remote)["sequence"]
-    assert int(State(second.cache).query("SELECT value FROM meta WHERE key = 'backup_sequence'")[0][0]) > restored_at
+    stored = int(State(second.cache).query("SELECT value FROM meta WHERE key = 'backup_sequence'")[0][0])
+    assert lease_of(first.remote)["sequence"] == stored, "the lease does not name the segment fsync waited for"
 
     worker = first.start_worker("--force")
     assert worker.wait(timeout=60) == 1, "the first machine took back a filesystem written since by another"

@@ -155,3 +155,19 @@ def test_a_cache_restored_without_a_remote_waits_until_that_remote_is_listed(tmp
     restored.heartbeat()
     assert restored.role == writer.WRITER
     writer.check_one_shot(restored.database, [remote], FS)  # checked now: gc may run
+
+
+def test_segments_in_the_remotes_newer_than_this_cache_are_a_fork_whatever_the_lease_says(tmp_path, remote):
+    """The lease says what its holder had stored when it last beat; the remotes say what is
+    there. A cache that stored (or tried) up to 1 finding segment 7 is refused (decision 94)."""
+    remote.prepare()
+    remote.put(layout.journal_key(FS, 7), b"another cache's segment")
+    now = [1000.0]
+    behind = make_writer(tmp_path, "behind", remote, lambda: now[0], lambda: now[0])
+    with behind.database.write() as connection:
+        state_db.set_meta(connection, writer.SEQUENCE_META, "1")
+    with pytest.raises(NotTheWriter, match="older than the filesystem in the remotes.*up to segment 7"):
+        behind.start(force=True)
+    with behind.database.write() as connection:
+        state_db.set_meta(connection, writer.ATTEMPT_META, "7")  # its own attempt: not a fork
+    assert behind.start() == writer.WRITER
