@@ -18,14 +18,16 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench_run  # noqa: E402
-from workloads import drop_page_cache  # noqa: E402
+from workloads import drop_page_cache, stdlib_tarball  # noqa: E402
 
 SMALL = os.urandom(4096)
 
@@ -72,6 +74,16 @@ def read(mount, args, round_no: int) -> float:
     return args.size_mib / (time.perf_counter() - started)
 
 
+def tarx(mount, args, round_no: int) -> float:
+    """tar x of the standard library, then sync, as bench/peers.py times it."""
+    target = mount.mnt / f"tarx-{round_no}"
+    target.mkdir()
+    started = time.perf_counter()
+    subprocess.run(["tar", "-xf", str(args.tarball), "-C", str(target)], check=True)
+    os.sync()
+    return args.tar_files / (time.perf_counter() - started)
+
+
 def delete(mount, args, round_no: int) -> float:
     """As bench/peers.py: the folder this round's create made is listed after a cache
     drop (untimed), then each file is unlinked by its path."""
@@ -88,7 +100,7 @@ def delete(mount, args, round_no: int) -> float:
 
 
 WORKLOADS = {"create": (create, "files/s"), "stat": (stat, "files/s"), "write": (write, "MiB/s"),
-             "read": (read, "MiB/s"), "delete": (delete, "files/s")}
+             "read": (read, "MiB/s"), "delete": (delete, "files/s"), "tarx": (tarx, "files/s")}
 
 
 def prepare(mount, args) -> None:
@@ -119,6 +131,11 @@ def main(argv=None) -> int:
             parser.error(f"{tree} is not a zero source tree (no zero/__init__.py); make one with: "
                          f"git worktree add {tree} <commit>")
     work = Path(tempfile.mkdtemp(prefix="zero-ab-", dir=args.base_dir))
+    if "tarx" in chosen:
+        args.tarball = work / "stdlib.tar"
+        stdlib_tarball(args.tarball)
+        with tarfile.open(args.tarball) as archive:
+            args.tar_files = sum(1 for _ in archive)
     mounts: dict[str, bench_run.ZeroMount] = {}
     saved = os.environ.get("PYTHONPATH")
     try:

@@ -28,8 +28,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import sysconfig
-import tarfile
 import tempfile
 import time
 import urllib.request
@@ -438,19 +436,9 @@ def make_inputs(work: Path, size_mib: int) -> dict:
     with open(data, "wb") as f:
         for _ in range(min(size_mib, DATA_POOL_MAX_MIB)):
             f.write(os.urandom(MIB))
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-
-    def keep(info: tarfile.TarInfo):
-        parts = Path(info.name).parts
-        if "__pycache__" in parts or "site-packages" in parts or "dist-packages" in parts \
-                or any(part.startswith("config-") for part in parts):
-            return None
-        return info if (info.isfile() or info.isdir() or info.issym()) else None
-
     tarball = work / "stdlib.tar"
-    with tarfile.open(tarball, "w") as archive:
-        archive.add(stdlib, arcname="stdlib", filter=keep)
-    from workloads import tar_manifest
+    from workloads import stdlib_tarball, tar_manifest
+    stdlib_tarball(tarball)
     manifest = tar_manifest(str(tarball))
     (work / "manifest.json").write_text(json.dumps(manifest))
     # A bare snapshot of this repository, so that every system and round clones the same commits.

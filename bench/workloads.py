@@ -18,6 +18,7 @@ import os
 import random
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import time
 from pathlib import Path
@@ -193,6 +194,21 @@ def w_delete(root: Path, p: dict) -> dict:
     elapsed = time.perf_counter() - start
     (root / "small").rmdir()
     return {"delete": len(paths) / elapsed}
+
+
+def stdlib_tarball(path: Path) -> None:
+    """A tar of this Python's standard library, without caches and installed packages."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+
+    def keep(info: tarfile.TarInfo):
+        parts = Path(info.name).parts
+        if "__pycache__" in parts or "site-packages" in parts or "dist-packages" in parts \
+                or any(part.startswith("config-") for part in parts):
+            return None
+        return info if (info.isfile() or info.isdir() or info.issym()) else None
+
+    with tarfile.open(path, "w") as archive:
+        archive.add(stdlib, arcname="stdlib", filter=keep)
 
 
 def tar_manifest(tar_path: str) -> dict[str, str]:
