@@ -1085,9 +1085,9 @@ def test_a_collection_that_died_holding_the_fence_does_not_stop_uploads(context)
     token = objects.collection_token()
     with context.database.write() as connection:
         assert objects.begin_collection(connection, time.time(), token)
-        assert objects.collection_under_way(connection, time.time(), lambda: True)
-        assert not objects.collection_under_way(connection, time.time(), lambda: False)  # its lock is free
-        assert not objects.collection_under_way(connection, time.time() + objects.COLLECTION_STALE_S + 1,
+        assert objects.uploads_wait(connection, time.time(), lambda: True)
+        assert not objects.uploads_wait(connection, time.time(), lambda: False)  # its lock is free
+        assert not objects.uploads_wait(connection, time.time() + objects.COLLECTION_STALE_S + 1,
                                                 lambda: True)  # alive, but silent too long
     ino = make_file(context, b"a")
     fuse_write(context, ino, 0, chunk_data(1))
@@ -1137,11 +1137,11 @@ def test_a_second_collection_neither_takes_nor_ends_the_first_ones_fence(context
     with context.database.write() as connection:
         assert objects.begin_collection(connection, time.time(), first)
         objects.end_collection(connection, second)
-        assert objects.collection_under_way(connection, time.time(), lambda: True)
+        assert objects.uploads_wait(connection, time.time(), lambda: True)
         assert not objects.still_alive(connection, time.time(), second)
         assert objects.still_alive(connection, time.time(), first)
         objects.end_collection(connection, first)
-        assert not objects.collection_under_way(connection, time.time(), lambda: True)
+        assert not objects.uploads_wait(connection, time.time(), lambda: True)
     held = locking.HeldLock(context.cache.lock_path(COLLECT_LOCK))
     assert held.try_acquire()
     try:

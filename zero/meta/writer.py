@@ -205,15 +205,20 @@ def new_lease(writer: str, cache, sequence: int, now: float, stopped: bool = Fal
                  taken_from=taken_from)
 
 
+def restored_without(database) -> list[str]:
+    """The remotes that did not answer the restore that made this cache, until a worker has checked them."""
+    with database.read() as connection:
+        return [name for name in (state_db.get_meta(connection, RESTORED_WITHOUT_META) or "").split(",") if name]
+
+
 def check_one_shot(database, remotes, fs_id: str) -> None:
     """For a command that deletes from the remotes outside the worker (zero gc):
     only the writer's cache may, and only while no one else holds the lease."""
     if is_read_only(database):
         raise NotTheWriter("this cache is a read-only restore point (zero restore --at); it deletes nothing "
                            "from the remotes")
-    with database.read() as connection:
-        unchecked = [name for name in (state_db.get_meta(connection, RESTORED_WITHOUT_META) or "").split(",")
-                     if name in {remote.name for remote in remotes}]
+    configured = {remote.name for remote in remotes}
+    unchecked = [name for name in restored_without(database) if name in configured]
     if unchecked:
         raise NotTheWriter(f"this cache was restored while {', '.join(unchecked)} did not answer; until zero-worker "
                            f"has checked what it holds, objects this cache does not know may be needed there. "
@@ -328,10 +333,8 @@ class Writer:
         """Remotes the restore that made this cache could not read, still configured and not
         answering now: they may hold newer metadata than what was restored (another machine
         wrote there alone), so numbering on from here could reuse its numbers."""
-        with self.database.read() as connection:
-            named = [name for name in (state_db.get_meta(connection, RESTORED_WITHOUT_META) or "").split(",") if name]
         configured = set(self.configured())
-        return [name for name in named if name in configured and name not in answering]
+        return [name for name in restored_without(self.database) if name in configured and name not in answering]
 
     def _wait_for_unchecked(self, names: list[str]) -> None:
         self._set(PENDING, f"this cache was restored while {', '.join(names)} did not answer, and what it holds "

@@ -139,10 +139,7 @@ class Database:
             finally:
                 self._write_depth -= 1
         except (exc.DBAPIError, sqlite3.Error) as error:
-            failure = self._failure(error, "the change was not saved")
-            if failure is None:
-                raise
-            raise failure from error
+            self._raise_failure(error, "the change was not saved")
         finally:
             self._write_lock.release()
 
@@ -153,10 +150,14 @@ class Database:
                 with connection.begin():
                     yield connection
         except (exc.DBAPIError, sqlite3.Error) as error:
-            failure = self._failure(error, "nothing was changed")
-            if failure is None:
-                raise
-            raise failure from error
+            self._raise_failure(error, "nothing was changed")
+
+    def _raise_failure(self, error: Exception, outcome: str) -> None:
+        """Raise ``error`` as _failure's sentence, or as it is when it is zero's own."""
+        failure = self._failure(error, outcome)
+        if failure is None:
+            raise error
+        raise failure from error
 
     def _failure(self, error: Exception, outcome: str) -> ZeroError | None:
         """SQLite's error, when the cause is outside zero (the disk, a lock held too
@@ -201,10 +202,7 @@ class Database:
             try:
                 connection = self._open_reader()
             except sqlite3.Error as error:
-                failure = self._failure(error, "nothing was changed")
-                if failure is None:
-                    raise
-                raise failure from error
+                self._raise_failure(error, "nothing was changed")
         try:
             cursor = connection.execute(sql, params)
             try:
@@ -213,11 +211,9 @@ class Database:
                 cursor.close()  # resets the statement, which ends its read of the WAL
         except sqlite3.Error as error:
             # READONLY here is query_only refusing a statement that writes: zero's mistake, not the disk's.
-            failure = None if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY else \
-                self._failure(error, "nothing was changed")
-            if failure is None:
+            if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY:
                 raise
-            raise failure from error
+            self._raise_failure(error, "nothing was changed")
         finally:
             if self._disposed:
                 connection.close()
@@ -245,10 +241,7 @@ class Database:
             with self.engine.connect() as connection:
                 connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
         except (exc.DBAPIError, sqlite3.Error) as error:
-            failure = self._failure(error, "what was written is not known to be on the disk")
-            if failure is None:
-                raise
-            raise failure from error
+            self._raise_failure(error, "what was written is not known to be on the disk")
         try:
             fd = os.open(f"{self.path}-wal", os.O_RDONLY)
         except FileNotFoundError:

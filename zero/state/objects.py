@@ -156,8 +156,8 @@ def begin_collection(connection: Connection, now: float, token: str) -> bool:
 
 def waiting_for_uploads(connection: Connection, now: float, token: str) -> bool:
     """Whether this collection's ask still holds new upload groups back, so trying again soon may begin it."""
-    row = connection.exec_driver_sql("SELECT value FROM meta WHERE key = ?", (COLLECTION_WANTED_KEY,)).first()
-    return row is not None and row[0].endswith(f" {token}") and now - float(row[0].split()[0]) < COLLECTION_WAIT_S
+    mark = _mark(connection, COLLECTION_WANTED_KEY)
+    return mark is not None and mark[1] == token and now - mark[0] < COLLECTION_WAIT_S
 
 
 def stop_waiting(connection: Connection, token: str) -> None:
@@ -176,11 +176,6 @@ def end_collection(connection: Connection, token: str) -> None:
     connection.exec_driver_sql("DELETE FROM meta WHERE key = ? AND value LIKE ?", (COLLECTION_KEY, f"% {token}"))
 
 
-def collection_under_way(connection: Connection, now: float, collector_alive) -> bool:
-    """Whether a collection holds the fence."""
-    return _fresh(connection, COLLECTION_KEY, now, COLLECTION_STALE_S) and collector_alive()
-
-
 def uploads_wait(connection: Connection, now: float, collector_alive) -> bool:
     """Whether upload groups must wait (checked in the transaction that starts them):
     a collection holds the fence, or asked for the groups in flight to finish."""
@@ -188,9 +183,18 @@ def uploads_wait(connection: Connection, now: float, collector_alive) -> bool:
              or _fresh(connection, COLLECTION_WANTED_KEY, now, COLLECTION_WAIT_S)) and collector_alive())
 
 
-def _fresh(connection: Connection, key: str, now: float, stale_s: float) -> bool:
+def _mark(connection: Connection, key: str) -> tuple[float, str] | None:
+    """The fence's or the ask's row: (when it last said it was alive, whose token)."""
     row = connection.exec_driver_sql("SELECT value FROM meta WHERE key = ?", (key,)).first()
-    return row is not None and now - float(row[0].split()[0]) < stale_s
+    if row is None:
+        return None
+    at, token = row[0].split(" ", 1)
+    return float(at), token
+
+
+def _fresh(connection: Connection, key: str, now: float, stale_s: float) -> bool:
+    mark = _mark(connection, key)
+    return mark is not None and now - mark[0] < stale_s
 
 
 def claim_garbage(connection: Connection, older_than: float, limit: int = 500) -> list[tuple[str, list[str]]]:

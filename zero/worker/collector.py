@@ -22,7 +22,7 @@ from zero.worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
-COLLECT_LOCK = "collect"  # <cache>/collect.lock: held for a collection's length (objects.collection_under_way)
+COLLECT_LOCK = "collect"  # <cache>/collect.lock: held for a collection's length (objects.uploads_wait)
 FENCE_REFRESH_S = 30.0  # how often a collection deleting says it is still at it (objects.COLLECTION_STALE_S)
 BEGIN_RETRY_S = 0.2     # how often a collection waiting for the upload groups in flight looks again
 
@@ -63,8 +63,8 @@ class Collector:
         claimed = self._begin(now, grace, token)
         if claimed is None:
             self.waited_for_uploads = True
-            log.info("Not collecting now: uploads (or another collection) were under way for %.0f s, and the "
-                     "objects being stored look unused until they finish; the next round collects",
+            log.info("Not collecting now: uploads were under way for %.0f s, and the objects being stored look "
+                     "unused until they finish; the next round collects",
                      objects.COLLECTION_WAIT_S)
             return 0
         try:
