@@ -36,8 +36,8 @@ def move_off(context, key: str, source: str, command: str, always_copy: bool) ->
                             "once the other remotes answer") from None
         size = size or len(blob)
     with context.database.write() as connection:
-        now = objects.get(connection, key)
-        if now is None or (row is not None and now.created != row.created):
+        current = objects.get(connection, key)
+        if current is None or (row is not None and current.created != row.created):
             # Collected while it was copied (and perhaps stored anew since, with copies of its own):
             # the copies just made are orphans the next sweep deletes.
             return size

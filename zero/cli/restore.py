@@ -67,8 +67,7 @@ def restore(args, config) -> int:
     secret = _secret(args, config, remotes, fs_id)
     cache = CacheDir(args.cache)
     cache.prepare()
-    taken_from = []
-    inherited = []
+    leases = []  # the writer lease as check_lease found it
 
     def check_lease(fs_id, sequence):
         if read_only:
@@ -78,19 +77,20 @@ def restore(args, config) -> int:
         if why_not is not None:
             raise NotTheWriter(f"not restored: {why_not}. A read-only copy is always possible: "
                                f"zero restore --at TIME {args.cache}")
-        if holder is not None and not holder.stopped:
-            taken_from.append(holder)
-        elif holder is not None and holder.taken_from:
-            inherited.append(holder.taken_from)  # an earlier --force restore's, never started: still taken
+        leases.append(holder)
 
     result = restoring.restore(config.database_path(cache.root), remotes, secret, fs_id=fs_id,
                                at=parse_time(args.at), progress=bar,
                                read_only=read_only, before_writing=check_lease)
+    holder = leases[0] if leases else None
+    took_over = holder is not None and not holder.stopped
     if not read_only:
         # Parked (stopped) until its worker starts: another machine that stopped cleanly and holds
-        # no newer metadata may still go on, and whichever writes first makes the other stale.
+        # no newer metadata may still go on, and whichever writes first makes the other stale. The
+        # writer taken over stays out; so does one an earlier --force restore, never started, took from.
+        taken_from = holder.writer_id if took_over else (holder.taken_from if holder is not None else "")
         lease = writer.new_lease(result.writer_id, cache.root, result.sequence, time.time(), stopped=True,
-                                 taken_from=taken_from[0].writer_id if taken_from else "".join(inherited))
+                                 taken_from=taken_from)
         if not writer.put_lease(remotes, fs_id, lease):
             print("zero: could not write the writer lease to any remote; zero-worker takes it at start",
                   file=sys.stderr)
@@ -109,7 +109,7 @@ def restore(args, config) -> int:
     if read_only:
         print("This is a read-only restore point: zero-fuse mounts it read-only and nothing is written to the "
               "remotes from it. To write from it instead, restore it again with --take-over.")
-    for holder in taken_from:
+    if took_over:
         print(f"Took the filesystem over from {writer.describe(holder, time.time())}: that machine, if it comes "
               f"back, stops writing.")
     return 0
