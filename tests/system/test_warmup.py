@@ -46,14 +46,18 @@ def test_warmup_wait_brings_an_evicted_tree_into_the_cache_and_reads_need_no_fet
     assert "Warmed up 2 file(s): 9 chunk(s)" in result.stdout, result.stdout
     assert set(state.states(inos)) == {"clean"}, f"not all local after warmup --wait: {state.states(inos)}"
 
-    fault_ins = counter(m, "fault_ins")
-    hits, misses = counter(m, "fuse_reads_from_cache"), counter(m, "fuse_reads_faulted_in")
+    # Not the worker's fault_ins counter: priming may bring evicted filler chunks back into the
+    # room the evictions left (two did, on a loaded CI machine), and that is not a read's fetch.
+    read_bytes, misses = counter(m, "fuse_read_bytes"), counter(m, "fuse_reads_faulted_in")
     settle_evicted(m, *(m.mnt / name for name in contents))  # the reads below go to zero-fuse
     for name, data in contents.items():
         assert (m.mnt / name).read_bytes() == data, f"{name} read back wrong after warmup"
-    wait_until(lambda: counter(m, "fuse_reads_from_cache") > hits, 30, "zero-fuse to publish its read counts")
-    assert counter(m, "fault_ins") == fault_ins, "a read after warmup still needed a fault-in"
-    assert counter(m, "fuse_reads_faulted_in") == misses, "zero-fuse counted a read that waited for a fetch"
+    # Published about once a second; waiting for every byte read means every read is counted.
+    total = sum(map(len, contents.values()))
+    wait_until(lambda: counter(m, "fuse_read_bytes") >= read_bytes + total, 30,
+               "zero-fuse to publish its read counts")
+    assert counter(m, "fuse_reads_faulted_in") == misses, "a read after warmup waited for a fetch"
+    assert set(state.states(inos)) == {"clean"}, f"warmed chunks evicted again: {state.states(inos)}"
 
     again = m.zero("warmup", str(m.mnt / "tree"))
     assert "in the cache already (2 file(s)" in again.stdout, again.stdout
