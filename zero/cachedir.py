@@ -5,6 +5,7 @@
     <cache>/wake/                                     cross-process wake-ups
     <cache>/fuse.lock, <cache>/worker.lock            one process of each kind
     <cache>/collect.lock                              one garbage collection at a time (zero.worker.collector)
+    <cache>/clock                                     touched to read the file system's clock (file_clock_ns)
     <cache>/state.sqlite3                             the state (unless sqliteFileLocation)
 """
 
@@ -60,6 +61,17 @@ class CacheDir:
 
     def lock_path(self, role: str) -> Path:
         return self.root / f"{role}.lock"
+
+    def file_clock_ns(self) -> int:
+        """Now, on the clock this file system stamps mtimes with: the kernel's
+        coarse clock, which may lag time.time() by a tick. A marker is touched
+        and its mtime read."""
+        marker = self.root / "clock"
+        try:
+            os.utime(marker)
+        except FileNotFoundError:
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600))
+        return os.stat(marker).st_mtime_ns
 
     def iter_chunk_files(self):
         """(ino, idx, path, stat) for every chunk file on disk."""

@@ -296,7 +296,7 @@ def test_an_unexpected_error_in_a_group_sends_its_chunks_back_to_dirty(context):
     fuse_write(context, ino, 0, chunk_data(1))
     fuse_write(context, ino, 1, chunk_data(2))
 
-    def full_disk(_bytes):
+    def full_disk(_files):
         raise OSError(28, "No space left on device")
 
     uploader = Uploader(context, make_room=full_disk)
@@ -309,7 +309,7 @@ def test_an_unexpected_error_in_a_group_sends_its_chunks_back_to_dirty(context):
 def test_a_group_in_flight_that_fails_is_reaped_and_its_chunks_are_due_again(context):
     ino = make_file(context, b"a")
     fuse_write(context, ino, 0, chunk_data(1))
-    failing = Uploader(context, make_room=lambda _bytes: 1 / 0)
+    failing = Uploader(context, make_room=lambda _files: 1 / 0)
     assert failing.submit(failing.due(hurry=False)) == 1
     failing.wait_in_flight()
     failing.close()
@@ -1025,6 +1025,34 @@ def test_fault_ins_make_room_for_what_they_bring(make_context, monkeypatch, tmp_
         assert counter(context, "evictions") == 0, \
             f"{counter(context, 'evictions')} chunk(s) evicted to make room that was there"
         assert [file_bytes(context, big, idx) for idx in range(8)] == data
+
+
+def test_an_upload_makes_room_only_for_chunk_files_the_last_walk_did_not_count(make_context):
+    """Dirty chunk files are in the cache's usage already: an upload turning them
+    clean needs room only for what the estimate's walk missed. Counting them
+    again evicted a group's worth too much each time, and priming fetched it
+    back while a big write went on (decision 103)."""
+    context = make_context(target_bytes=8 * CHUNK + CHUNK // 2)
+    evictor = Evictor(context)
+    old = make_file(context, b"old")
+    for idx in range(6):
+        fuse_write(context, old, idx, chunk_data(idx))
+    upload_all(context)
+    new = make_file(context, b"new")
+    for idx in range(2):
+        fuse_write(context, new, idx, chunk_data(10 + idx))
+        long_ago = time.time() - 60
+        os.utime(context.cache.chunk_path(new, idx), (long_ago, long_ago))  # written before any walk
+    uploader = Uploader(context, make_room=evictor.make_room_for_clean)
+    assert uploader.upload_batch(uploader.due(hurry=False)) == 2
+    states = [state_of(context, old, idx) for idx in range(6)] + [state_of(context, new, idx) for idx in range(2)]
+    assert states == [ChunkState.CLEAN] * 8, "8 chunks under a target of 8.5 had some evicted"
+
+    # A ninth, written after that walk: now the cache would be over its target.
+    fuse_write(context, new, 2, chunk_data(12))
+    assert uploader.upload_batch(uploader.due(hurry=False)) == 1
+    evicted = [idx for idx in range(6) if state_of(context, old, idx) == ChunkState.REMOTE]
+    assert evicted == [0], f"expected the least recently used chunk to go, went: {evicted}"
 
 
 def test_chunks_fetched_ahead_outlast_chunks_read_since(make_context, tmp_path):

@@ -143,9 +143,9 @@ class Worker:
             self.uploader.wait_in_flight()  # a stop lets the groups under way commit
             self.uploader.finish_requests()
 
-    def _room_for_clean(self, incoming_bytes: int) -> None:  # called by upload groups, before they commit
+    def _room_for_clean(self, files: list[tuple[int, int]]) -> None:  # called by upload groups, before they commit
         if not self._fenced():  # a fenced worker keeps what is local (see _fenced)
-            self.evictor.make_room_for_clean(incoming_bytes)
+            self.evictor.make_room_for_clean(files)
 
     def _group_uploaded(self) -> None:
         self.context.wake_fuse()    # fsync and zero sync wait for these chunks

@@ -37,12 +37,13 @@ class _Upload:
     data: bytes
     key: str
     stored: int
+    written_ns: int  # the chunk file's st_mtime_ns: whether the evictor's last walk counted it
     holders: list = field(default_factory=list)  # remotes already holding a good copy (dedup)
 
 
 class Uploader:
     def __init__(self, context: WorkerContext, still_ours=lambda names: set(names), on_group_done=lambda: None,
-                 make_room=lambda incoming_bytes: None):
+                 make_room=lambda files: None):
         self.context = context
         # Evicts so that chunks about to turn clean keep the cache under its target
         # (Evictor.make_room_for_clean): a sequential writer's chunks turn clean while it writes.
@@ -212,7 +213,7 @@ class Uploader:
         context = self.context
         crashpoints.crash("upload.started")
         read = [result for result in self._parallel(self._read, started) if result is not None]
-        self.make_room(sum(item.stored for item in read))
+        self.make_room([(item.stored, item.written_ns) for item in read])
         done = 0
         to_send = []
         durable_names = set(context.pool.durable_names())
@@ -287,13 +288,13 @@ class Uploader:
                 data = chunk_file.read()
                 # Not synced: a power cut that takes these bytes from the page cache
                 # after the chunk is clean is undone at the next start (zero/meta/reboot.py).
-                stored = disk_bytes(os.fstat(chunk_file.fileno()))
+                status = os.fstat(chunk_file.fileno())
         except FileNotFoundError:
             # Truncated or deleted while uploading (its row went with it), or a
             # new chunk whose file fuse never created: a later round, if any.
             self._give_back(row.ino, row.idx)
             return None
-        return _Upload(row, data, self.context.codec.object_key(data), stored)
+        return _Upload(row, data, self.context.codec.object_key(data), disk_bytes(status), status.st_mtime_ns)
 
     def _send(self, item: "_Upload"):
         blob = self.context.codec.seal(item.data, object_key=item.key)
