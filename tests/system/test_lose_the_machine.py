@@ -18,6 +18,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
+
 from support import EXPECTED_WARNINGS, ZeroMount
 from workerkit import State, sha256_of, wait_until
 
@@ -291,23 +293,31 @@ def test_a_segment_stored_again_after_a_worker_crash_is_the_one_restored(tmp_pat
         close_all(mounts)
 
 
-def test_a_restore_without_a_remote_writes_nothing_until_that_remote_is_checked(tmp_path):
+@pytest.mark.parametrize("absence", ["gone", "an empty mountpoint"])
+def test_a_restore_without_a_remote_writes_nothing_until_that_remote_is_checked(tmp_path, absence):
     """A red-team run: the first machine saved f2 on remote a only (b was away) and was
     lost; a second machine restored while a was away and b back, so from b alone, and
     went on numbering segments from there, reusing the numbers a held; when a came back,
     a restore read the first machine's segment under one of them and lost what the
     second had fsynced (3 of 3). Now the restored cache writes nothing to the remotes
-    until a answers, and then finds it holds newer metadata: a fork, refused."""
+    until a answers, and then finds it holds newer metadata: a fork, refused.
+
+    A drive that is not mounted leaves its mountpoint, an empty folder that lists as
+    empty: without its marker it counts as away too (a review found the restore took
+    it for a remote holding nothing)."""
     away, other = tmp_path / "a", tmp_path / "b"
     remotes = [local_remote(away) | {"name": "a"}, local_remote(other) | {"name": "b"}]
     mounts = []
 
     def put_away(folder: Path) -> None:
         folder.rename(folder.with_name(folder.name + ".away"))
-        folder.write_text("not a folder: this remote is away\n")
+        if absence == "gone":
+            folder.write_text("not a folder: this remote is away\n")
+        else:
+            folder.mkdir()
 
     def bring_back(folder: Path) -> None:
-        folder.unlink()
+        folder.rmdir() if folder.is_dir() else folder.unlink()
         folder.with_name(folder.name + ".away").rename(folder)
 
     try:

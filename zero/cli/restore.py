@@ -91,7 +91,10 @@ def restore(args, config) -> int:
         taken_from = holder.writer_id if took_over else (holder.taken_from if holder is not None else "")
         lease = writer.new_lease(result.writer_id, cache.root, result.sequence, time.time(), stopped=True,
                                  taken_from=taken_from)
-        if not writer.put_lease(remotes, fs_id, lease):
+        # Not into a remote the restore could not read: an empty mountpoint would get a folder
+        # that is not the drive's, and the drive a stale lease once it is mounted there again.
+        answered = [remote for remote in remotes if remote.name not in result.unreached]
+        if not writer.put_lease(answered, fs_id, lease):
             print("zero: could not write the writer lease to any remote; zero-worker takes it at start",
                   file=sys.stderr)
     if secret.kind == keys.RECOVERY_KEY:

@@ -18,7 +18,7 @@ from pathlib import Path
 from zero.errors import ObjectCorrupt, ObjectMissing, RemoteUnavailable, RestoreError
 from zero.meta import backup, keyring, writer
 from zero.meta.segment import JOURNAL, SNAPSHOT, Segment, decode
-from zero.remote import layout
+from zero.remote import identity, layout
 from zero.remote.codec import Codec
 from zero.state import changelog, db as state_db
 
@@ -63,6 +63,8 @@ def catalog(remotes, fs_id: str) -> Catalog:
         except RemoteUnavailable as error:
             log.warning("Remote %s is unreachable, restoring from the others: %s", remote.name, error)
             continue
+        if not listing and not _holds_marker(remote, fs_id):
+            continue
         found.reachable.append(remote.name)
         for key, _size, mtime in listing:
             for parse, table in ((layout.parse_snapshot_key, found.snapshots), (layout.parse_journal_key, found.journals)):
@@ -71,6 +73,21 @@ def catalog(remotes, fs_id: str) -> Catalog:
                     taken_at, holders = table.get(sequence, (mtime, []))
                     table[sequence] = (min(taken_at, mtime), holders + [remote.name])
     return found
+
+
+def _holds_marker(remote, fs_id: str) -> bool:
+    """Whether a remote that lists no metadata is one of this filesystem's, empty of
+    segments: a drive that is not mounted leaves its mountpoint, an empty folder that
+    lists as empty, and a restore that took it for a remote holding nothing numbered
+    on over what the drive holds (decision 104)."""
+    try:
+        if identity.read(remote, fs_id) is not None:
+            return True
+        log.warning("Remote %s answers but holds nothing of filesystem %s, not even its marker (a drive that is "
+                    "not mounted, an emptied folder, another bucket?); restoring from the others", remote.name, fs_id)
+    except (RemoteUnavailable, ObjectCorrupt) as error:
+        log.warning("Remote %s is unreachable, restoring from the others: %s", remote.name, error)
+    return False
 
 
 def find_fs_ids(remotes) -> set[str]:
