@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,15 @@ def assert_fsck_clean(mount: ZeroMount) -> None:
     mount.close()
     result = mount.zero("fsck", str(mount.cache), check=False)
     assert result.returncode == 0 and "No problems found." in result.stdout, result.stdout + result.stderr
+
+
+def started_with_key(mounts: list, root: Path, remotes: list, **config) -> tuple[ZeroMount, Path]:
+    """A new filesystem mounted with its worker (added to ``mounts``), and its recovery key file."""
+    mount = ZeroMount(root, remotes=remotes, **config)
+    mounts.append(mount)
+    mount.start_worker()
+    mount.start_fuse()
+    return mount, wait_until(lambda: next(mount.root.glob("recovery-*.key"), None), 30, "the recovery key file")
 
 
 def close_all(mounts) -> list[str]:
@@ -321,11 +331,7 @@ def test_a_restore_without_a_remote_writes_nothing_until_that_remote_is_checked(
         folder.with_name(folder.name + ".away").rename(folder)
 
     try:
-        first = ZeroMount(tmp_path / "first", remotes=remotes, metadataBackupInterval=3600)
-        mounts.append(first)
-        first.start_worker()
-        first.start_fuse()
-        keyfile = wait_until(lambda: next(first.root.glob("recovery-*.key"), None), 30, "the recovery key file")
+        first, keyfile = started_with_key(mounts, tmp_path / "first", remotes, metadataBackupInterval=3600)
         write_synced(first.mnt / "f1", b"on both remotes")
         put_away(other)
         write_synced(first.mnt / "f2", b"on a only")
@@ -357,6 +363,74 @@ def test_a_restore_without_a_remote_writes_nothing_until_that_remote_is_checked(
         third.start_worker()
         third.start_fuse()
         assert (third.mnt / "f2").read_bytes() == b"on a only"
+    finally:
+        close_all(mounts)
+
+
+def test_a_newer_point_stays_restorable_after_an_older_one_is_taken_over_and_collected(tmp_path):
+    """`restore --at T --take-over` rolls the filesystem back. The snapshots after T that
+    retention keeps stay restore points, but the objects only they name have no row in
+    the taker's state, and its orphan sweep deleted them (a review): a restore of the
+    newer point could no longer read what was written after T.
+
+    Retention keeps one snapshot an hour, so the remotes' files are made two hours
+    older before the take-over; remote b, away meanwhile, keeps snapshot 1, which a
+    pruned once snapshot 3 landed there."""
+    hour = 3600
+    kept, away = tmp_path / "a", tmp_path / "b"
+    remotes = [local_remote(kept) | {"name": "a"}, local_remote(away) | {"name": "b"}]
+    mounts = []
+
+    def backed_up(mount: ZeroMount) -> None:
+        mount.zero("sync", str(mount.mnt), timeout=120)
+        state = State(mount.cache)
+        wait_until(lambda: state.query("SELECT count(*) FROM changelog")[0][0] == 0, 60,
+                   "a metadata segment covering every change")
+
+    def two_hours_pass() -> None:
+        for folder in (kept, away):
+            for path in folder.rglob("*"):
+                st = path.stat()
+                os.utime(path, (st.st_atime - 2 * hour, st.st_mtime - 2 * hour))
+
+    try:
+        first, keyfile = started_with_key(mounts, tmp_path / "first", remotes, metadataBackupInterval=1)
+        (first.mnt / "old.txt").write_bytes(b"before the point\n")
+        backed_up(first)  # snapshot 1, on a and b
+        then = time.time()
+        away.rename(away.with_name("b.away"))
+        away.write_text("not a folder: this remote is away\n")
+        later = os.urandom(300_000)
+        (first.mnt / "later.bin").write_bytes(later)
+        backed_up(first)  # a journal on a only, so the next segment is a snapshot
+        (first.mnt / "more.txt").write_bytes(b"and more\n")
+        backed_up(first)  # snapshot 3 on a
+        newer = time.time()
+        first.unmount()
+        first.stop_worker()
+        away.unlink()
+        away.with_name("b.away").rename(away)
+        two_hours_pass()
+
+        taker = ZeroMount(tmp_path / "taker", remotes=remotes, metadataBackupInterval=1)
+        mounts.append(taker)
+        taker.zero("restore", str(taker.cache), "--recovery-key-file", str(keyfile), "--at", str(then - 2 * hour),
+                   "--take-over", timeout=300)
+        taker.start_worker()
+        taker.start_fuse()
+        assert (taker.mnt / "old.txt").read_bytes() == b"before the point\n"
+        assert not (taker.mnt / "later.bin").exists()
+        (taker.mnt / "after.txt").write_bytes(b"the taker writes\n")
+        backed_up(taker)
+        taker.zero("gc", str(taker.cache), "--delete", "--grace", "0", timeout=120)
+
+        back = ZeroMount(tmp_path / "back", remotes=remotes)
+        mounts.append(back)
+        back.zero("restore", str(back.cache), "--recovery-key-file", str(keyfile), "--at", str(newer - 2 * hour),
+                  timeout=300)
+        back.start_worker()
+        back.start_fuse()
+        assert (back.mnt / "later.bin").read_bytes() == later, "the newer point lost what was written after T"
     finally:
         close_all(mounts)
 

@@ -225,6 +225,14 @@ def _adopt_identity(connection, found: Catalog, segments: list[Segment], data_ke
     # The snapshots still in the remotes stay restore points: GC here must not break them.
     for sequence, (taken_at, _holders) in found.snapshots.items():
         changelog.record_point(connection, sequence, SNAPSHOT, taken_at, taken_at)
+    # Restoring an older point (--at) leaves the segments after it behind: they stay points
+    # too, and the objects only they name have no row here, so the orphan sweep must know.
+    restored_up_to = last.sequence
+    if found.newest_sequence() > restored_up_to:
+        for sequence, (taken_at, _holders) in found.journals.items():
+            if sequence > restored_up_to:
+                changelog.record_point(connection, sequence, JOURNAL, taken_at, taken_at)
+        changelog.record_left_behind(connection, restored_up_to + 1, found.newest_sequence())
     # And so do the segments restored, journals too: until this state's first segment, a
     # restore elsewhere reads them again (a red-team run lost an fsynced file to GC here).
     # Each was read between its own clock at the start and its store (the remotes' time).

@@ -21,7 +21,7 @@ from typing import Iterable
 
 from sqlalchemy import Connection
 
-from zero.state import chunks
+from zero.state import chunks, db as state_db
 
 # table -> (columns in segment order, key columns, columns holding bytes)
 BACKED_UP: dict[str, tuple[tuple[str, ...], tuple[str, ...], frozenset[str]]] = {
@@ -182,6 +182,29 @@ def referenced_by_retained_snapshots(connection: Connection, keys: Iterable[str]
                 "WHERE o.key = ? LIMIT 1", (POINT_MARGIN_S, key)).first() is not None:
             protected.add(key)
     return protected
+
+
+# The segments after the one a restore read, when it restored an older point ("first last"):
+# another line of the filesystem's history, whose objects this state has no rows for.
+LEFT_BEHIND_META = "points_left_behind"
+
+
+def record_left_behind(connection: Connection, first: int, last: int) -> None:
+    state_db.set_meta(connection, LEFT_BEHIND_META, f"{first} {last}")
+
+
+def left_behind_until(connection: Connection) -> float | None:
+    """When the newest point a restore left behind, and retention still keeps, was
+    stored (remote time): an object stored before then with no row here may be
+    one it names, so the orphan sweep leaves it (decision 105). None once they
+    are all pruned, or when the restore left none."""
+    span = state_db.get_meta(connection, LEFT_BEHIND_META)
+    if not span:
+        return None
+    first, last = map(int, span.split())
+    newest = connection.exec_driver_sql("SELECT max(end_at) FROM backup_points WHERE sequence BETWEEN ? AND ?",
+                                        (first, last)).scalar()
+    return None if newest is None else newest + POINT_MARGIN_S
 
 
 # -- restore --------------------------------------------------------------------------------------
