@@ -12,11 +12,14 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from zero.errors import MountError
 from zero.fsutil import disk_bytes, others_can_access
+
+COARSE_TICK_NS = 20_000_000  # how far the kernel's file times may lag time.time(): a jiffy, at HZ 100 10 ms
 
 
 def require_private(path: Path, what: str, holds: str) -> None:
@@ -68,10 +71,13 @@ class CacheDir:
         and its mtime read."""
         marker = self.root / "clock"
         try:
-            os.utime(marker)
-        except FileNotFoundError:
-            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600))
-        return os.stat(marker).st_mtime_ns
+            try:
+                os.utime(marker)
+            except FileNotFoundError:
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600))
+            return os.stat(marker).st_mtime_ns
+        except OSError:  # a full disk (no inode for the marker): a tick early counts a little more as new
+            return time.time_ns() - COARSE_TICK_NS
 
     def iter_chunk_files(self):
         """(ino, idx, path, stat) for every chunk file on disk."""

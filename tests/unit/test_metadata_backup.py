@@ -9,6 +9,7 @@ import os
 import stat
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -540,3 +541,69 @@ def test_a_snapshot_that_did_not_land_keeps_the_journal_points_the_remotes_still
     with context.database.write() as connection:
         claimed = [claimed_key for claimed_key, _ in objects.claim_garbage(connection, older_than=base + 1000)]
     assert key not in claimed, "gc claimed an object the newest restorable journal needs"
+
+
+def _a_later_point_to_leave_behind(context) -> tuple[float, str]:
+    """Snapshot 1 holds a; two hours later snapshot 2 holds b too (the remote's files
+    stamped to match: retention keeps one snapshot an hour). The simulated clock runs
+    after the objects' real `created` stamps. Returns when snapshot 1 was stored and
+    b's object key."""
+    start = time.time() + 60
+    clock = [start]
+    worker = MetadataBackup(context, clock=lambda: clock[0])
+    _uploaded_file(context, b"a", b"A" * 100)
+    assert worker.back_up() == 1
+    _ino, later_key = _uploaded_file(context, b"b", b"B" * 100)
+    clock[0] += 2 * backup.SNAPSHOT_EVERY_S
+    assert worker.back_up() == 2
+    remote = context.pool.remotes[0]
+    for sequence, at in ((1, start), (2, start + 7200)):
+        os.utime(remote.path_of(layout.snapshot_key(context.fs_id, sequence)), (at, at))
+    return start, later_key
+
+
+def _taker(tmp_path, context, name: str, **restore_args):
+    """A cache restored read-write (`restore --at --take-over`, or plainly) and its context."""
+    restore.restore(tmp_path / name / "state.sqlite3", context.pool.remotes, PASSPHRASE, **restore_args)
+    return build_context(context.config, CacheDir(tmp_path / name))
+
+
+def _collect_long_after(context, now: float) -> None:
+    """One collection stamps what is unused, one past the grace period deletes it."""
+    Collector(context).collect(now=now)
+    Collector(context).collect(now=now + 2 * context.config.gc_grace_period_s + 2)
+
+
+def test_a_later_point_keeps_its_objects_after_an_older_one_is_taken_over_and_restored_again(tmp_path, context):
+    """Decision 105 (a review): the taker's state had no row for b's object, and the orphan
+    sweep deleted it while snapshot 2 was still a restore point; rows carried by the taker's
+    own snapshots keep it through the next plain restore too."""
+    start, later_key = _a_later_point_to_leave_behind(context)
+    remote = context.pool.remotes[0]
+    taker = _taker(tmp_path, context, "taker", at=start + 60)
+    make_inode(taker, b"t")
+    taken_over = start + 4 * 3600
+    assert MetadataBackup(taker, clock=lambda: taken_over).back_up() == 3
+    _collect_long_after(taker, taken_over + 1)
+    assert remote.head(context.remote_key(later_key)) is not None, "the taker's gc deleted what snapshot 2 names"
+
+    third = _taker(tmp_path, context, "third")  # the newest: the taker's snapshot 3
+    _collect_long_after(third, taken_over + 2)
+    assert remote.head(layout.snapshot_key(context.fs_id, 2)) is not None
+    assert remote.head(context.remote_key(later_key)) is not None, "the next restore's gc deleted what snapshot 2 names"
+
+
+def test_content_written_again_after_a_roll_back_keeps_the_later_points_object(tmp_path, context, monkeypatch):
+    """After the roll-back the same bytes are written again (the work redone) and deleted:
+    the row the upload made was younger than every later point, so it was collected."""
+    start, later_key = _a_later_point_to_leave_behind(context)
+    remote = context.pool.remotes[0]
+    taker = _taker(tmp_path, context, "taker", at=start + 60)
+    redone = start + 5 * 3600
+    monkeypatch.setattr(objects, "time", types.SimpleNamespace(time=lambda: redone))  # the row's `created`
+    again, key = _uploaded_file(taker, b"b-again", b"B" * 100)
+    assert key == later_key
+    with taker.database.write() as connection:
+        namespace.delete_inode(connection, again)
+    _collect_long_after(taker, redone + 1)
+    assert remote.head(context.remote_key(later_key)) is not None, "gc deleted what snapshot 2 names"

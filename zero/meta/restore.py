@@ -132,6 +132,25 @@ def fetch_segment(remotes, codec: Codec, fs_id: str, kind: str, sequence: int, h
     raise RestoreError(f"metadata {kind} {sequence} could not be read from any remote ({'; '.join(problems)})")
 
 
+def _left_behind(remotes, codec: Codec, found: Catalog, restored_up_to: int) -> list[Segment]:
+    """The segments after the last one restored (`restore --at`): a later line of the
+    filesystem's history, still offered as restore points. Their objects get rows here
+    (decision 105): with none, the orphan sweep deleted them, and an upload of the same
+    content made a row too young for the points to keep."""
+    behind = []
+    for kind, table in ((SNAPSHOT, found.snapshots), (JOURNAL, found.journals)):
+        for sequence in sorted(s for s in table if s > restored_up_to):
+            try:
+                behind.append(fetch_segment(remotes, codec, found.fs_id, kind, sequence, table[sequence][1]))
+            except RestoreError as error:
+                log.warning("Could not read metadata %s %d, a later point than the one restored (%s): the "
+                            "objects only it names may be collected", kind, sequence, error)
+    if behind:
+        log.info("Keeping the objects of %d later metadata segment(s) while they remain restore points",
+                 len(behind))
+    return behind
+
+
 @dataclass
 class Restored:
     fs_id: str
@@ -164,6 +183,7 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
     snapshot, journals = found.plan(at)
     segments = [fetch_segment(remotes, codec, fs_id, SNAPSHOT, snapshot, found.snapshots[snapshot][1])]
     segments += [fetch_segment(remotes, codec, fs_id, JOURNAL, s, found.journals[s][1]) for s in journals]
+    left_behind = [] if read_only else _left_behind(remotes, codec, found, segments[-1].sequence)
     if before_writing is not None:
         before_writing(fs_id, found.newest_sequence())
     total = sum(segment.row_count() for segment in segments)
@@ -183,6 +203,9 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
                     changelog.apply_rows(connection, table, segment.rows.get(table, ()))
                     if bar is not None:
                         bar.update(len(segment.rows.get(table, ())) + len(segment.deleted.get(table, ())))
+            for table in ("objects", "placements"):
+                for segment in left_behind:
+                    changelog.adopt_rows(connection, table, segment.rows.get(table, ()))
             _adopt_identity(connection, found, segments, data_keys, envelope)
             unreached = [remote.name for remote in remotes if remote.name not in found.reachable]
             state_db.set_meta(connection, writer.RESTORED_WITHOUT_META, ",".join(unreached))
@@ -225,14 +248,11 @@ def _adopt_identity(connection, found: Catalog, segments: list[Segment], data_ke
     # The snapshots still in the remotes stay restore points: GC here must not break them.
     for sequence, (taken_at, _holders) in found.snapshots.items():
         changelog.record_point(connection, sequence, SNAPSHOT, taken_at, taken_at)
-    # Restoring an older point (--at) leaves the segments after it behind: they stay points
-    # too, and the objects only they name have no row here, so the orphan sweep must know.
-    restored_up_to = last.sequence
-    if found.newest_sequence() > restored_up_to:
-        for sequence, (taken_at, _holders) in found.journals.items():
-            if sequence > restored_up_to:
-                changelog.record_point(connection, sequence, JOURNAL, taken_at, taken_at)
-        changelog.record_left_behind(connection, restored_up_to + 1, found.newest_sequence())
+    # Restoring an older point (--at) leaves the segments after it behind: journals too stay
+    # points until this state's first snapshot prunes them.
+    for sequence, (taken_at, _holders) in found.journals.items():
+        if sequence > last.sequence:
+            changelog.record_point(connection, sequence, JOURNAL, taken_at, taken_at)
     # And so do the segments restored, journals too: until this state's first segment, a
     # restore elsewhere reads them again (a red-team run lost an fsynced file to GC here).
     # Each was read between its own clock at the start and its store (the remotes' time).

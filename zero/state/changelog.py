@@ -21,7 +21,7 @@ from typing import Iterable
 
 from sqlalchemy import Connection
 
-from zero.state import chunks, db as state_db
+from zero.state import chunks
 
 # table -> (columns in segment order, key columns, columns holding bytes)
 BACKED_UP: dict[str, tuple[tuple[str, ...], tuple[str, ...], frozenset[str]]] = {
@@ -184,29 +184,6 @@ def referenced_by_retained_snapshots(connection: Connection, keys: Iterable[str]
     return protected
 
 
-# The segments after the one a restore read, when it restored an older point ("first last"):
-# another line of the filesystem's history, whose objects this state has no rows for.
-LEFT_BEHIND_META = "points_left_behind"
-
-
-def record_left_behind(connection: Connection, first: int, last: int) -> None:
-    state_db.set_meta(connection, LEFT_BEHIND_META, f"{first} {last}")
-
-
-def left_behind_until(connection: Connection) -> float | None:
-    """When the newest point a restore left behind, and retention still keeps, was
-    stored (remote time): an object stored before then with no row here may be
-    one it names, so the orphan sweep leaves it (decision 105). None once they
-    are all pruned, or when the restore left none."""
-    span = state_db.get_meta(connection, LEFT_BEHIND_META)
-    if not span:
-        return None
-    first, last = map(int, span.split())
-    newest = connection.exec_driver_sql("SELECT max(end_at) FROM backup_points WHERE sequence BETWEEN ? AND ?",
-                                        (first, last)).scalar()
-    return None if newest is None else newest + POINT_MARGIN_S
-
-
 # -- restore --------------------------------------------------------------------------------------
 
 def apply_rows(connection: Connection, table: str, rows: Iterable[tuple]) -> int:
@@ -220,6 +197,25 @@ def apply_rows(connection: Connection, table: str, rows: Iterable[tuple]) -> int
     columns = BACKED_UP[table][0]
     connection.exec_driver_sql(
         f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", rows)
+    return len(rows)
+
+
+def adopt_rows(connection: Connection, table: str, rows: Iterable[tuple]) -> int:
+    """Objects or placements named by a segment a restore left behind: added where
+    this state has no row for the key, never replacing one it has. Unreferenced
+    here, they stay while a point may still name them (referenced_by_retained_snapshots)."""
+    assert table in ("objects", "placements"), table
+    rows = list(rows)
+    columns = BACKED_UP[table][0]
+    # ON CONFLICT DO NOTHING, not OR IGNORE, which would be imposed on the changelog triggers too.
+    if rows and table == "objects":
+        connection.exec_driver_sql(
+            f"INSERT INTO objects ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            "ON CONFLICT (key) DO NOTHING", rows)
+    elif rows:  # a copy of an object this state has a row for
+        connection.exec_driver_sql("INSERT INTO placements (key, remote) SELECT ?1, ?2 "
+                                   "WHERE EXISTS (SELECT 1 FROM objects WHERE key = ?1) "
+                                   "ON CONFLICT (key, remote) DO NOTHING", rows)
     return len(rows)
 
 

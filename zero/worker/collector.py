@@ -5,8 +5,7 @@ first, in a transaction that re-checks "still unreferenced"; its copies go
 after the commit. An uploader that finds the row gone uploads again. A
 remote object with no row at all (a crash between a collector's commit and
 its deletes) is swept once it is older than the grace period, which also
-covers an upload whose row is still being written, unless a restore of an
-older point left newer points behind that may name it.
+covers an upload whose row is still being written.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import time
 
 from zero.errors import RemoteUnavailable
 from zero.remote import layout
-from zero.state import changelog, counters, objects
+from zero.state import counters, objects
 from zero import crashpoints, locking
 from zero.worker.context import WorkerContext
 
@@ -155,7 +154,6 @@ class Collector:
         deleted = 0
         with self.context.database.read() as connection:
             known = objects.known_keys(connection)
-            spared_up_to = changelog.left_behind_until(connection)
         for remote, listing in listings:
             if remote.name not in self.context.pool.durable_names():
                 continue  # turned away since it was listed
@@ -163,8 +161,6 @@ class Collector:
                 key = layout.parse_object_key(self.context.fs_id, remote_key)
                 if key is None or key in known or mtime > now - grace or (key, remote.name) in deleted_copies:
                     continue  # None: not one of our objects
-                if spared_up_to is not None and mtime <= spared_up_to:
-                    continue  # a newer point than the one restored may name it (decision 105)
                 if not self._keep_fence(token):
                     return deleted
                 try:
