@@ -5,6 +5,7 @@ data path: one workload, a few rounds, with the CPU each zero process spent.
     .venv/bin/python bench/quick.py cold --size-mib 256      # evicted, then read (cache 32 MiB)
     .venv/bin/python bench/quick.py cold --cache-mib 64 --prefetch 16   # a prefetch window beyond the cache
     .venv/bin/python bench/quick.py read --size-mib 256      # page cache dropped, zero's cache warm
+    .venv/bin/python bench/quick.py randwrite --cache-mib 32 --writes 2000   # over a file twice the cache
     .venv/bin/python bench/quick.py create --files 2000 [--upload-delay 600]
     .venv/bin/python bench/quick.py sync --files 2000 --upload-delay 600   # the upload backlog of small files
     .venv/bin/python bench/quick.py namespace --files 200000 --rounds 1   # zero-fuse's RSS as files accrue
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import sqlite3
 import struct
@@ -114,6 +116,38 @@ def cold(mount, args, round_no: int) -> str:
     chunks = -(-args.size_mib * 2**20 // chunk_size)
     return (f"cold read {args.size_mib / took:.0f} MiB/s, first byte {first_byte * 1000:.0f} ms, {fetched} fault-ins "
             f"for {chunks} chunks; {meter.spent()}")
+
+
+def randwrite(mount, args, round_no: int) -> str:
+    """The peers' random writes: 4 KiB at random pages of a file twice the cache, then
+    fsync; with the fault-ins and uploads they cost (a write to an evicted chunk needs it back)."""
+    path = mount.mnt / "rand.bin"
+    if not path.exists():
+        with open(path, "wb") as out:
+            for block in distinct_blocks(2 * args.cache_mib, 1):
+                out.write(block)
+        mount.evict_everything(f"{args.cache_mib}MiB")
+    pages = 2 * args.cache_mib * 256
+    rng = random.Random(round_no)
+    data = rng.randbytes(4096)
+    meter = CpuMeter(mount)
+    fault_ins, uploads = _state_figures(mount)[0], _counter(mount, "uploads")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        started = time.perf_counter()
+        for page in rng.choices(range(pages), k=args.writes):
+            os.pwrite(fd, data, page * 4096)
+        os.fsync(fd)
+        took = time.perf_counter() - started
+    finally:
+        os.close(fd)
+    return (f"random writes {args.writes / took:.0f} IOPS; {_state_figures(mount)[0] - fault_ins} fault-ins, "
+            f"{_counter(mount, 'uploads') - uploads} uploads; {meter.spent()}")
+
+
+def _counter(mount, name: str) -> int:
+    rows = _state_rows(mount, f"SELECT value FROM counters WHERE name = '{name}'")
+    return rows[0][0] if rows else 0
 
 
 def _state_rows(mount, sql: str) -> list[tuple]:
@@ -242,7 +276,7 @@ def namespace(mount, args, round_no: int) -> str:
 
 
 WORKLOADS = {"write": write, "read": read, "cold": cold, "create": create, "delete": delete, "namespace": namespace,
-             "sync": sync}
+             "sync": sync, "randwrite": randwrite}
 
 
 def main(argv=None) -> int:
@@ -251,7 +285,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--cache-mib", type=int, default=32, help="cache limit for the cold read")
+    parser.add_argument("--cache-mib", type=int, default=32, help="cache limit for the cold read and random writes")
+    parser.add_argument("--writes", type=int, default=2000, help="random 4 KiB writes a round (randwrite)")
     parser.add_argument("--upload-delay", type=float, default=1.0, help="uploadDelay (the bench's default: 1)")
     parser.add_argument("--prefetch", type=int, default=None, help="prefetchChunks (zero's default: 4)")
     parser.add_argument("--read-ahead", type=int, default=None, metavar="KIB",
