@@ -607,3 +607,57 @@ def test_content_written_again_after_a_roll_back_keeps_the_later_points_object(t
         namespace.delete_inode(connection, again)
     _collect_long_after(taker, redone + 1)
     assert remote.head(context.remote_key(later_key)) is not None, "gc deleted what snapshot 2 names"
+
+
+def _an_object_collected_after_a_snapshot_named_its_row(context, monkeypatch) -> tuple[float, float, str]:
+    """A red-team run: x is written and deleted between snapshot 1 and snapshot 5, which
+    still names x's row (unused, waiting for the collector); then the collector deletes
+    x's object, as no point protects it. Returns when snapshots 1 and 5 were stored and
+    x's object key."""
+    start = time.time() + 60
+    clock = [start]
+    monkeypatch.setattr(objects, "time", types.SimpleNamespace(time=lambda: clock[0]))  # `created`
+    worker = MetadataBackup(context, clock=lambda: clock[0])
+    _uploaded_file(context, b"a", b"A" * 100)
+    assert worker.back_up() == 1
+    clock[0] += 2 * 3600
+    make_inode(context, b"m")
+    assert worker.back_up() == 2
+    clock[0] += 10
+    ino, key = _uploaded_file(context, b"x", b"X" * 100)
+    assert worker.back_up() == 3
+    clock[0] += 10
+    with context.database.write() as connection:
+        namespace.delete_inode(connection, ino)
+    assert worker.back_up() == 4
+    clock[0] += 10
+    Collector(context).collect(now=clock[0])  # stamps x's object unused; journal 3 still protects it
+    clock[0] += 120
+    make_inode(context, b"n")
+    assert worker.back_up(force_snapshot=True) == 5  # names x's row; the journals are pruned
+    later = clock[0]
+    clock[0] += 2 * context.config.gc_grace_period_s + 2
+    Collector(context).collect(now=clock[0])
+    remote = context.pool.remotes[0]
+    assert remote.head(context.remote_key(key)) is None, "setup: the collector deleted x's object"
+    assert worker.back_up() == 6  # the row's deletion
+    with context.database.read() as connection:
+        stored = dict(connection.exec_driver_sql("SELECT sequence, end_at FROM backup_points").fetchall())
+    for meta_key, _size, _mtime in remote.list(layout.meta_prefix(context.fs_id)):
+        sequence = layout.parse_snapshot_key(context.fs_id, meta_key) or layout.parse_journal_key(context.fs_id, meta_key)
+        os.utime(remote.path_of(meta_key), (stored[sequence], stored[sequence]))
+    return start, later, key
+
+
+@pytest.mark.parametrize("point", ["before it (its row adopted)", "the snapshot naming it"])
+def test_work_redone_after_a_roll_back_is_stored_again_not_deduplicated_onto_a_collected_object(
+        tmp_path, context, monkeypatch, point):
+    """Decision 106: a snapshot's garbage rows may name objects collected since. Rolled back
+    (to snapshot 1, adopting snapshot 5's rows, or to snapshot 5 itself), the same bytes
+    written again found the row, were deduplicated onto it and stored nowhere."""
+    start, later, key = _an_object_collected_after_a_snapshot_named_its_row(context, monkeypatch)
+    taker = _taker(tmp_path, context, "taker", at=start + 60 if point.startswith("before") else later + 1)
+    _again, again_key = _uploaded_file(taker, b"x-again", b"X" * 100)
+    assert again_key == key
+    assert context.pool.remotes[0].head(context.remote_key(key)) is not None, \
+        "the redone file names an object no remote holds"

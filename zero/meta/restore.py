@@ -203,9 +203,15 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
                     changelog.apply_rows(connection, table, segment.rows.get(table, ()))
                     if bar is not None:
                         bar.update(len(segment.rows.get(table, ())) + len(segment.deleted.get(table, ())))
+            changelog.unplace_unreferenced(connection)
+            # Only what a later point's chunks name: those objects its line kept for it, while
+            # the garbage rows of its segments may name objects collected since (a red-team run
+            # deduplicated work written again onto one, and lost it).
+            named = {row[2] for segment in left_behind for row in segment.rows.get("chunks", ())}
             for table in ("objects", "placements"):
                 for segment in left_behind:
-                    changelog.adopt_rows(connection, table, segment.rows.get(table, ()))
+                    changelog.adopt_rows(connection, table, [row for row in segment.rows.get(table, ())
+                                                             if row[0] in named])
             _adopt_identity(connection, found, segments, data_keys, envelope)
             unreached = [remote.name for remote in remotes if remote.name not in found.reachable]
             state_db.set_meta(connection, writer.RESTORED_WITHOUT_META, ",".join(unreached))

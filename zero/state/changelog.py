@@ -201,8 +201,8 @@ def apply_rows(connection: Connection, table: str, rows: Iterable[tuple]) -> int
 
 
 def adopt_rows(connection: Connection, table: str, rows: Iterable[tuple]) -> int:
-    """Objects or placements named by a segment a restore left behind: added where
-    this state has no row for the key, never replacing one it has. Unreferenced
+    """Objects or placements a chunk of a segment a restore left behind names: added
+    where this state has no row for the key, never replacing one it has. Unreferenced
     here, they stay while a point may still name them (referenced_by_retained_snapshots)."""
     assert table in ("objects", "placements"), table
     rows = list(rows)
@@ -217,6 +217,16 @@ def adopt_rows(connection: Connection, table: str, rows: Iterable[tuple]) -> int
                                    "WHERE EXISTS (SELECT 1 FROM objects WHERE key = ?1) "
                                    "ON CONFLICT (key, remote) DO NOTHING", rows)
     return len(rows)
+
+
+def unplace_unreferenced(connection: Connection) -> int:
+    """Restore, once the segments are in: an object row no chunk names was garbage at the
+    point restored, and the collector of that line may have deleted its copies since (its
+    rows went in a segment this restore did not read). Its copies stop counting, so no
+    upload dedups onto it; the row stays, for the points the collector checks (decision 106)."""
+    return connection.exec_driver_sql(
+        "DELETE FROM placements WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.object_key = placements.key)"
+    ).rowcount
 
 
 def delete_rows(connection: Connection, table: str, keys: Iterable[tuple]) -> None:
