@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import stat
 import subprocess
 import threading
@@ -23,6 +24,7 @@ import pytest
 
 from support import EXPECTED_WARNINGS, ZeroMount
 from workerkit import State, sha256_of, wait_until
+from zero.state import changelog
 
 MIB = 1024 * 1024
 STDLIB = Path(os.__file__).parent
@@ -367,6 +369,20 @@ def test_a_restore_without_a_remote_writes_nothing_until_that_remote_is_checked(
         close_all(mounts)
 
 
+def backed_up(mount: ZeroMount) -> None:
+    """Everything uploaded, and a metadata segment covering every change."""
+    mount.zero("sync", str(mount.mnt), timeout=120)
+    state = State(mount.cache)
+    wait_until(lambda: state.query("SELECT count(*) FROM changelog")[0][0] == 0, 60,
+               "a metadata segment covering every change")
+
+
+def two_remotes(tmp_path: Path) -> tuple[Path, Path, list[dict]]:
+    """Local-folder remotes a and b: their folders, and the config's remotes."""
+    kept, away = tmp_path / "a", tmp_path / "b"
+    return kept, away, [local_remote(kept) | {"name": "a"}, local_remote(away) | {"name": "b"}]
+
+
 def test_a_newer_point_stays_restorable_after_an_older_one_is_taken_over_and_collected(tmp_path):
     """`restore --at T --take-over` rolls the filesystem back. The snapshots after T that
     retention keeps stay restore points, but the objects only they name have no row in
@@ -377,15 +393,8 @@ def test_a_newer_point_stays_restorable_after_an_older_one_is_taken_over_and_col
     older before the take-over; remote b, away meanwhile, keeps snapshot 1, which a
     pruned once snapshot 3 landed there."""
     hour = 3600
-    kept, away = tmp_path / "a", tmp_path / "b"
-    remotes = [local_remote(kept) | {"name": "a"}, local_remote(away) | {"name": "b"}]
+    kept, away, remotes = two_remotes(tmp_path)
     mounts = []
-
-    def backed_up(mount: ZeroMount) -> None:
-        mount.zero("sync", str(mount.mnt), timeout=120)
-        state = State(mount.cache)
-        wait_until(lambda: state.query("SELECT count(*) FROM changelog")[0][0] == 0, 60,
-                   "a metadata segment covering every change")
 
     def two_hours_pass() -> None:
         for folder in (kept, away):
@@ -433,6 +442,92 @@ def test_a_newer_point_stays_restorable_after_an_older_one_is_taken_over_and_col
         assert (back.mnt / "later.bin").read_bytes() == later, "the newer point lost what was written after T"
     finally:
         close_all(mounts)
+
+
+def test_work_redone_after_a_roll_back_is_stored_not_deduplicated_onto_a_collected_object(tmp_path):
+    """Decision 106, a red-team run through the mount: a snapshot named the row of an
+    object already unused (work.bin, written and deleted); the old line's collector
+    then deleted the object. A roll-back to an earlier snapshot adopted that row, the
+    same work written again and fsynced was deduplicated onto it, and after the next
+    restore it read EIO. Points are kept for a minute past their time
+    (POINT_MARGIN_S), so the test waits that long for the collection to be allowed."""
+    hour = 3600
+    kept, away, remotes = two_remotes(tmp_path)
+    mounts = []
+
+    def in_state(mount: ZeroMount, sql: str) -> None:
+        """With the mount stopped: a change a test cannot make through it."""
+        mount.unmount()
+        mount.stop_worker()
+        db = sqlite3.connect(mount.cache / "state.sqlite3")
+        try:
+            db.execute(sql)
+            db.commit()
+        finally:
+            db.close()
+        mount.start_worker()
+        mount.start_fuse()
+
+    next_snapshot = "UPDATE meta SET value = '1' WHERE key = 'backup_needs_snapshot'"  # as after a missed remote
+    try:
+        first, keyfile = started_with_key(mounts, tmp_path / "first", remotes, metadataBackupInterval=1)
+        (first.mnt / "old.txt").write_bytes(b"before the point\n")
+        backed_up(first)
+        in_state(first, next_snapshot)
+        (first.mnt / "z.txt").write_bytes(b"z\n")
+        backed_up(first)  # a snapshot holding old.txt's data: the point rolled back to
+        # Two hours pass: that snapshot is two hours old, in the state and in the remotes.
+        in_state(first, "UPDATE backup_points SET begin_at = begin_at - 7200, end_at = end_at - 7200")
+        for folder in (kept, away):
+            for path in folder.rglob("meta/*"):
+                st = path.stat()
+                os.utime(path, (st.st_atime - 2 * hour, st.st_mtime - 2 * hour))
+        then = time.time() - 2 * hour + 1
+
+        work = os.urandom(200_000)
+        (first.mnt / "work.bin").write_bytes(work)
+        backed_up(first)
+        os.unlink(first.mnt / "work.bin")
+        backed_up(first)
+        first.zero("gc", str(first.cache), "--delete", "--grace", "0", timeout=120)  # stamps its object unused
+        stamped = time.time()
+        wait_until(lambda: time.time() > stamped + changelog.POINT_MARGIN_S + 2, changelog.POINT_MARGIN_S + 10,
+                   "the points' margin to pass")
+        in_state(first, next_snapshot)
+        (first.mnt / "m2.txt").write_bytes(b"m2\n")
+        backed_up(first)  # a snapshot naming the unused row; the journals are pruned
+        stored = set(remote_object_names(kept, away))
+        first.zero("gc", str(first.cache), "--delete", "--grace", "0", timeout=120)
+        assert stored - set(remote_object_names(kept, away)), "setup: the old line collected work.bin's object"
+        (first.mnt / "m3.txt").write_bytes(b"m3\n")
+        backed_up(first)
+        first.unmount()
+        first.stop_worker()
+
+        taker = ZeroMount(tmp_path / "taker", remotes=remotes, metadataBackupInterval=1)
+        mounts.append(taker)
+        taker.zero("restore", str(taker.cache), "--recovery-key-file", str(keyfile), "--at", str(then),
+                   "--take-over", timeout=300)
+        taker.start_worker()
+        taker.start_fuse()
+        assert (taker.mnt / "old.txt").read_bytes() == b"before the point\n"
+        write_synced(taker.mnt / "work-redone.bin", work)
+        backed_up(taker)
+        taker.unmount()
+        taker.stop_worker()
+
+        back = ZeroMount(tmp_path / "back", remotes=remotes)  # the taker's machine is lost
+        mounts.append(back)
+        back.zero("restore", str(back.cache), "--recovery-key-file", str(keyfile), timeout=300)
+        back.start_worker()
+        back.start_fuse()
+        assert (back.mnt / "work-redone.bin").read_bytes() == work, "the fsynced work-redone.bin was lost"
+    finally:
+        close_all(mounts)
+
+
+def remote_object_names(*folders: Path) -> list[str]:
+    return [path.name for folder in folders for path in folder.rglob("objects/*/*")]
 
 
 class background(threading.Thread):
