@@ -203,10 +203,8 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
                     changelog.apply_rows(connection, table, segment.rows.get(table, ()))
                     if bar is not None:
                         bar.update(len(segment.rows.get(table, ())) + len(segment.deleted.get(table, ())))
-            changelog.unplace_unreferenced(connection)
             # Only what a later point's chunks name: those objects its line kept for it, while
-            # the garbage rows of its segments may name objects collected since (a red-team run
-            # deduplicated work written again onto one, and lost it).
+            # the garbage rows of its segments may name objects collected since (decision 106).
             named = {row[2] for segment in left_behind for row in segment.rows.get("chunks", ())}
             for table in ("objects", "placements"):
                 for segment in left_behind:

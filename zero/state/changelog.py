@@ -219,16 +219,6 @@ def adopt_rows(connection: Connection, table: str, rows: Iterable[tuple]) -> int
     return len(rows)
 
 
-def unplace_unreferenced(connection: Connection) -> int:
-    """Restore, once the segments are in: an object row no chunk names was garbage at the
-    point restored, and the collector of that line may have deleted its copies since (its
-    rows went in a segment this restore did not read). Its copies stop counting, so no
-    upload dedups onto it; the row stays, for the points the collector checks (decision 106)."""
-    return connection.exec_driver_sql(
-        "DELETE FROM placements WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.object_key = placements.key)"
-    ).rowcount
-
-
 def delete_rows(connection: Connection, table: str, keys: Iterable[tuple]) -> None:
     key = BACKED_UP[table][1]
     keys = list(keys)

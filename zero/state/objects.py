@@ -217,6 +217,19 @@ def claim_garbage(connection: Connection, older_than: float, limit: int = 500) -
     return claimed
 
 
+def unnamed_among(connection: Connection, keys) -> set[str]:
+    """Which of ``keys`` no chunk names: rows waiting for the collector, or rows a restore
+    brought from a snapshot whose line may have collected their objects since."""
+    keys = list(dict.fromkeys(keys))
+    unnamed: set[str] = set()
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        part = tuple(keys[start:start + _KEYS_PER_QUERY])
+        unnamed.update(row[0] for row in connection.exec_driver_sql(
+            f"SELECT key FROM objects o WHERE key IN ({', '.join('?' * len(part))}) "
+            "AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.object_key = o.key)", part))
+    return unnamed
+
+
 def known_keys(connection: Connection) -> set[str]:
     return {row.key for row in connection.execute(select(_o.c.key))}
 

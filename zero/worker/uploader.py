@@ -217,6 +217,7 @@ class Uploader:
         done = 0
         to_send = []
         durable_names = set(context.pool.durable_names())
+        confirmed = self._confirm_unnamed_copies(read, durable_names)
         with context.database.write() as connection:
             # Only good copies count: a quarantined (corrupt) one is never a dedup target,
             # and the put below may store a fresh copy on its remote, which repairs it.
@@ -224,7 +225,7 @@ class Uploader:
             intents = {}
             deduplicated = 0
             for item in read:
-                item.holders = holders[item.key] or []
+                item.holders = confirmed.get(item.key, holders[item.key] or [])
                 if len([name for name in item.holders if name in durable_names]) >= context.config.replicas:
                     # The same bytes are stored already (dedup); the row's presence,
                     # checked in this transaction, keeps the collector off it.
@@ -281,6 +282,31 @@ class Uploader:
         self.uploaded_bytes += uploaded_bytes
         done += uploaded
         return done, unavailable
+
+    def _confirm_unnamed_copies(self, read, durable_names: set[str]) -> dict[str, list[str]]:
+        """For a dedup target no chunk names: the holders that really have it. A restored
+        state's garbage rows came from a snapshot whose line may have collected their
+        objects since; deduplicating onto one stored a fsynced file nowhere (decision 106).
+        A row a chunk names is kept by the collector for as long as it is named."""
+        context = self.context
+        with context.database.read() as connection:
+            holders = objects.good_holders_of(connection, [item.key for item in read])
+            targets = [key for key, names in holders.items()
+                       if names and len([name for name in names if name in durable_names]) >= context.config.replicas]
+            unnamed = objects.unnamed_among(connection, targets) if targets else set()
+        copies = [(key, name) for key in sorted(unnamed) for name in holders[key] if name in durable_names]
+        confirmed: dict[str, list[str]] = {key: [] for key in unnamed}
+        for (key, name), present in zip(copies, self._parallel(self._holds, copies) if copies else []):
+            if present:
+                confirmed[key].append(name)
+        return confirmed
+
+    def _holds(self, copy: tuple[str, str]) -> bool:
+        key, name = copy
+        try:
+            return self.context.pool.by_name(name).head(self.context.remote_key(key)) is not None
+        except RemoteUnavailable:
+            return False  # not confirmed: the bytes are sent again
 
     def _read(self, row) -> "_Upload | None":
         try:
