@@ -131,7 +131,7 @@ def randwrite(mount, args, round_no: int) -> str:
     rng = random.Random(round_no)
     data = rng.randbytes(4096)
     meter = CpuMeter(mount)
-    fault_ins, uploads = _state_figures(mount)[0], _counter(mount, "uploads")
+    fault_ins, uploads = _counter(mount, "fault_ins"), _counter(mount, "uploads")
     fd = os.open(path, os.O_RDWR)
     try:
         started = time.perf_counter()
@@ -141,7 +141,7 @@ def randwrite(mount, args, round_no: int) -> str:
         took = time.perf_counter() - started
     finally:
         os.close(fd)
-    return (f"random writes {args.writes / took:.0f} IOPS; {_state_figures(mount)[0] - fault_ins} fault-ins, "
+    return (f"random writes {args.writes / took:.0f} IOPS; {_counter(mount, 'fault_ins') - fault_ins} fault-ins, "
             f"{_counter(mount, 'uploads') - uploads} uploads; {meter.spent()}")
 
 
@@ -163,9 +163,8 @@ def _state_figures(mount) -> tuple[int, int]:
     """(chunks the worker fetched so far, the chunk size). More fault-ins than a
     file has chunks for one read of it: some were fetched twice (evicted before
     they were read)."""
-    fault_ins = _state_rows(mount, "SELECT value FROM counters WHERE name = 'fault_ins'")
     chunk_size = _state_rows(mount, "SELECT value FROM meta WHERE key = 'chunk_size'")
-    return (fault_ins[0][0] if fault_ins else 0), int(chunk_size[0][0])
+    return _counter(mount, "fault_ins"), int(chunk_size[0][0])
 
 
 def create(mount, args, round_no: int) -> str:

@@ -60,10 +60,16 @@ def catalog(remotes, fs_id: str) -> Catalog:
     for remote in remotes:
         try:
             listing = list(remote.list(layout.meta_prefix(fs_id)))
-        except RemoteUnavailable as error:
+            # A drive that is not mounted leaves its mountpoint, an empty folder that lists as
+            # empty: a restore that took it for a remote holding nothing numbered on over what
+            # the drive holds. One of this filesystem's remotes has its marker (decision 104).
+            if not listing and identity.read(remote, fs_id) is None:
+                log.warning("Remote %s answers but holds nothing of filesystem %s, not even its marker (a drive "
+                            "that is not mounted, an emptied folder, another bucket?); restoring from the others",
+                            remote.name, fs_id)
+                continue
+        except (RemoteUnavailable, ObjectCorrupt) as error:
             log.warning("Remote %s is unreachable, restoring from the others: %s", remote.name, error)
-            continue
-        if not listing and not _holds_marker(remote, fs_id):
             continue
         found.reachable.append(remote.name)
         for key, _size, mtime in listing:
@@ -73,21 +79,6 @@ def catalog(remotes, fs_id: str) -> Catalog:
                     taken_at, holders = table.get(sequence, (mtime, []))
                     table[sequence] = (min(taken_at, mtime), holders + [remote.name])
     return found
-
-
-def _holds_marker(remote, fs_id: str) -> bool:
-    """Whether a remote that lists no metadata is one of this filesystem's, empty of
-    segments: a drive that is not mounted leaves its mountpoint, an empty folder that
-    lists as empty, and a restore that took it for a remote holding nothing numbered
-    on over what the drive holds (decision 104)."""
-    try:
-        if identity.read(remote, fs_id) is not None:
-            return True
-        log.warning("Remote %s answers but holds nothing of filesystem %s, not even its marker (a drive that is "
-                    "not mounted, an emptied folder, another bucket?); restoring from the others", remote.name, fs_id)
-    except (RemoteUnavailable, ObjectCorrupt) as error:
-        log.warning("Remote %s is unreachable, restoring from the others: %s", remote.name, error)
-    return False
 
 
 def find_fs_ids(remotes) -> set[str]:

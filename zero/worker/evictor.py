@@ -62,14 +62,8 @@ class Evictor:
         or two more than needed; walking before every eviction took a tenth of
         the worker's time in a cold read, with the cache always at its target."""
         with self._lock:
-            now = time.monotonic()
-            if now - self._room_measured_at > MEASURE_EVERY_S:
-                self._room_walked_ns = self.context.cache.file_clock_ns()
-                self._room_estimate = self.measure() + in_flight_bytes
-                self._room_measured_at = now
-            if self._room_estimate + incoming_bytes > self.target:
-                self.evict(max(0, min(self.low_watermark, self.target - incoming_bytes)), usage=self._room_estimate)
-            self._room_estimate += incoming_bytes
+            self._walk_if_stale(in_flight_bytes)
+            self._reserve(incoming_bytes)
 
     def make_room_for_clean(self, files: list[tuple[int, int]]) -> None:
         """Before an upload turns dirty chunk files clean (``files``: each one's
@@ -85,15 +79,23 @@ class Evictor:
         while a big write went on: a third of a 12 MiB write in an 8 MiB cache was
         fetched again (decision 103)."""
         with self._lock:
-            now = time.monotonic()
-            if now - self._room_measured_at > MEASURE_EVERY_S:
-                self._room_walked_ns = self.context.cache.file_clock_ns()
-                self._room_estimate = self.measure()
-                self._room_measured_at = now
-            unseen = sum(stored for stored, written_ns in files if written_ns >= self._room_walked_ns)
-            if self._room_estimate + unseen > self.target:
-                self.evict(max(0, min(self.low_watermark, self.target - unseen)), usage=self._room_estimate)
-            self._room_estimate += unseen
+            self._walk_if_stale()
+            self._reserve(sum(stored for stored, written_ns in files if written_ns >= self._room_walked_ns))
+
+    def _walk_if_stale(self, in_flight_bytes: int = 0) -> None:
+        """Start the estimate afresh from a walk if the last one is over MEASURE_EVERY_S old."""
+        now = time.monotonic()
+        if now - self._room_measured_at > MEASURE_EVERY_S:
+            self._room_walked_ns = self.context.cache.file_clock_ns()
+            self._room_estimate = self.measure() + in_flight_bytes
+            self._room_measured_at = now
+
+    def _reserve(self, incoming_bytes: int) -> None:
+        """Evict from the estimate so that ``incoming_bytes`` more fit under the
+        target (down to the low watermark), then count them in it."""
+        if self._room_estimate + incoming_bytes > self.target:
+            self.evict(max(0, min(self.low_watermark, self.target - incoming_bytes)), usage=self._room_estimate)
+        self._room_estimate += incoming_bytes
 
     def evict(self, goal_bytes: int | None = None, usage: int | None = None) -> int:
         """Evict until usage (measured, unless the caller just did) is at or
