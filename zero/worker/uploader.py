@@ -288,13 +288,10 @@ class Uploader:
         state's garbage rows came from a snapshot whose line may have collected their
         objects since; deduplicating onto one stored a fsynced file nowhere (decision 106).
         A row a chunk names is kept by the collector for as long as it is named."""
-        context = self.context
-        with context.database.read() as connection:
-            holders = objects.good_holders_of(connection, [item.key for item in read])
-            targets = [key for key, names in holders.items()
-                       if names and len([name for name in names if name in durable_names]) >= context.config.replicas]
-            unnamed = objects.unnamed_among(connection, targets) if targets else set()
-        copies = [(key, name) for key in sorted(unnamed) for name in holders[key] if name in durable_names]
+        with self.context.database.read() as connection:
+            unnamed = objects.unnamed_among(connection, [item.key for item in read])  # new bytes have no row
+            holders = objects.good_holders_of(connection, unnamed) if unnamed else {}
+        copies = [(key, name) for key in sorted(unnamed) for name in holders[key] or () if name in durable_names]
         confirmed: dict[str, list[str]] = {key: [] for key in unnamed}
         for (key, name), present in zip(copies, self._parallel(self._holds, copies) if copies else []):
             if present:
