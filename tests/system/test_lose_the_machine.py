@@ -358,6 +358,10 @@ def test_a_restore_without_a_remote_writes_nothing_until_that_remote_is_checked(
         bring_back(away)
         wait_until(lambda: role()["role"] == "refused", 60, "the worker to find a's newer metadata")
         assert "older than the filesystem in the remotes" in role()["message"]
+        # g1 can never be uploaded from here: the unmount says so instead of waiting out faultInTimeout.
+        second.unmount()
+        assert "it uploads nothing from this cache, because this cache is older" in second.fuse_log(), \
+            second.fuse_log()
 
         third = ZeroMount(tmp_path / "third", remotes=remotes)
         mounts.append(third)

@@ -241,8 +241,11 @@ def test_a_writer_that_was_taken_over_uploads_and_deletes_nothing(machines):
     status = first.zero("status", str(first.cache)).stdout
     assert "FENCED" in status and str(second.cache) in status
     assert (second.mnt / "shared.bin").read_bytes() == shared
-    # Unmounting waits for uploads that a fenced worker never makes; the stopped worker missed its jobs.
-    first.allowed_log += ("Unmounting without waiting further", "was missed by")
+    # Unmounting does not wait for uploads a fenced worker never makes, and says what stays here.
+    first.allowed_log += ("Unmounting without waiting for zero-worker: it uploads nothing", "was missed by")
+    first.unmount()
+    assert "it uploads nothing from this cache, because another machine has taken the filesystem over" \
+        in first.fuse_log(), first.fuse_log()
 
 
 def test_restore_at_is_read_only_and_shows_the_old_contents(machines):

@@ -17,6 +17,7 @@ from zero.cachedir import CacheDir
 from zero.errors import WorkerUnavailable
 from zero.locking import holder_pid
 from zero.meta import backup
+from zero.meta import writer as writer_lease
 from zero.state import changelog, chunks, remotes, requests
 from zero.state.chunks import Readiness
 from zero.state.db import Database
@@ -150,6 +151,16 @@ class WorkerLink:
         (concurrent fsyncs share one segment)."""
         backup.wait_backed_up(self.database, self.listener, self.wake_worker, self.timeout_s,
                               why_no_answer=lambda: self.why_no_answer("back up the metadata naming the file"))
+
+    def refusal(self) -> str | None:
+        """Why the running worker uploads nothing from this cache (another machine
+        writes the filesystem, or took it over), as the worker decided; None when it
+        may upload, or has not decided yet."""
+        running = self.worker_pid()
+        verdict = writer_lease.read_verdict(self.database) if running is not None else None
+        if not verdict or verdict.get("pid") != running or verdict.get("role") not in writer_lease.NOT_WRITING:
+            return None
+        return verdict.get("message") or verdict["role"]
 
     def why_no_answer(self, what: str) -> str:
         if self.worker_pid() is None:
