@@ -241,8 +241,17 @@ def test_a_writer_that_was_taken_over_uploads_and_deletes_nothing(machines):
     status = first.zero("status", str(first.cache)).stdout
     assert "FENCED" in status and str(second.cache) in status
     assert (second.mnt / "shared.bin").read_bytes() == shared
-    # Unmounting does not wait for uploads a fenced worker never makes, and says what stays here.
-    first.allowed_log += ("Unmounting without waiting for zero-worker: it uploads nothing", "was missed by")
+    # Neither an fsync nor the unmount waits for uploads a fenced worker never makes; both say why.
+    first.allowed_log += ("uploads nothing from this cache", "was missed by", "fsync failed")
+    fd = os.open(first.mnt / "new.bin", os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as fsync_failed:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert fsync_failed.value.errno == errno.EIO
+    assert "zero-worker uploads nothing from this cache, because another machine has taken the filesystem over" \
+        in first.fuse_log(), first.fuse_log()
     first.unmount()
     assert "it uploads nothing from this cache, because another machine has taken the filesystem over" \
         in first.fuse_log(), first.fuse_log()

@@ -252,6 +252,11 @@ class DataPath:
                     f"{self.files.cache.root} (or set fsyncWaitsForUpload: false to let fsync return once the "
                     f"change is safe locally)")
             return
+        refusal = self.worker.refusal()
+        if refusal and (versions or self.worker.metadata_pending()):
+            # Waiting would only run out faultInTimeout (decision 108).
+            raise WorkerUnavailable(f"{what}: the change is safe in the local cache, but zero-worker uploads "
+                                    f"nothing from this cache, because {refusal}")
         if versions:
             self.worker.wait_uploaded(ino, versions)
         self.worker.wait_backed_up()
