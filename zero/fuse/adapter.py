@@ -127,7 +127,7 @@ class ZeroOperations(Operations):
         if refusal:
             # Waiting would only run out faultInTimeout: this worker uploads nothing.
             log.warning("Unmounting without waiting for zero-worker: it uploads nothing from this cache, because %s. "
-                        "%d file(s) changed here are kept only in this cache", refusal, len(by_inode))
+                        "%d file(s) changed here are not uploaded from it", refusal, len(by_inode))
         elif by_inode and self.worker.worker_pid() is not None:
             log.info("Unmounting: waiting for zero-worker to upload %d file(s)", len(by_inode))
             for ino, versions in by_inode.items():

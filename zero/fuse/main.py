@@ -134,11 +134,9 @@ def refuse_if_not_the_writer(database, worker, listener, timeout_s: float) -> No
     A worker that is starting gets until ``timeout_s`` to decide; without a
     worker, its last decision stands."""
     def decided():
-        verdict = writer_lease.read_verdict(database)
-        running = worker.worker_pid()
-        if running is not None and (verdict is None or verdict["pid"] != running):
-            return None  # that worker has not checked the lease yet
-        return verdict or {}
+        if worker.worker_pid() is not None:
+            return worker.running_verdict()  # None: that worker has not checked the lease yet
+        return writer_lease.read_verdict(database) or {}
 
     try:
         verdict = wakeup.wait_for(listener, decided, timeout_s, lambda: TimeoutError())

@@ -152,13 +152,28 @@ class WorkerLink:
         backup.wait_backed_up(self.database, self.listener, self.wake_worker, self.timeout_s,
                               why_no_answer=lambda: self.why_no_answer("back up the metadata naming the file"))
 
+    def running_verdict(self) -> dict | None:
+        """The running worker's own verdict on its role (zero.meta.writer); None when no
+        worker runs or it has not decided yet. A verdict older than the worker's lock was
+        left by an earlier worker that had the same pid (a container restarted)."""
+        running = self.worker_pid()
+        if running is None:
+            return None
+        verdict = writer_lease.read_verdict(self.database)
+        if not verdict or verdict.get("pid") != running:
+            return None
+        try:
+            locked_at = os.stat(self.cache.lock_path("worker")).st_mtime
+        except OSError:
+            return None
+        return verdict if verdict.get("at", 0.0) >= locked_at else None
+
     def refusal(self) -> str | None:
         """Why the running worker uploads nothing from this cache (another machine
         writes the filesystem, or took it over), as the worker decided; None when it
         may upload, or has not decided yet."""
-        running = self.worker_pid()
-        verdict = writer_lease.read_verdict(self.database) if running is not None else None
-        if not verdict or verdict.get("pid") != running or verdict.get("role") not in writer_lease.NOT_WRITING:
+        verdict = self.running_verdict()
+        if verdict is None or verdict.get("role") not in writer_lease.NOT_WRITING:
             return None
         return verdict.get("message") or verdict["role"]
 
