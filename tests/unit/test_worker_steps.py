@@ -960,6 +960,30 @@ def test_prime_counts_a_small_file_by_what_it_takes(make_context):
     assert pins.prime(context, usage_bytes=int(3.6 * CHUNK) - 4096) == 0, "a round must count what is queued"
 
 
+def test_a_primed_chunk_keeps_its_last_use_and_goes_before_chunks_used_since(make_context):
+    """Priming stamped what it brought back as used at that moment: during a big
+    write, a chunk of an older file came back, then outlived the newer chunks
+    evicted after it (CI, test_when_the_cache_has_room_again_recently_used_evicted_chunks_come_back:
+    one chunk stayed clean). A guess is not a use: it keeps the stamp of its last use."""
+    context = make_context()
+    old, _ = evicted_file(context, b"old", 1)
+    with context.database.write() as connection:
+        chunks.record_access(connection, {(old, 0): 100.0})
+    assert pins.prime(context, usage_bytes=0) == 1
+    fetcher = Fetcher(context)
+    for row in fetcher.pending():
+        fetcher.fetch(row.ino, row.idx, row.priority)
+    assert state_of(context, old, 0) == ChunkState.CLEAN
+    assert row_of(context, old, 0).last_access == 100.0, "priming counted its guess as a use"
+
+    newer = make_file(context, b"newer")
+    fuse_write(context, newer, 0, chunk_data(1))
+    upload_all(context)
+    per_chunk = disk_bytes(os.stat(context.cache.chunk_path(old, 0)))
+    assert Evictor(context).evict(goal_bytes=per_chunk) == 1
+    assert (state_of(context, old, 0), state_of(context, newer, 0)) == (ChunkState.REMOTE, ChunkState.CLEAN)
+
+
 def test_a_reader_outranks_priming(context):
     ino = make_file(context, b"a")
     for idx in range(2):

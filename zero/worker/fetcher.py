@@ -73,7 +73,9 @@ class Fetcher:
             crashpoints.crash("fetch.downloaded")
             path = context.cache.chunk_path(ino, idx)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            fetched_at = time.time()
+            # Pins and priming guess; only a reader's fetch is a use. Stamped now, a primed
+            # chunk of an old file outlived newer chunks evicted after it (decision 109).
+            fetched_at = time.time() if priority in FOR_A_READER else row.last_access
             with context.database.write() as connection:
                 chunks.finish_fetch(connection, ino, idx, disk_bytes(os.stat(tmp)), fetched_at)
                 os.rename(tmp, path)
