@@ -9,6 +9,7 @@ symlinks, odd names."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -93,6 +94,11 @@ def restored_mount(root: Path, remote: dict, *restore_args: str, **config) -> Ze
     mount.start_worker()
     mount.start_fuse()
     return mount
+
+
+def restore_forced(mount: ZeroMount, keyfile: Path) -> str:
+    """`zero restore --force` with the recovery key into ``mount``'s cache; what it printed."""
+    return mount.zero("restore", str(mount.cache), "--recovery-key-file", str(keyfile), "--force", timeout=300).stdout
 
 
 def assert_fsck_clean(mount: ZeroMount) -> None:
@@ -209,6 +215,54 @@ def test_what_fsync_returned_for_survives_a_kill_right_after_it(tmp_path):
     finally:
         problems = close_all(mounts)
     assert not problems, "zero logged unexpected warnings or errors:\n" + "\n".join(problems)
+
+
+def test_bytes_never_uploaded_read_as_an_error_after_the_machine_is_lost_not_as_zeros(tmp_path):
+    """A file grows by a chunk zero-worker has not uploaded yet (uploadDelay: an hour) when
+    a metadata segment records its new size; then the machine is lost. The restore had the
+    size and no chunk, so the tail read back as zeros, silently, and fsck said the state was
+    clean. Those bytes are lost, and now say so: the restore counts them, reading them fails
+    with EIO, and fsck names the file and the byte range (exit 4)."""
+    mounts = []
+    try:
+        first, keyfile = first_machine(tmp_path, mounts, metadataBackupInterval=1, uploadDelay=3600)
+        head, tail = os.urandom(4 * MIB), os.urandom(100_000)
+        path = first.mnt / "photos" / "growing.raw"
+        path.parent.mkdir()
+        write_synced(path, head)  # uploaded, and its metadata with it
+        with open(path, "ab") as out:
+            out.write(tail)  # a new chunk, left for the upload delay
+        state = State(first.cache)
+        ino = os.stat(path).st_ino
+        wait_until(lambda: state.query("SELECT size FROM inodes WHERE ino = ?", ino) == [(len(head) + len(tail),)],
+                   30, "zero-fuse to commit the new size")
+        backed_up_metadata(first)
+        assert state.query("SELECT state FROM chunks WHERE idx = 1") == [("dirty",)], "the tail was uploaded"
+        first.kill_worker()
+        first.kill_fuse()
+        shutil.rmtree(first.cache)
+
+        second = ZeroMount(tmp_path / "second", remotes=[local_remote(first.remote)])
+        mounts.append(second)
+        restored = restore_forced(second, keyfile)
+        assert "1 chunk(s) of 1 file(s) had not been uploaded" in restored, restored
+        second.start_worker()
+        second.start_fuse()
+        again = second.mnt / "photos" / "growing.raw"
+        assert os.stat(again).st_size == len(head) + len(tail)
+        with open(again, "rb") as copy:
+            assert copy.read(len(head)) == head
+            with pytest.raises(OSError) as error:
+                copy.read()
+        assert error.value.errno == errno.EIO, f"the lost tail read back as {error.value!r}"
+        assert "was written but never uploaded" in second.worker_log()
+        second.close()
+        fsck = second.zero("fsck", str(second.cache), check=False)
+        assert fsck.returncode == 4, fsck.stdout + fsck.stderr
+        assert f"photos/growing.raw, chunk 1 (bytes {4 * MIB}-" in fsck.stdout, fsck.stdout
+    finally:
+        for mount in mounts:
+            mount.close()
 
 
 def test_a_folder_fsync_makes_its_renames_links_and_unlinks_restorable(tmp_path):
@@ -345,9 +399,8 @@ def test_a_restore_without_a_remote_writes_nothing_until_that_remote_is_checked(
         bring_back(other)
         second = ZeroMount(tmp_path / "second", remotes=remotes, writerTimeout=4, metadataBackupInterval=1)
         mounts.append(second)
-        restored = second.zero("restore", str(second.cache), "--recovery-key-file", str(keyfile), "--force",
-                               timeout=300)
-        assert "Restored without a" in restored.stdout, restored.stdout
+        restored = restore_forced(second, keyfile)
+        assert "Restored without a" in restored, restored
         second.start_worker()
         second.start_fuse()
         state = State(second.cache)
@@ -376,6 +429,11 @@ def test_a_restore_without_a_remote_writes_nothing_until_that_remote_is_checked(
 def backed_up(mount: ZeroMount) -> None:
     """Everything uploaded, and a metadata segment covering every change."""
     mount.zero("sync", str(mount.mnt), timeout=120)
+    backed_up_metadata(mount)
+
+
+def backed_up_metadata(mount: ZeroMount) -> None:
+    """A metadata segment covering every change so far, uploaded or not."""
     state = State(mount.cache)
     wait_until(lambda: state.query("SELECT count(*) FROM changelog")[0][0] == 0, 60,
                "a metadata segment covering every change")

@@ -143,15 +143,38 @@ def test_snapshot_then_journal_restores_the_same_tables(tmp_path, context):
         assert (result.snapshot, result.journals) == (1, [2])
         expected = backed_up_tables(context.database)
         assert backed_up_tables(restored) == expected
-        assert (inos["odd"], 0, None) not in expected["chunks"]
+        # Backed up naming no object: restored as lost, not as a hole that reads zeros (decision 110).
+        assert (inos["odd"], 0, None) in expected["chunks"]
+        assert result.never_uploaded == (1, 1)
         with restored.read() as connection:
-            assert chunks.counts_by_state(connection) == {"remote": (2, 0)}
+            assert chunks.counts_by_state(connection) == {"remote": (3, 0)}
             settings = state_db.format_settings(restored)
             assert changelog.current_sequence(connection) == 0
         original = state_db.format_settings(context.database)
         for key in ("fs_id", "hash_key", "encryption_key", "chunk_size"):
             assert settings[key] == original[key]
         assert settings[backup.SEQUENCE_META] == "2" and settings[backup.NEEDS_SNAPSHOT_META] == "1"
+    finally:
+        restored.dispose()
+
+
+def test_a_new_files_chunk_leased_before_any_write_is_not_restored_as_lost(tmp_path, context):
+    """A create leases the new file's first chunk in its own transaction, before anything
+    is written. Backed up in that moment, it names no object like a lost chunk does, but
+    it held nothing: restored, it is gone, and only what was written counts as lost."""
+    empty = make_inode(context, b"just-created")
+    with context.database.write() as connection:
+        chunks.lease_new_chunk(connection, empty, 0)
+    written = make_inode(context, b"written")
+    write_chunk(context, written, 0, b"not uploaded")
+    assert MetadataBackup(context).back_up() == 1
+
+    result, restored = restore_into(tmp_path, context)
+    try:
+        assert result.never_uploaded == (1, 1)
+        with restored.read() as connection:
+            assert chunks.get(connection, empty, 0) is None
+            assert chunks.get(connection, written, 0).object_key is None
     finally:
         restored.dispose()
 

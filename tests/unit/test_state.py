@@ -127,6 +127,29 @@ def test_a_format_1_cache_is_upgraded_in_place(database, path):
         upgraded.dispose()
 
 
+def test_a_format_5_cache_backs_up_the_chunks_it_has_not_uploaded(database, path):
+    """Format 5's segments left out what was written and not uploaded yet, and a
+    restore read those bytes as zeros (decision 110). The upgrade counts today's
+    unuploaded chunks as changed; a new one goes out with its inode."""
+    from zero.state import changelog
+    with database.write() as connection:
+        waiting = make_file(connection, namespace.ROOT_INO, b"waiting")
+        chunks.take_lease(connection, waiting, 0)
+        connection.exec_driver_sql("DELETE FROM changelog")  # everything so far was backed up
+    database.dispose()
+    set_schema_version(path, "5")
+    upgraded = db.open_database(path)
+    try:
+        with upgraded.write() as connection:
+            assert changelog.changed_rows(connection)[0]["chunks"] == [(waiting, 0, None)]
+            connection.exec_driver_sql("DELETE FROM changelog")
+            later = make_file(connection, namespace.ROOT_INO, b"later")
+            chunks.take_lease(connection, later, 0)
+            assert changelog.changed_rows(connection)[0]["chunks"] == [(later, 0, None)]
+    finally:
+        upgraded.dispose()
+
+
 def test_remote_health_changes_are_reported_once(database):
     with database.write() as connection:
         remotes.record_identity(connection, "b2", "id-1")

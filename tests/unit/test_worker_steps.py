@@ -32,6 +32,7 @@ from zero.worker.collector import COLLECT_LOCK, Collector
 from zero.worker import evictor as evictor_module
 from zero.worker import unread as unread_module
 from zero.worker.evictor import Evictor
+from zero.worker import fetcher as fetcher_module
 from zero.worker.fetcher import FetchDispatcher, Fetcher
 from zero.wiring import build_context
 from zero.worker.remotes import RemoteKeeper
@@ -524,6 +525,25 @@ def test_fetch_of_a_damaged_or_missing_object_records_an_error(context, damage, 
     with context.database.write() as connection:
         requests.request_fetch(connection, ino, 0, requests.READER)
         assert requests.fetch_error(connection, ino, 0) is None
+
+
+def test_a_restored_chunk_that_was_never_uploaded_fails_its_read_and_is_never_primed(context, caplog):
+    """Backed up before its upload, then the machine was lost: the chunk names no object.
+    A fetch tells the reader why (EIO), without a download; priming does not ask for it."""
+    ino = make_file(context, b"tail.raw")
+    with context.database.write() as connection:
+        chunks.insert_restored(connection, [(ino, 0, None)])
+        requests.request_fetch(connection, ino, 0, requests.READER)
+    with caplog.at_level(logging.ERROR):
+        Fetcher(context).fetch(ino, 0, requests.READER)
+    assert state_of(context, ino, 0) == ChunkState.REMOTE
+    with context.database.read() as connection:
+        assert requests.fetch_error(connection, ino, 0) == fetcher_module.NEVER_UPLOADED
+        assert chunks.never_uploaded(connection) == (1, 1)
+    assert "tail.raw (inode" in caplog.text and "was written but never uploaded" in caplog.text
+    with context.database.write() as connection:
+        requests.done_fetch(connection, ino, 0)
+    assert pins.prime(context, usage_bytes=0) == 0, "priming asked for a chunk nothing can bring back"
 
 
 def test_a_fetch_from_an_unreachable_remote_is_postponed(context, tmp_path):

@@ -105,6 +105,11 @@ def restore(args, config) -> int:
     print(f"Restored filesystem {fs_id} into {cache.root}: snapshot {result.snapshot} and "
           f"{len(result.journals)} journal segment(s), {result.rows} rows. Mount it with: "
           f"zero-fuse <mountpoint> {cache.root}  (and zero-worker {cache.root}); data comes back as it is read.")
+    if result.never_uploaded[0]:
+        print(f"{result.never_uploaded[0]} chunk(s) of {result.never_uploaded[1]} file(s) had not been uploaded "
+              f"when this point was backed up: those bytes exist nowhere. Reading them fails with EIO; "
+              f"`zero fsck {cache.root}` names each file and byte range, and `zero fsck --repair --accept-loss` "
+              f"makes them holes.")
     if result.unreached and not read_only:
         print(f"Restored without {', '.join(result.unreached)}, which did not answer: what it holds may be newer "
               f"than this. zero-worker writes nothing to the remotes from this cache until it answers and is "

@@ -20,7 +20,7 @@ from zero.meta import backup, keyring, writer
 from zero.meta.segment import JOURNAL, SNAPSHOT, Segment, decode
 from zero.remote import identity, layout
 from zero.remote.codec import Codec
-from zero.state import changelog, db as state_db
+from zero.state import changelog, chunks, db as state_db
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ class Restored:
     writer_id: str
     sequence: int  # the newest segment in the remotes: where this state's own numbering continues
     unreached: list[str] = field(default_factory=list)  # configured remotes that did not answer
+    never_uploaded: tuple[int, int] = (0, 0)  # (chunks, files) backed up before their upload: lost
 
 
 def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | None = None,
@@ -194,6 +195,7 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
                     changelog.apply_rows(connection, table, segment.rows.get(table, ()))
                     if bar is not None:
                         bar.update(len(segment.rows.get(table, ())) + len(segment.deleted.get(table, ())))
+            chunks.drop_restored_unwritten(connection, int(first.settings["chunk_size"]))
             # Only what a later point's chunks name: those objects its line kept for it, while
             # the garbage rows of its segments may name objects collected since (decision 106).
             named = {row[2] for segment in left_behind for row in segment.rows.get("chunks", ())}
@@ -207,6 +209,7 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
             if read_only:
                 state_db.set_meta(connection, writer.MODE_META, writer.READ_ONLY)
             writer_id = state_db.get_meta(connection, writer.WRITER_ID_META)  # made fresh with the new state
+            never_uploaded = chunks.never_uploaded(connection)
         with database.engine.connect() as connection:
             connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -217,7 +220,8 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
     log.info("Restored filesystem %s from snapshot %d and %d journal segment(s): %d rows", fs_id, snapshot,
              len(journals), total)
     return Restored(fs_id=fs_id, snapshot=snapshot, journals=journals, rows=total, path=database_path,
-                    writer_id=writer_id, sequence=found.newest_sequence(), unreached=unreached)
+                    writer_id=writer_id, sequence=found.newest_sequence(), unreached=unreached,
+                    never_uploaded=never_uploaded)
 
 
 def _adopt_identity(connection, found: Catalog, segments: list[Segment], data_keys, envelope: bytes) -> None:

@@ -345,7 +345,8 @@ def stranded(connection: Connection, configured) -> tuple[int, int]:
     of the ``configured`` remotes: what removing the other remotes would make
     unreadable."""
     query = select(func.count(), func.count(func.distinct(_c.c.ino))).where(
-        _c.c.state.in_([s.value for s in NEEDS_FETCH]), _durable_copies(configured, good_only=False) == 0)
+        _c.c.state.in_([s.value for s in NEEDS_FETCH]), _c.c.object_key.isnot(None),
+        _durable_copies(configured, good_only=False) == 0)
     row = connection.execute(query).first()
     return row[0], row[1]
 
@@ -362,7 +363,8 @@ def start_fetch(connection: Connection, ino: int, idx: int) -> Row:
 
 def finish_fetch(connection: Connection, ino: int, idx: int, stored_bytes: int, fetched_at: float) -> None:
     """``fetched_at`` (unix time) becomes its last access: fetched for a reader
-    that has not read it yet, it is not the next eviction victim."""
+    that has not read it yet, it is not the next eviction victim. A guess
+    (priming, pins) passes the last access the row already had."""
     transition(connection, WORKER, [F], C, ino=ino, idx=idx,
                values={"stored_bytes": stored_bytes, "last_access": fetched_at})
 
@@ -371,10 +373,11 @@ def abort_fetch(connection: Connection, ino: int, idx: int) -> None:
     transition(connection, WORKER, [F], R, ino=ino, idx=idx)
 
 
-def insert_restored(connection: Connection, rows: Iterable[tuple[int, int, str]]) -> int:
+def insert_restored(connection: Connection, rows: Iterable[tuple[int, int, str | None]]) -> int:
     """`zero restore`: chunks (ino, idx, object_key) read back from a metadata
     backup enter the state machine as RESTORED (only in a remote), to be
-    faulted in on first read. Replaces a row a later journal segment rewrote."""
+    faulted in on first read. Replaces a row a later journal segment rewrote.
+    One backed up before its upload names no object: lost (never_uploaded)."""
     params = [(ino, idx, RESTORED.value, object_key) for ino, idx, object_key in rows]
     connection.exec_driver_sql(
         "INSERT OR REPLACE INTO chunks (ino, idx, state, version, leased, object_key, stored_bytes, last_access, "
@@ -394,12 +397,30 @@ def set_stored_bytes(connection: Connection, ino: int, idx: int, stored_bytes: i
 
 def recently_evicted(connection: Connection, limit: int) -> list[Row]:
     """Remote chunks, most recently used first, each with its object's
-    ``plain_bytes`` (what it will take in the cache): what priming brings back."""
+    ``plain_bytes`` (what it will take in the cache): what priming brings back.
+    Not one that names no object (never uploaded): nothing can bring it back."""
     objects = schema.objects
     return connection.execute(select(_c, objects.c.plain_bytes)
                               .select_from(_c.outerjoin(objects, objects.c.key == _c.c.object_key))
-                              .where(_c.c.state == R.value)
+                              .where(_c.c.state == R.value, _c.c.object_key.isnot(None))
                               .order_by(_c.c.last_access.desc()).limit(limit)).all()
+
+
+def drop_restored_unwritten(connection: Connection, chunk_size: int) -> int:
+    """A restored chunk that names no object and starts at or past its file's end
+    held nothing: a new file's first chunk is leased (given a row) in the create,
+    before anything is written. Not lost; gone, as zero-fuse drops it at release."""
+    return connection.exec_driver_sql(
+        "DELETE FROM chunks WHERE object_key IS NULL AND idx * ? >= "
+        "coalesce((SELECT size FROM inodes WHERE inodes.ino = chunks.ino), 0)", (chunk_size,)).rowcount
+
+
+def never_uploaded(connection: Connection) -> tuple[int, int]:
+    """(chunks, files) that a restore brought back naming no object: written on the
+    lost machine after its last upload and before its last metadata backup."""
+    row = connection.execute(select(func.count(), func.count(func.distinct(_c.c.ino))).where(
+        _c.c.state.in_([s.value for s in NEEDS_FETCH]), _c.c.object_key.is_(None))).first()
+    return row[0], row[1]
 
 
 def referencing(connection: Connection, object_key: str) -> int:

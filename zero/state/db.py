@@ -387,10 +387,12 @@ def _open_or_format(database: Database, path: Path, chunk_size_bytes: int | None
 
 def _upgrade(connection: Connection, version: int) -> None:
     """Bring an older format up to date in the opening transaction. Every
-    change so far only added tables, which create_all adds and leaves the
-    rest alone."""
+    change so far added tables, which create_all adds and leaves the rest
+    alone, or changed a changelog trigger."""
     schema.metadata.create_all(connection)
     changelog.install_triggers(connection)
+    if version < 6:
+        changelog.record_chunks_without_objects(connection)
     set_meta(connection, "schema_version", str(schema.SCHEMA_VERSION))
 
 

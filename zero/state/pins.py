@@ -74,6 +74,8 @@ def unpin_all_chunks(connection: Connection) -> int:
 
 
 def remote_pinned(connection: Connection, limit: int) -> list[Row]:
-    """Pinned chunks that are in the remotes only: what pinning fetches."""
-    return connection.execute(select(_c).where(_c.c.pinned.is_(True), _c.c.state == ChunkState.REMOTE.value)
+    """Pinned chunks that are in the remotes only: what pinning fetches (not one
+    that names no object: never uploaded, nothing can bring it back)."""
+    return connection.execute(select(_c).where(_c.c.pinned.is_(True), _c.c.state == ChunkState.REMOTE.value,
+                                               _c.c.object_key.isnot(None))
                               .limit(limit)).all()

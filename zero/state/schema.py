@@ -10,8 +10,9 @@ from sqlalchemy import (
 
 from zero.state.chunkstate import ChunkState  # noqa: F401  (the states the chunks.state column holds)
 
-SCHEMA_VERSION = 5  # 2: the remotes table; 3: the metadata backup's changelog, requests and points;
-                    # 4: the quarantine of corrupt copies; 5: FUSE operation counts
+SCHEMA_VERSION = 6  # 2: the remotes table; 3: the metadata backup's changelog, requests and points;
+                    # 4: the quarantine of corrupt copies; 5: FUSE operation counts;
+                    # 6: metadata backups name chunks not uploaded yet (without an object)
 
 metadata = MetaData()
 

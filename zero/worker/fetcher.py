@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 FETCH_THREADS = 6  # downloads, verifies and writes overlap; a reader may use any of them
 FOR_A_READER = frozenset({requests.READER, requests.PREFETCH})  # not pins (never evicted) nor priming (a guess)
+NEVER_UPLOADED = ("it was never uploaded: the metadata it was restored from was backed up before its upload, "
+                  "and the machine that wrote it was lost")
 
 
 class Fetcher:
@@ -55,10 +57,19 @@ class Fetcher:
                 if row is None or not chunks.is_fetchable(row):
                     requests.done_fetch(connection, ino, idx)  # deleted, or local already
                     return
-                chunks.start_fetch(connection, ino, idx)
-                holders = objects.remotes_holding(connection, row.object_key)
-                suspect = quarantine.bad_remotes(connection, row.object_key)
+                if row.object_key is None:  # restored from a backup made before its upload
+                    requests.fail_fetch(connection, ino, idx, NEVER_UPLOADED)
+                else:
+                    chunks.start_fetch(connection, ino, idx)
+                    holders = objects.remotes_holding(connection, row.object_key)
+                    suspect = quarantine.bad_remotes(connection, row.object_key)
         except StateConflict:
+            return
+        if row.object_key is None:
+            log.error("%s was written but never uploaded before the machine that wrote it was lost, so those "
+                      "bytes exist nowhere; reads of them fail with EIO (`zero fsck --repair --accept-loss` "
+                      "makes them a hole)", self._describe(ino, idx))
+            context.wake_fuse()
             return
         crashpoints.crash("fetch.started")
         key = row.object_key
