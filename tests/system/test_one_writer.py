@@ -206,6 +206,18 @@ def test_a_writer_killed_before_its_first_heartbeat_leaves_no_room_for_a_fork(ma
     assert (third.mnt / "a.txt").read_bytes() == b"from the first machine\n"
 
 
+def fsync_error(path) -> int | None:
+    """The errno an fsync of ``path`` fails with; None if it succeeds."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        return error.errno
+    finally:
+        os.close(fd)
+    return None
+
+
 def test_a_writer_that_was_taken_over_uploads_and_deletes_nothing(machines):
     """The data-loss case: the first writer hangs (SIGSTOP: a suspended laptop, a
     partition) past writerTimeout, the second takes over with --force, the first
@@ -243,18 +255,20 @@ def test_a_writer_that_was_taken_over_uploads_and_deletes_nothing(machines):
     assert (second.mnt / "shared.bin").read_bytes() == shared
     # Neither an fsync nor the unmount waits for uploads a fenced worker never makes; both say why.
     first.allowed_log += ("uploads nothing from this cache", "was missed by", "fsync failed")
-    fd = os.open(first.mnt / "new.bin", os.O_WRONLY)
-    try:
-        with pytest.raises(OSError) as fsync_failed:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    assert fsync_failed.value.errno == errno.EIO
+    assert fsync_error(first.mnt / "new.bin") == errno.EIO
     assert "zero-worker uploads nothing from this cache, because another machine has taken the filesystem over" \
         in first.fuse_log(), first.fuse_log()
-    first.unmount()
-    assert "it uploads nothing from this cache, because another machine has taken the filesystem over" \
+    # Restarted, the worker is refused and exits; fsync then names that, not "start it" (which it was).
+    first.stop_worker()
+    restarted = first.start_worker(wait=False)
+    assert restarted.wait(timeout=60) == 1
+    first.worker = None
+    assert fsync_error(first.mnt / "new.bin") == errno.EIO
+    assert "zero-worker is not running, and the last one to run uploaded nothing from this cache, because" \
         in first.fuse_log(), first.fuse_log()
+    first.unmount()
+    assert "Unmounting without waiting for zero-worker: the last one to run uploads nothing from this cache, " \
+           "because the filesystem was taken over" in first.fuse_log(), first.fuse_log()
 
 
 def test_restore_at_is_read_only_and_shows_the_old_contents(machines):

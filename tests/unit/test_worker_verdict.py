@@ -67,3 +67,14 @@ def test_no_refusal_from_a_writer_nor_without_a_worker(link, worker_holding_the_
     assert link.refusal() is None
     record(link, worker_holding_the_lock + 1, writer_lease.REFUSED, time.time())  # another process's verdict
     assert link.refusal() is None
+
+
+def test_with_no_worker_the_last_ones_refusal_is_the_advice(link):
+    """A refused worker exits when restarted under a mounted cache; fsync then said
+    "start it", which would only be refused again (decision 108, review)."""
+    assert "start it with: zero-worker" in link.why_no_answer("upload it")
+    record(link, 4_000_000, writer_lease.REFUSED, time.time())  # a pid no process has
+    why = link.why_no_answer("upload it")
+    assert "uploaded nothing from this cache, because refused for a test" in why and "start it" not in why
+    record(link, 4_000_000, writer_lease.WRITER, time.time())
+    assert "start it with: zero-worker" in link.why_no_answer("upload it")

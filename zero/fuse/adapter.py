@@ -123,12 +123,14 @@ class ZeroOperations(Operations):
         self.files.stop()
         self.files.close_all()
         self.worker.wake_worker_now()
-        refusal = self.worker.refusal() if by_inode else None
+        running = self.worker.worker_pid() is not None
+        refusal = (self.worker.refusal() if running else self.worker.last_refusal()) if by_inode else None
         if refusal:
             # Waiting would only run out faultInTimeout: this worker uploads nothing.
-            log.warning("Unmounting without waiting for zero-worker: it uploads nothing from this cache, because %s. "
-                        "%d file(s) changed here are not uploaded from it", refusal, len(by_inode))
-        elif by_inode and self.worker.worker_pid() is not None:
+            log.warning("Unmounting without waiting for zero-worker: %s uploads nothing from this cache, because %s. "
+                        "%d file(s) changed here are not uploaded from it", "it" if running else "the last one to run",
+                        refusal, len(by_inode))
+        elif by_inode and running:
             log.info("Unmounting: waiting for zero-worker to upload %d file(s)", len(by_inode))
             for ino, versions in by_inode.items():
                 try:

@@ -246,6 +246,11 @@ class DataPath:
         if self.worker.worker_pid() is None:
             if versions or self.worker.metadata_pending():
                 # fsyncWaitsForUpload promises the remotes; success here would be a lie.
+                refused = self.worker.last_refusal()
+                if refused:
+                    raise WorkerUnavailable(f"{what}: the change is safe in the local cache, but zero-worker is not "
+                                            f"running, and the last one to run uploaded nothing from this cache, "
+                                            f"because {refused}")
                 raise WorkerUnavailable(
                     f"{what}: the change is safe in the local cache, but zero-worker is not running, so it is "
                     f"not in the remotes as fsyncWaitsForUpload promises; start it with: zero-worker "

@@ -177,8 +177,21 @@ class WorkerLink:
             return None
         return verdict.get("message") or verdict["role"]
 
+    def last_refusal(self) -> str | None:
+        """With no worker running: why the last one uploaded nothing from this cache, if
+        it was refused or fenced. Starting it again would be refused again (it exits), so
+        "start it" is the wrong advice; its own message says what to do."""
+        last = writer_lease.read_verdict(self.database)
+        if not last or last.get("role") not in writer_lease.NOT_WRITING:
+            return None
+        return last.get("message") or last["role"]
+
     def why_no_answer(self, what: str) -> str:
         if self.worker_pid() is None:
+            refused = self.last_refusal()
+            if refused:
+                return (f"zero-worker is not running, so nobody could {what}; the last one to run uploaded "
+                        f"nothing from this cache, because {refused}")
             return (f"zero-worker is not running, so nobody could {what}; "
                     f"start it with: zero-worker {self.cache.root}")
         why = f"zero-worker (pid {self.worker_pid()}) did not {what} within {self.timeout_s:g}s"
