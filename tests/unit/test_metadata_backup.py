@@ -160,23 +160,72 @@ def test_snapshot_then_journal_restores_the_same_tables(tmp_path, context):
 
 def test_a_new_files_chunk_leased_before_any_write_is_not_restored_as_lost(tmp_path, context):
     """A create leases the new file's first chunk in its own transaction, before anything
-    is written. Backed up in that moment, it names no object like a lost chunk does, but
-    it held nothing: restored, it is gone, and only what was written counts as lost."""
+    is written. Backed up in that moment (after an ftruncate too, which gives the file a
+    size and writes nothing), it has no object like a lost chunk, but it held nothing:
+    restored, it is a hole; only what was written counts as lost. So are the chunks of
+    a file deleted while open, which the mount purges."""
     empty = make_inode(context, b"just-created")
+    sized = make_inode(context, b"created-then-truncated")
     with context.database.write() as connection:
         chunks.lease_new_chunk(connection, empty, 0)
+        chunks.lease_new_chunk(connection, sized, 0)
+        namespace.update_inode(connection, sized, size=10 * CHUNK)
     written = make_inode(context, b"written")
     write_chunk(context, written, 0, b"not uploaded")
+    open_but_deleted = make_inode(context, b"deleted-while-open")
+    write_chunk(context, open_but_deleted, 0, b"not uploaded either")
+    with context.database.write() as connection:
+        namespace.delete_dentry(connection, namespace.ROOT_INO, b"deleted-while-open")
+        namespace.update_inode(connection, open_but_deleted, nlink=0)
     assert MetadataBackup(context).back_up() == 1
 
     result, restored = restore_into(tmp_path, context)
     try:
         assert result.never_uploaded == (1, 1)
         with restored.read() as connection:
-            assert chunks.get(connection, empty, 0) is None
+            assert chunks.get(connection, empty, 0) is None and chunks.get(connection, sized, 0) is None
             assert chunks.get(connection, written, 0).object_key is None
     finally:
         restored.dispose()
+
+
+def test_a_chunk_changed_since_its_upload_is_backed_up_as_not_uploaded_until_it_is_again(context):
+    """A file appended to after its last chunk was uploaded: the chunk keeps its old,
+    shorter object while dirty. Backed up with that object, a restore read the old end
+    and then zeros up to the new size, silently (a review of decision 110). Until its
+    next upload it goes with no object; the upload (even of identical bytes, which
+    keeps the object) names the object again."""
+    ino = make_inode(context, b"log.txt")
+    write_chunk(context, ino, 0, b"first line\n")
+    upload_all(context)
+    worker = MetadataBackup(context)
+    assert worker.back_up() == 1
+    uploaded = chunks_backed_up(context)[(ino, 0)]
+    assert uploaded is not None
+
+    write_chunk(context, ino, 0, b"first line\nsecond line\n")
+    assert worker.back_up() == 2
+    assert chunks_backed_up(context, journal=True)[(ino, 0)] is None
+    upload_all(context)
+    assert worker.back_up() == 3
+    assert chunks_backed_up(context, journal=True)[(ino, 0)] not in (None, uploaded)
+
+    write_chunk(context, ino, 0, b"first line\nsecond line\n")  # the same bytes again: the same object
+    assert worker.back_up() == 4
+    assert chunks_backed_up(context, journal=True)[(ino, 0)] is None
+    upload_all(context)
+    assert worker.back_up() == 5, "the upload of identical bytes went unrecorded"
+    assert chunks_backed_up(context, journal=True)[(ino, 0)] is not None
+
+
+def chunks_backed_up(context, journal: bool = False) -> dict[tuple[int, int], str | None]:
+    """The chunk rows of the newest segment: (ino, idx) -> object key."""
+    with context.database.read() as connection:
+        sequence = int(state_db.get_meta(connection, backup.SEQUENCE_META))
+    kind = "journal" if journal else "snapshot"
+    segment = restore.fetch_segment(context.pool.remotes, context.codec, context.fs_id, kind, sequence,
+                                    [remote.name for remote in context.pool.remotes])
+    return {(ino, idx): key for ino, idx, key in segment.rows["chunks"]}
 
 
 def test_a_journal_costs_what_changed_not_the_namespace(context):

@@ -540,7 +540,7 @@ def test_a_restored_chunk_that_was_never_uploaded_fails_its_read_and_is_never_pr
     with context.database.read() as connection:
         assert requests.fetch_error(connection, ino, 0) == fetcher_module.NEVER_UPLOADED
         assert chunks.never_uploaded(connection) == (1, 1)
-    assert "tail.raw (inode" in caplog.text and "was written but never uploaded" in caplog.text
+    assert "tail.raw (inode" in caplog.text and "not uploaded before that machine was lost" in caplog.text
     with context.database.write() as connection:
         requests.done_fetch(connection, ino, 0)
     assert pins.prime(context, usage_bytes=0) == 0, "priming asked for a chunk nothing can bring back"
@@ -980,16 +980,22 @@ def test_prime_counts_a_small_file_by_what_it_takes(make_context):
     assert pins.prime(context, usage_bytes=int(3.6 * CHUNK) - 4096) == 0, "a round must count what is queued"
 
 
+def primed_at_100(context, name: bytes) -> int:
+    """A one-chunk file, evicted, last used at unix time 100, which priming asked for; its inode."""
+    ino, _data = evicted_file(context, name, 1)
+    with context.database.write() as connection:
+        chunks.record_access(connection, {(ino, 0): 100.0})
+    assert pins.prime(context, usage_bytes=0) == 1
+    return ino
+
+
 def test_a_primed_chunk_keeps_its_last_use_and_goes_before_chunks_used_since(make_context):
     """Priming stamped what it brought back as used at that moment: during a big
     write, a chunk of an older file came back, then outlived the newer chunks
     evicted after it (CI, test_when_the_cache_has_room_again_recently_used_evicted_chunks_come_back:
     one chunk stayed clean). A guess is not a use: it keeps the stamp of its last use."""
     context = make_context()
-    old, _ = evicted_file(context, b"old", 1)
-    with context.database.write() as connection:
-        chunks.record_access(connection, {(old, 0): 100.0})
-    assert pins.prime(context, usage_bytes=0) == 1
+    old = primed_at_100(context, b"old")
     fetcher = Fetcher(context)
     for row in fetcher.pending():
         fetcher.fetch(row.ino, row.idx, row.priority)
@@ -1002,6 +1008,25 @@ def test_a_primed_chunk_keeps_its_last_use_and_goes_before_chunks_used_since(mak
     per_chunk = disk_bytes(os.stat(context.cache.chunk_path(old, 0)))
     assert Evictor(context).evict(goal_bytes=per_chunk) == 1
     assert (state_of(context, old, 0), state_of(context, newer, 0)) == (ChunkState.REMOTE, ChunkState.CLEAN)
+
+
+def test_a_reader_asking_during_a_primed_fetch_gets_it_stamped_as_a_use(make_context, monkeypatch):
+    """A reader asked for a chunk priming was already fetching: it came in with its
+    old stamp and no protection as unread, the next to be evicted before the reader
+    read it (a review of decision 109)."""
+    context = make_context()
+    ino = primed_at_100(context, b"wanted")
+    fetcher = Fetcher(context)
+    real_open = context.codec.open
+
+    def reader_asks_meanwhile(blob, **kwargs):
+        with context.database.write() as connection:
+            requests.request_fetch(connection, ino, 0, requests.READER)
+        return real_open(blob, **kwargs)
+    monkeypatch.setattr(context.codec, "open", reader_asks_meanwhile)
+    fetcher.fetch(ino, 0, requests.PRIME)
+    assert state_of(context, ino, 0) == ChunkState.CLEAN
+    assert row_of(context, ino, 0).last_access > 100.0, "the reader's chunk kept the guess's old stamp"
 
 
 def test_a_reader_outranks_priming(context):

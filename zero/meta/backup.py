@@ -20,6 +20,7 @@ worker's context, or restore's).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -49,6 +50,12 @@ class MetadataBackup:
         # One segment at a time: the stop's last segment must not race the thread's own (the
         # number read by both, and a late commit moving the sequence back).
         self.storing = threading.Lock()
+
+    def _written(self, ino: int, idx: int) -> bool:
+        """Whether a chunk never uploaded has its cache file: one leased and never
+        written (a new file's first chunk, leased in the create) holds nothing to lose."""
+        cache = getattr(self.context, "cache", None)
+        return cache is None or os.path.exists(cache.chunk_path(ino, idx))
 
     # -- one step --------------------------------------------------------------------------
 
@@ -103,9 +110,10 @@ class MetadataBackup:
                               settings={"chunk_size": int(settings["chunk_size"]),
                                         "created_ns": int(settings["created_ns"])})
             if snapshot:
-                segment.rows = {table: list(changelog.all_rows(connection, table)) for table in changelog.BACKED_UP}
+                segment.rows = {table: list(changelog.all_rows(connection, table, self._written))
+                                for table in changelog.BACKED_UP}
             else:
-                segment.rows, segment.deleted = changelog.changed_rows(connection)
+                segment.rows, segment.deleted = changelog.changed_rows(connection, self._written)
         end_at = self.clock()
         blob = self.context.codec.seal(encode(segment))
         key = (layout.snapshot_key if snapshot else layout.journal_key)(self.context.fs_id, sequence)

@@ -406,20 +406,13 @@ def recently_evicted(connection: Connection, limit: int) -> list[Row]:
                               .order_by(_c.c.last_access.desc()).limit(limit)).all()
 
 
-def drop_restored_unwritten(connection: Connection, chunk_size: int) -> int:
-    """A restored chunk that names no object and starts at or past its file's end
-    held nothing: a new file's first chunk is leased (given a row) in the create,
-    before anything is written. Not lost; gone, as zero-fuse drops it at release."""
-    return connection.exec_driver_sql(
-        "DELETE FROM chunks WHERE object_key IS NULL AND idx * ? >= "
-        "coalesce((SELECT size FROM inodes WHERE inodes.ino = chunks.ino), 0)", (chunk_size,)).rowcount
-
-
 def never_uploaded(connection: Connection) -> tuple[int, int]:
     """(chunks, files) that a restore brought back naming no object: written on the
-    lost machine after its last upload and before its last metadata backup."""
+    lost machine after their last upload and before its last metadata backup. Not
+    those of files deleted while open (nlink 0), which zero-fuse's mount purges."""
+    linked = select(schema.inodes.c.ino).where(schema.inodes.c.nlink > 0)
     row = connection.execute(select(func.count(), func.count(func.distinct(_c.c.ino))).where(
-        _c.c.state.in_([s.value for s in NEEDS_FETCH]), _c.c.object_key.is_(None))).first()
+        _c.c.state.in_([s.value for s in NEEDS_FETCH]), _c.c.object_key.is_(None), _c.c.ino.in_(linked))).first()
     return row[0], row[1]
 
 

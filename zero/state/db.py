@@ -392,7 +392,7 @@ def _upgrade(connection: Connection, version: int) -> None:
     schema.metadata.create_all(connection)
     changelog.install_triggers(connection)
     if version < 6:
-        changelog.record_chunks_without_objects(connection)
+        changelog.record_chunks_not_uploaded(connection)
     set_meta(connection, "schema_version", str(schema.SCHEMA_VERSION))
 
 

@@ -29,6 +29,12 @@ def request_fetch(connection: Connection, ino: int, idx: int, priority: int) -> 
                            .values(priority=min(priority, row.priority), error=None, requested_at=time.time()))
 
 
+def priority_of(connection: Connection, ino: int, idx: int) -> int | None:
+    """The best priority anyone asked a fetch of (ino, idx) with; None if nobody asks."""
+    return connection.exec_driver_sql("SELECT priority FROM fetch_requests WHERE ino = ? AND idx = ?",
+                                      (ino, idx)).scalar()
+
+
 def fetch_error(connection: Connection, ino: int, idx: int) -> str | None:
     return connection.execute(select(_f.c.error).where(_f.c.ino == ino, _f.c.idx == idx)).scalar()
 

@@ -12,7 +12,7 @@ from zero.state.chunkstate import ChunkState  # noqa: F401  (the states the chun
 
 SCHEMA_VERSION = 6  # 2: the remotes table; 3: the metadata backup's changelog, requests and points;
                     # 4: the quarantine of corrupt copies; 5: FUSE operation counts;
-                    # 6: metadata backups name chunks not uploaded yet (without an object)
+                    # 6: metadata backups name chunks not uploaded as they are now (without an object)
 
 metadata = MetaData()
 

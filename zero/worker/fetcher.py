@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 FETCH_THREADS = 6  # downloads, verifies and writes overlap; a reader may use any of them
 FOR_A_READER = frozenset({requests.READER, requests.PREFETCH})  # not pins (never evicted) nor priming (a guess)
-NEVER_UPLOADED = ("it was never uploaded: the metadata it was restored from was backed up before its upload, "
-                  "and the machine that wrote it was lost")
+NEVER_UPLOADED = ("its last change was never uploaded: the metadata it was restored from was backed up before "
+                  "that upload, and the machine that wrote it was lost")
 
 
 class Fetcher:
@@ -66,9 +66,9 @@ class Fetcher:
         except StateConflict:
             return
         if row.object_key is None:
-            log.error("%s was written but never uploaded before the machine that wrote it was lost, so those "
-                      "bytes exist nowhere; reads of them fail with EIO (`zero fsck --repair --accept-loss` "
-                      "makes them a hole)", self._describe(ino, idx))
+            log.error("%s was changed on the machine that wrote it and not uploaded before that machine was "
+                      "lost, so its bytes exist nowhere; reads of them fail with EIO (`zero fsck --repair "
+                      "--accept-loss` makes them a hole)", self._describe(ino, idx))
             context.wake_fuse()
             return
         crashpoints.crash("fetch.started")
@@ -84,16 +84,18 @@ class Fetcher:
             crashpoints.crash("fetch.downloaded")
             path = context.cache.chunk_path(ino, idx)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            # Pins and priming guess; only a reader's fetch is a use. Stamped now, a primed
-            # chunk of an old file outlived newer chunks evicted after it (decision 109).
-            fetched_at = time.time() if priority in FOR_A_READER else row.last_access
             with context.database.write() as connection:
+                # Pins and priming guess; only a reader's fetch is a use, and a reader may have
+                # asked while a guess was under way. Stamped now, a primed chunk of an old file
+                # outlived newer chunks evicted after it (decision 109).
+                for_a_reader = priority in FOR_A_READER or requests.priority_of(connection, ino, idx) in FOR_A_READER
+                fetched_at = time.time() if for_a_reader else row.last_access
                 chunks.finish_fetch(connection, ino, idx, disk_bytes(os.stat(tmp)), fetched_at)
                 os.rename(tmp, path)
                 crashpoints.crash("fetch.renamed")
                 requests.done_fetch(connection, ino, idx)
                 counters.bump(connection, "fault_ins")
-            if priority in FOR_A_READER:
+            if for_a_reader:
                 context.unread.fetched(ino, idx, fetched_at)
             # No fsync of the folder: a rename that a power cut loses leaves a clean
             # row without its file, which worker recovery completes as an eviction.

@@ -115,8 +115,8 @@ def objects_are_where_placements_say(context: Context, connection: Connection):
                 yield Finding(f"{_where(context, row)} {why}", "mark it dirty: the worker uploads the cache "
                               "file again", _move(row, C, D))
         elif key is None:  # restored from metadata backed up before its upload (decision 110)
-            yield _lost(context, connection, row, f"{_where(context, row)} was never uploaded from the machine "
-                        "that wrote it")
+            yield _lost(context, connection, row, f"{_where(context, row)}: its last change was never uploaded "
+                        "from the machine that wrote it")
         else:
             yield _lost(context, connection, row, f"{_where(context, row)} is evicted and {why}")
 
