@@ -144,9 +144,9 @@ def test_snapshot_then_journal_restores_the_same_tables(tmp_path, context):
         expected = backed_up_tables(context.database)
         assert backed_up_tables(restored) == expected
         # Backed up naming no object: restored as lost, not as a hole that reads zeros (decision 110).
-        assert (inos["odd"], 0, None) in expected["chunks"]
         assert result.never_uploaded == (1, 1)
         with restored.read() as connection:
+            assert chunks.get(connection, inos["odd"], 0).object_key is None
             assert chunks.counts_by_state(connection) == {"remote": (3, 0)}
             settings = state_db.format_settings(restored)
             assert changelog.current_sequence(connection) == 0
@@ -210,12 +210,56 @@ def test_a_chunk_changed_since_its_upload_is_backed_up_as_not_uploaded_until_it_
     assert worker.back_up() == 3
     assert chunks_backed_up(context, journal=True)[(ino, 0)] not in (None, uploaded)
 
+    again = chunks_backed_up(context, journal=True)[(ino, 0)]
     write_chunk(context, ino, 0, b"first line\nsecond line\n")  # the same bytes again: the same object
     assert worker.back_up() == 4
     assert chunks_backed_up(context, journal=True)[(ino, 0)] is None
     upload_all(context)
     assert worker.back_up() == 5, "the upload of identical bytes went unrecorded"
-    assert chunks_backed_up(context, journal=True)[(ino, 0)] is not None
+    assert chunks_backed_up(context, journal=True)[(ino, 0)] == again
+
+
+def test_a_chunk_truncated_away_and_leased_again_is_backed_up_as_gone(tmp_path, context):
+    """Truncated to nothing, then written again: the write's lease makes the chunk's
+    row anew, with no object, before its file exists. Left out of the journal as an
+    unwritten lease, the truncate's deletion went missing with it, and a restore
+    brought the chunk's old object back (a review of decision 110)."""
+    ino = make_inode(context, b"rewound")
+    write_chunk(context, ino, 0, b"old content")
+    upload_all(context)
+    worker = MetadataBackup(context)
+    assert worker.back_up() == 1
+    with context.database.write() as connection:
+        chunks.drop_from(connection, ino, 0)
+        namespace.update_inode(connection, ino, size=0)
+        chunks.take_lease(connection, ino, 0)  # the next write, its file not made yet
+    assert worker.back_up() == 2
+
+    _result, restored = restore_into(tmp_path, context)
+    try:
+        with restored.read() as connection:
+            assert chunks.get(connection, ino, 0) is None, "the truncated chunk's old object came back"
+    finally:
+        restored.dispose()
+
+
+def test_a_leased_chunk_whose_file_appeared_during_the_backup_is_not_restored_as_lost(tmp_path, context,
+                                                                                      monkeypatch):
+    """The backup looks for a chunk's cache file after its read began: a new file's
+    first write may make it in between, while the inode it read still has size 0."""
+    ino = make_inode(context, b"being-written")
+    with context.database.write() as connection:
+        chunks.lease_new_chunk(connection, ino, 0)
+    monkeypatch.setattr(MetadataBackup, "_written", lambda self, ino, idx: True)
+    assert MetadataBackup(context).back_up() == 1
+
+    result, restored = restore_into(tmp_path, context)
+    try:
+        assert result.never_uploaded == (0, 0)
+        with restored.read() as connection:
+            assert chunks.get(connection, ino, 0) is None
+    finally:
+        restored.dispose()
 
 
 def chunks_backed_up(context, journal: bool = False) -> dict[tuple[int, int], str | None]:

@@ -145,6 +145,23 @@ def test_a_dirty_chunk_that_never_got_its_file_becomes_a_hole(database, cache):
     assert size_of(database, ino) == 2 * CHUNK
 
 
+def test_a_chunk_overwritten_before_the_crash_is_backed_up_as_not_uploaded(database, cache):
+    """An overwrite inside the file's size moves an uploaded chunk to dirty; the inode
+    change that would carry it to a journal is flushed in a batch, which the crash lost.
+    The journals went on naming the chunk's old object: a restore read the older
+    version, silently (a review of decision 110)."""
+    from zero.state import changelog
+    with database.write() as connection:
+        ino = make_file(connection, b"db.sqlite", size=CHUNK)
+        make_clean(connection, ino, 0)
+        chunks.take_lease(connection, ino, 0)  # the overwrite; its flush never came
+        connection.exec_driver_sql("DELETE FROM changelog")  # all that came before was backed up
+    write_chunk(cache, ino, 0, CHUNK)
+    recovery.reconcile(database, cache, CHUNK)
+    with database.read() as connection:
+        assert changelog.changed_rows(connection)[0]["chunks"] == [(ino, 0, None)]
+
+
 def test_files_that_are_not_chunks_are_left_alone(database, cache):
     stray = cache.chunks / "00" / "notes.txt"
     stray.parent.mkdir(exist_ok=True)

@@ -128,20 +128,38 @@ def test_a_format_1_cache_is_upgraded_in_place(database, path):
 
 
 def test_a_format_5_cache_backs_up_the_chunks_it_has_not_uploaded(database, path):
-    """Format 5's segments left out what was written and not uploaded yet, and a
-    restore read those bytes as zeros (decision 110). The upgrade counts today's
-    unuploaded chunks as changed; a new one goes out with its inode."""
+    """Format 5's segments left out what was written and not uploaded yet, and named a
+    chunk's old object while it was written again: a restore read zeros or the older
+    version (decision 110). The upgrade counts today's unuploaded chunks as changed and
+    puts in the trigger that sees an upload finish; a new chunk goes out with its inode."""
     from zero.state import changelog
     with database.write() as connection:
         waiting = make_file(connection, namespace.ROOT_INO, b"waiting")
         chunks.take_lease(connection, waiting, 0)
+        rewritten = make_file(connection, namespace.ROOT_INO, b"rewritten")
+    to_clean(database, rewritten)
+    lease(database, rewritten)  # written again since its upload: dirty, its old object still named
+    with database.write() as connection:
         connection.exec_driver_sql("DELETE FROM changelog")  # everything so far was backed up
     database.dispose()
+    with sqlite3.connect(path) as raw:  # the chunk trigger format 5 had
+        raw.execute("DROP TRIGGER changelog_chunks_update")
+        raw.execute("CREATE TRIGGER changelog_chunks_update AFTER UPDATE OF object_key ON chunks "
+                    "WHEN OLD.object_key IS NOT NEW.object_key BEGIN INSERT OR REPLACE INTO changelog (tbl, k1, k2) "
+                    "VALUES ('chunks', OLD.ino, OLD.idx); INSERT OR REPLACE INTO changelog (tbl, k1, k2) "
+                    "VALUES ('chunks', NEW.ino, NEW.idx); END")
     set_schema_version(path, "5")
     upgraded = db.open_database(path)
     try:
         with upgraded.write() as connection:
-            assert changelog.changed_rows(connection)[0]["chunks"] == [(waiting, 0, None)]
+            assert sorted(changelog.changed_rows(connection)[0]["chunks"]) == [(waiting, 0, None),
+                                                                                 (rewritten, 0, None)]
+            connection.exec_driver_sql("DELETE FROM changelog")
+            chunks.release_leases(connection, rewritten, [0])
+            version = chunks.get(connection, rewritten, 0).version
+            chunks.start_upload(connection, rewritten, 0, version)
+            chunks.finish_upload(connection, rewritten, 0, version, "k1", 1000)  # the same bytes: the same object
+            assert changelog.changed_rows(connection)[0]["chunks"] == [(rewritten, 0, "k1")]
             connection.exec_driver_sql("DELETE FROM changelog")
             later = make_file(connection, namespace.ROOT_INO, b"later")
             chunks.take_lease(connection, later, 0)

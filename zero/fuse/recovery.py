@@ -10,6 +10,8 @@ match the chunk files again, and say what it repaired.
 - A dirty chunk row without a file: the crash came between taking a new
   chunk's lease and creating its file, so nothing was written to it. It is a
   hole, and its row is deleted (the worker would otherwise retry it forever).
+- Every chunk not uploaded counts as changed for the metadata backup: the
+  inode change that would have carried it may be among what the stop lost.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 
 from zero.cachedir import CacheDir
 from zero.meta import reboot
-from zero.state import chunks, namespace
+from zero.state import changelog, chunks, namespace
 from zero.state.db import Database
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ def reconcile(database: Database, cache: CacheDir, chunk_size: int) -> dict[str,
             if inode is not None and inode.size < end:
                 namespace.update_inode(connection, ino, size=end)
                 repaired["sizes"] += 1
+        # A write whose batched flush the stop lost changed no inode the journals see.
+        changelog.count_unuploaded_as_changed(connection)
     for ino, idx in purged_files:
         try:
             os.unlink(cache.chunk_path(ino, idx))

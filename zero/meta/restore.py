@@ -195,6 +195,7 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
                     changelog.apply_rows(connection, table, segment.rows.get(table, ()))
                     if bar is not None:
                         bar.update(len(segment.rows.get(table, ())) + len(segment.deleted.get(table, ())))
+            chunks.drop_restored_unwritten(connection, int(first.settings["chunk_size"]))
             # Only what a later point's chunks name: those objects its line kept for it, while
             # the garbage rows of its segments may name objects collected since (decision 106).
             named = {row[2] for segment in left_behind for row in segment.rows.get("chunks", ())}

@@ -70,6 +70,14 @@ def record_chunks_not_uploaded(connection: Connection) -> None:
     as changed, so the next segment says so."""
     connection.exec_driver_sql("DROP TRIGGER IF EXISTS changelog_chunks_update")
     install_triggers(connection)
+    count_unuploaded_as_changed(connection)
+
+
+def count_unuploaded_as_changed(connection: Connection) -> None:
+    """Put every chunk not uploaded as it is now in the changelog. A write's move to
+    dirty reaches a journal with the inode the write changes; where no inode change
+    followed (zero-fuse killed before its batched flush, fsck marking a chunk dirty,
+    an upgrade), the journals would go on naming its old object."""
     connection.exec_driver_sql("INSERT OR REPLACE INTO changelog (tbl, k1, k2) "
                                f"SELECT 'chunks', ino, idx FROM chunks WHERE state IN {_UNUPLOADED}")
 
@@ -108,12 +116,11 @@ def changed_rows(connection: Connection, written=None) -> tuple[dict[str, list[t
     for table, k1, k2 in connection.exec_driver_sql("SELECT tbl, k1, k2 FROM changelog ORDER BY seq").all():
         key = (k1,) if len(BACKED_UP[table][1]) == 1 else (k1, k2)
         row = connection.exec_driver_sql(queries[table], key).first()
-        if row is None:
+        backed_up = _chunk_row(row, written) if table == "chunks" and row is not None else row
+        if backed_up is None:  # gone, or a lease taken again after a truncate, nothing written yet: a hole
             deleted[table].append(key)
-        elif table != "chunks":
-            present[table].append(tuple(row))
-        elif (backed_up := _chunk_row(row, written)) is not None:
-            present[table].append(backed_up)
+        else:
+            present[table].append(tuple(backed_up))
     named = {(ino, idx) for ino, idx, _key in present["chunks"]}
     # "+state": not the state index, which would walk every chunk not uploaded (0.3 s for
     # 600,000 of them) to find those of a few changed inodes (a review measured it).

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from zero.cachedir import CacheDir
 from zero.meta.fsck.findings import CheckResult, Context, Finding, Lost
 from zero.meta.fsck.remotes import RemoteView
+from zero.state import changelog
 from zero.state.db import Database
 
 CLEAN = 0          # nothing wrong
@@ -73,6 +74,8 @@ def run(database: Database, cache: CacheDir, chunk_size: int, remote_view: Remot
                     if finding.fix is not None and (accept_loss or not finding.lost):
                         unlink += finding.fix(connection) or []
                         finding.repaired = True
+                if any(finding.repaired for finding in result.findings):
+                    changelog.count_unuploaded_as_changed(connection)  # a chunk marked dirty changes no inode
         for path in unlink:  # after the commit: a crash before it leaves the files, which the state still names
             try:
                 os.unlink(path)
