@@ -1029,6 +1029,19 @@ def test_a_reader_asking_during_a_primed_fetch_gets_it_stamped_as_a_use(make_con
     assert row_of(context, ino, 0).last_access > 100.0, "the reader's chunk kept the guess's old stamp"
 
 
+def test_a_warmup_fetch_counts_as_a_use(make_context):
+    """`zero warmup` asks for a tree to be used soon: kept with the stamp of its last
+    use, its first chunks were the next to go while its later ones came in (CI,
+    test_warmup_wait_brings_an_evicted_tree_into_the_cache_and_reads_need_no_fetch)."""
+    context = make_context()
+    ino, _data = evicted_file(context, b"warm", 1)
+    with context.database.write() as connection:
+        chunks.record_access(connection, {(ino, 0): 100.0})
+        requests.request_fetch(connection, ino, 0, requests.WARMUP)
+    Fetcher(context).fetch(ino, 0, requests.WARMUP)
+    assert row_of(context, ino, 0).last_access > 100.0
+
+
 def test_a_reader_outranks_priming(context):
     ino = make_file(context, b"a")
     for idx in range(2):

@@ -364,7 +364,7 @@ def start_fetch(connection: Connection, ino: int, idx: int) -> Row:
 def finish_fetch(connection: Connection, ino: int, idx: int, stored_bytes: int, fetched_at: float) -> None:
     """``fetched_at`` (unix time) becomes its last access: fetched for a reader
     that has not read it yet, it is not the next eviction victim. A guess
-    (priming, pins) passes the last access the row already had."""
+    (priming) passes the last access the row already had."""
     transition(connection, WORKER, [F], C, ino=ino, idx=idx,
                values={"stored_bytes": stored_bytes, "last_access": fetched_at})
 

@@ -26,7 +26,7 @@ from zero.worker.context import WorkerContext
 log = logging.getLogger(__name__)
 
 FETCH_THREADS = 6  # downloads, verifies and writes overlap; a reader may use any of them
-FOR_A_READER = frozenset({requests.READER, requests.PREFETCH})  # not pins (never evicted) nor priming (a guess)
+FOR_A_READER = frozenset({requests.READER, requests.PREFETCH})  # kept from eviction until read (zero.worker.unread)
 NEVER_UPLOADED = ("its last change was never uploaded: the metadata it was restored from was backed up before "
                   "that upload, and the machine that wrote it was lost")
 
@@ -85,11 +85,14 @@ class Fetcher:
             path = context.cache.chunk_path(ino, idx)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with context.database.write() as connection:
-                # Pins and priming guess; only a reader's fetch is a use, and a reader may have
-                # asked while a guess was under way. Stamped now, a primed chunk of an old file
-                # outlived newer chunks evicted after it (decision 109).
-                for_a_reader = priority in FOR_A_READER or requests.priority_of(connection, ino, idx) in FOR_A_READER
-                fetched_at = time.time() if for_a_reader else row.last_access
+                # Priming guesses: its fetch keeps the chunk's last use, unless someone asked for it
+                # meanwhile. Stamped now, a primed chunk of an old file outlived newer chunks evicted
+                # after it. A reader, a pin or `zero warmup` asks for use soon: stamped now, or the
+                # warmup's own later fetches evicted its first ones (decision 109).
+                wanted_now = requests.priority_of(connection, ino, idx)
+                asked = priority if wanted_now is None else min(priority, wanted_now)
+                for_a_reader = asked in FOR_A_READER
+                fetched_at = row.last_access if asked == requests.PRIME else time.time()
                 chunks.finish_fetch(connection, ino, idx, disk_bytes(os.stat(tmp)), fetched_at)
                 os.rename(tmp, path)
                 crashpoints.crash("fetch.renamed")
