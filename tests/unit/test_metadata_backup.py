@@ -166,10 +166,17 @@ def test_a_new_files_chunk_leased_before_any_write_is_not_restored_as_lost(tmp_p
     a file deleted while open, which the mount purges."""
     empty = make_inode(context, b"just-created")
     sized = make_inode(context, b"created-then-truncated")
+    shrunk = make_inode(context, b"grown-then-shrunk")
     with context.database.write() as connection:
         chunks.lease_new_chunk(connection, empty, 0)
         chunks.lease_new_chunk(connection, sized, 0)
         namespace.update_inode(connection, sized, size=10 * CHUNK)
+        chunks.lease_new_chunk(connection, shrunk, 0)
+        namespace.update_inode(connection, shrunk, size=100)
+    # A truncate into the leased chunk makes its cache file: zeros, no block on disk (a red-team run).
+    os.makedirs(os.path.dirname(context.cache.chunk_path(shrunk, 0)), exist_ok=True)
+    with open(context.cache.chunk_path(shrunk, 0), "wb") as chunk_file:
+        chunk_file.truncate(100)
     written = make_inode(context, b"written")
     write_chunk(context, written, 0, b"not uploaded")
     open_but_deleted = make_inode(context, b"deleted-while-open")
@@ -183,8 +190,9 @@ def test_a_new_files_chunk_leased_before_any_write_is_not_restored_as_lost(tmp_p
     try:
         assert result.never_uploaded == (1, 1)
         with restored.read() as connection:
-            assert chunks.get(connection, empty, 0) is None and chunks.get(connection, sized, 0) is None
+            assert [chunks.get(connection, ino, 0) for ino in (empty, sized, shrunk)] == [None] * 3
             assert chunks.get(connection, written, 0).object_key is None
+            assert namespace.get_inode(connection, open_but_deleted) is None, "fsck would report its bytes lost"
     finally:
         restored.dispose()
 

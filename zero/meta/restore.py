@@ -20,7 +20,7 @@ from zero.meta import backup, keyring, writer
 from zero.meta.segment import JOURNAL, SNAPSHOT, Segment, decode
 from zero.remote import identity, layout
 from zero.remote.codec import Codec
-from zero.state import changelog, chunks, db as state_db
+from zero.state import changelog, chunks, db as state_db, namespace
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,8 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
                     if bar is not None:
                         bar.update(len(segment.rows.get(table, ())) + len(segment.deleted.get(table, ())))
             chunks.drop_restored_unwritten(connection, int(first.settings["chunk_size"]))
+            for ino in namespace.unlinked_inodes(connection):  # open, unlinked: the mount would purge them
+                namespace.delete_inode(connection, ino)
             # Only what a later point's chunks name: those objects its line kept for it, while
             # the garbage rows of its segments may name objects collected since (decision 106).
             named = {row[2] for segment in left_behind for row in segment.rows.get("chunks", ())}
