@@ -172,19 +172,13 @@ class WorkerLink:
         """Why the running worker uploads nothing from this cache (another machine
         writes the filesystem, or took it over), as the worker decided; None when it
         may upload, or has not decided yet."""
-        verdict = self.running_verdict()
-        if verdict is None or verdict.get("role") not in writer_lease.NOT_WRITING:
-            return None
-        return verdict.get("message") or verdict["role"]
+        return _not_writing_because(self.running_verdict())
 
     def last_refusal(self) -> str | None:
         """With no worker running: why the last one uploaded nothing from this cache, if
         it was refused or fenced. Starting it again would be refused again (it exits), so
         "start it" is the wrong advice; its own message says what to do."""
-        last = writer_lease.read_verdict(self.database)
-        if not last or last.get("role") not in writer_lease.NOT_WRITING:
-            return None
-        return last.get("message") or last["role"]
+        return _not_writing_because(writer_lease.read_verdict(self.database))
 
     def why_no_answer(self, what: str) -> str:
         if self.worker_pid() is None:
@@ -200,3 +194,10 @@ class WorkerLink:
         if down:
             why += f": remote {'; remote '.join(down)} (`zero status` says why; it is retried until it is back)"
         return why
+
+
+def _not_writing_because(verdict: dict | None) -> str | None:
+    """A verdict's reason when its worker uploads nothing (refused, fenced, read-only)."""
+    if not verdict or verdict.get("role") not in writer_lease.NOT_WRITING:
+        return None
+    return verdict.get("message") or verdict["role"]

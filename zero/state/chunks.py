@@ -417,11 +417,9 @@ def drop_restored_unwritten(connection: Connection, chunk_size: int) -> int:
 
 def never_uploaded(connection: Connection) -> tuple[int, int]:
     """(chunks, files) that a restore brought back naming no object: written on the
-    lost machine after their last upload and before its last metadata backup. Not
-    those of files deleted while open (nlink 0), which zero-fuse's mount purges."""
-    linked = select(schema.inodes.c.ino).where(schema.inodes.c.nlink > 0)
+    lost machine after their last upload and before its last metadata backup."""
     row = connection.execute(select(func.count(), func.count(func.distinct(_c.c.ino))).where(
-        _c.c.state.in_([s.value for s in NEEDS_FETCH]), _c.c.object_key.is_(None), _c.c.ino.in_(linked))).first()
+        _c.c.state.in_([s.value for s in NEEDS_FETCH]), _c.c.object_key.is_(None))).first()
     return row[0], row[1]
 
 
