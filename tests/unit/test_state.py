@@ -658,6 +658,21 @@ def test_eviction_refused_for_dirty_pinned_or_leased(database, ino):
     assert row(database, ino, 1).state == "clean"
 
 
+def test_prefetch_asks_only_for_evicted_chunks_that_have_an_object(database, ino):
+    """Prefetch's question: of the chunks after a reader, which to fault in. A
+    cached chunk needs nothing; a chunk restored without an object is lost, and
+    asking for it only logged an error for bytes nobody had read yet."""
+    for idx in (0, 2, 3, 5):
+        to_remote(database, ino, idx, key=f"k{idx}")
+    to_clean(database, ino, 4, key="k4")
+    with database.write() as connection:
+        chunks.insert_restored(connection, [(ino, 6, None)])  # backed up before its upload: lost
+    with database.read() as connection:
+        assert chunks.remote_indexes(connection, ino, [6, 5, 4, 3, 2, 1]) == [2, 3, 5]
+        assert chunks.remote_indexes(connection, ino, [0]) == [0]
+        assert chunks.remote_indexes(connection, ino, []) == []
+
+
 @pytest.mark.parametrize("owner, start, end", [
     (chunks.FUSE, D, R),      # undefined
     (chunks.WORKER, D, C),    # undefined: a clean chunk was always uploaded

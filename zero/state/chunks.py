@@ -189,10 +189,16 @@ def record_access(connection: Connection, accesses: dict[tuple[int, int], float]
 
 
 def remote_indexes(connection: Connection, ino: int, indexes: Iterable[int]) -> list[int]:
-    """Which of ``indexes`` are evicted and not being fetched (what prefetch asks for)."""
-    wanted = set(indexes)
-    return sorted(row.idx for row in connection.execute(
-        select(_c.c.idx).where(_c.c.ino == ino, _c.c.state == R.value)) if row.idx in wanted)
+    """Which of ``indexes`` are evicted, not being fetched and have an object to
+    fetch (what prefetch asks for; a chunk restored without one is lost, and only
+    a reader's request reports it). Looked up by key: reading every evicted chunk
+    of the file took 39 ms a call for a 50 GiB film, once per chunk read."""
+    wanted = sorted(set(indexes))
+    if not wanted:
+        return []
+    return [row[0] for row in connection.exec_driver_sql(
+        f"SELECT idx FROM chunks WHERE ino = ? AND idx IN ({', '.join('?' * len(wanted))}) AND state = ? "
+        "AND object_key IS NOT NULL ORDER BY idx", (ino, *wanted, R.value))]
 
 
 def state_in(states, column: str = "state") -> tuple[str, tuple[str, ...]]:
