@@ -869,6 +869,15 @@ def test_a_reader_raises_the_priority_and_a_prefetch_does_not_lower_it(database,
     assert pending(database) == [(5, 1, 0), (5, 0, 1)]
 
 
+def test_asking_again_as_urgently_keeps_the_request_s_place_in_the_queue(database, clock):
+    with database.write() as connection:
+        requests.request_fetch(connection, 5, 0, requests.PREFETCH)
+        requests.request_fetch(connection, 5, 1, requests.PREFETCH)
+        requests.request_fetch(connection, 5, 0, requests.PREFETCH)  # a later read ahead over the same chunk
+        requests.request_fetch(connection, 5, 0, requests.PRIME)
+    assert pending(database) == [(5, 0, 1), (5, 1, 1)]
+
+
 def test_a_failed_fetch_leaves_the_queue_until_asked_again(database, clock):
     with database.write() as connection:
         requests.request_fetch(connection, 5, 0, requests.READER)

@@ -21,12 +21,15 @@ PRIME = 3      # the cache has room: bring back what was used recently
 
 
 def request_fetch(connection: Connection, ino: int, idx: int, priority: int) -> None:
-    row = connection.execute(select(_f).where(_f.c.ino == ino, _f.c.idx == idx)).first()
-    if row is None:
-        connection.execute(insert(_f).values(ino=ino, idx=idx, priority=priority, requested_at=time.time()))
-    elif row.priority > priority or row.error is not None:
-        connection.execute(update(_f).where(_f.c.ino == ino, _f.c.idx == idx)
-                           .values(priority=min(priority, row.priority), error=None, requested_at=time.time()))
+    """Ask for (ino, idx); a request already there keeps its place unless this one
+    is more urgent or it failed (then it is asked afresh). One plain statement:
+    a sequential reader asks for every chunk it reads ahead."""
+    connection.exec_driver_sql(
+        "INSERT INTO fetch_requests (ino, idx, priority, requested_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (ino, idx) DO UPDATE SET priority = min(priority, excluded.priority), error = NULL,"
+        " requested_at = excluded.requested_at"
+        " WHERE fetch_requests.priority > excluded.priority OR fetch_requests.error IS NOT NULL",
+        (ino, idx, priority, time.time()))
 
 
 def priority_of(connection: Connection, ino: int, idx: int) -> int | None:
@@ -36,7 +39,8 @@ def priority_of(connection: Connection, ino: int, idx: int) -> int | None:
 
 
 def fetch_error(connection: Connection, ino: int, idx: int) -> str | None:
-    return connection.execute(select(_f.c.error).where(_f.c.ino == ino, _f.c.idx == idx)).scalar()
+    return connection.exec_driver_sql("SELECT error FROM fetch_requests WHERE ino = ? AND idx = ?",
+                                      (ino, idx)).scalar()
 
 
 def pending_fetches(connection: Connection, limit: int) -> list[Row]:
