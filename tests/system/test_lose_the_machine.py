@@ -258,6 +258,10 @@ def test_bytes_never_uploaded_read_as_an_error_after_the_machine_is_lost_not_as_
         assert error.value.errno == errno.EIO, f"the lost end read back as {error.value!r}"
         wait_until(lambda: "was changed on the machine that wrote it and not uploaded" in second.worker_log(), 30,
                    "the worker to say why the read failed")
+        status = second.zero("status", str(second.cache)).stdout
+        assert "LOST:       1 chunk(s) of 1 file(s)" in status, status
+        assert json.loads(second.zero("status", str(second.cache), "--json").stdout)["never_uploaded"] == \
+            {"chunks": 1, "files": 1}
         second.close()
         fsck = second.zero("fsck", str(second.cache), check=False)
         assert fsck.returncode == 4, fsck.stdout + fsck.stderr

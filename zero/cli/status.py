@@ -34,6 +34,7 @@ def status(args, config) -> int:
             held_objects = objects.objects_by_remote(connection)
             bad_copies = quarantine.count(connection)
             damage = damage_report(connection, int(get_meta(connection, "chunk_size")))
+            lost_chunks, lost_files = chunks.never_uploaded(connection)
             fuse_ops = fuseops.read_all(connection)
             verdict = json.loads(get_meta(connection, writer.VERDICT_META) or "{}")
             read_only = get_meta(connection, writer.MODE_META) == writer.READ_ONLY
@@ -61,6 +62,7 @@ def status(args, config) -> int:
             "bad_copies": bad_copies,
             "damaged": [{"path": item.path, "first_byte": item.first_byte, "last_byte": item.last_byte,
                          "object": item.object_key} for item in damage],
+            "never_uploaded": {"chunks": lost_chunks, "files": lost_files},
             "fuse_ops": {op: {"calls": totals.calls, "errors": totals.errors, "seconds": totals.seconds}
                          for op, totals in fuse_ops.items()},
             "writer": {"role": writer.READ_ONLY if read_only else verdict.get("role"),
@@ -111,6 +113,10 @@ def status(args, config) -> int:
         lines.append(f"  DAMAGED:    {len(damage)} chunk(s) have no good copy left anywhere (cache or remotes); "
                      "reads of them fail with EIO. Restore these files from a backup, or delete them:")
         lines += [f"    {item}" for item in damage]
+    if lost_chunks:
+        lines.append(f"  LOST:       {lost_chunks} chunk(s) of {lost_files} file(s) were changed on the lost machine "
+                     "this cache was restored from and never uploaded; reads of those bytes fail with EIO. "
+                     "`zero fsck` names them; `zero fsck --repair --accept-loss` turns them into holes")
     lines.append(f"  so far:     {count.get('uploads', 0)} uploads ({human(count.get('uploaded_bytes', 0))}), "
                  f"{count.get('dedup_hits', 0)} deduplicated, {count.get('evictions', 0)} evictions, "
                  f"{count.get('fault_ins', 0)} fault-ins")
