@@ -3,10 +3,15 @@ publish(), read back as the worker's collector reads them."""
 
 from __future__ import annotations
 
+import errno
+import logging
+
 import pytest
 
-from zero.errors import DiskFull
+from zero.errors import DiskFull, ZeroError
+from zero.fuse.binding import FuseOSError
 from zero.fuse.opstats import OpStats
+from zero.fuse.translate import RepeatedFailures, translated
 from zero.state import counters, db, fuseops
 
 
@@ -54,3 +59,39 @@ def test_a_failed_publish_keeps_the_counts_for_the_next(database, monkeypatch):
     stats.record("create", 0.001, False, (2, 1))
     stats.publish()
     assert totals(database)[0]["create"].calls == 2
+
+
+def test_a_failure_repeated_in_a_loop_is_logged_once_a_window_then_with_its_count():
+    """A program retrying fsync on a fenced mount wrote an ERROR line per try."""
+    now = [1000.0]
+    repeated = RepeatedFailures(window_s=60.0, clock=lambda: now[0])
+    fenced = "fsync failed: this machine is no longer the filesystem's writer"
+    assert repeated.to_say(fenced) == fenced
+    for _ in range(5):
+        now[0] += 1.0
+        assert repeated.to_say(fenced) is None
+    assert repeated.to_say("read failed: chunk 3 of inode 7") == "read failed: chunk 3 of inode 7"  # another failure
+    now[0] += 60.0
+    assert repeated.to_say(fenced) == f"{fenced} (5 more failure(s) like it since it was last logged)"
+    now[0] += 1.0
+    assert repeated.to_say(fenced) is None
+
+
+def test_the_fuse_border_logs_a_repeated_failure_once_and_still_fails_each_call(caplog):
+    class Operations:
+        tree = type("Tree", (), {"operation_started": lambda self: None,
+                                 "operation_ended": lambda self, operation: None})()
+        op_stats = type("Stats", (), {"record": lambda self, *args: None})()
+
+        @translated
+        def fsync(self):
+            raise ZeroError("zero-worker refuses to write this filesystem")
+
+    operations = Operations()
+    with caplog.at_level(logging.ERROR, logger="zero.fuse.translate"):
+        for _ in range(3):
+            with pytest.raises(FuseOSError) as error:
+                operations.fsync()
+            assert error.value.errno == errno.EIO
+    assert [record.getMessage() for record in caplog.records] == [
+        "fsync failed: zero-worker refuses to write this filesystem"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import threading
 import time
 
 from zero.errors import DiskFull, StateConflict, ZeroError
@@ -15,6 +16,44 @@ from zero.fuse.binding import FuseOSError
 log = logging.getLogger(__name__)
 
 NAME_MAX_BYTES = 255
+REPEAT_WINDOW_S = 60.0  # the same failure is logged once in this long
+REMEMBERED_FAILURES = 1000
+
+
+class RepeatedFailures:
+    """Says each failure once per window, then how often it came back meanwhile.
+    A program that retries in a loop (fsync on a fenced mount, a read of a lost
+    chunk) wrote an ERROR line per try, burying everything else in the log."""
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S, clock=time.monotonic):
+        self.window_s = window_s
+        self.clock = clock
+        self._said: dict[str, tuple[float, int]] = {}  # message -> (said at, repeats since)
+        self._lock = threading.Lock()
+
+    def to_say(self, message: str) -> str | None:
+        """The line to log for this failure now, or None if it was said within the window."""
+        now = self.clock()
+        with self._lock:
+            said_at, repeats = self._said.get(message, (None, 0))
+            if said_at is not None and now - said_at < self.window_s:
+                self._said[message] = (said_at, repeats + 1)
+                return None
+            if len(self._said) >= REMEMBERED_FAILURES:
+                self._said = {text: entry for text, entry in self._said.items() if now - entry[0] < self.window_s}
+            self._said[message] = (now, 0)
+        if repeats:
+            return f"{message} ({repeats} more failure(s) like it since it was last logged)"
+        return message
+
+
+_repeated = RepeatedFailures()
+
+
+def _log_failure(op: str, error: BaseException) -> None:
+    line = _repeated.to_say(f"{op} failed: {error}")
+    if line is not None:
+        log.error("%s", line)
 
 
 def _errno_of(error: OSError) -> int:
@@ -45,11 +84,11 @@ def translated(method):
         except DiskFull:
             raise FuseOSError(errno.ENOSPC) from None
         except (ZeroError, StateConflict) as error:
-            log.error("%s failed: %s", method.__name__, error)
+            _log_failure(op, error)
             raise FuseOSError(errno.EIO) from None
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-                log.error("%s failed: %s", method.__name__, error)
+                _log_failure(op, error)
             raise FuseOSError(_errno_of(error)) from None
         except Exception:
             log.exception("%s failed unexpectedly", method.__name__)
