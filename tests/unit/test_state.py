@@ -12,7 +12,7 @@ from sqlalchemy import insert, select
 
 from support import damage_table
 from zero.errors import CacheFormatError, DatabaseBusy, StateConflict, StateUnavailable
-from zero.state import chunks, db, namespace, objects, pins, remotes, requests, schema
+from zero.state import chunks, db, namespace, objects, pins, remotes, requests, restored, schema
 from zero.state.schema import ChunkState
 
 D, U, C, R, F = (ChunkState.DIRTY, ChunkState.UPLOADING, ChunkState.CLEAN, ChunkState.REMOTE,
@@ -666,7 +666,7 @@ def test_prefetch_asks_only_for_evicted_chunks_that_have_an_object(database, ino
         to_remote(database, ino, idx, key=f"k{idx}")
     to_clean(database, ino, 4, key="k4")
     with database.write() as connection:
-        chunks.insert_restored(connection, [(ino, 6, None)])  # backed up before its upload: lost
+        restored.insert_chunks(connection, [(ino, 6, None)])  # backed up before its upload: lost
     with database.read() as connection:
         assert chunks.remote_indexes(connection, ino, [6, 5, 4, 3, 2, 1]) == [2, 3, 5]
         assert chunks.remote_indexes(connection, ino, [0]) == [0]

@@ -24,7 +24,7 @@ from zero.config import Config, RemoteSpec
 from zero.errors import RemoteUnavailable
 from zero.remote.local import LocalRemote
 from zero.remote.pool import RemotePool
-from zero.state import chunks, counters, db, namespace, objects, requests, schema
+from zero.state import chunks, counters, db, namespace, objects, requests, restored, schema
 from zero.state import pins as state_pins
 from zero.state.schema import ChunkState
 from zero.worker import pins
@@ -532,14 +532,14 @@ def test_a_restored_chunk_that_was_never_uploaded_fails_its_read_and_is_never_pr
     A fetch tells the reader why (EIO), without a download; priming does not ask for it."""
     ino = make_file(context, b"tail.raw")
     with context.database.write() as connection:
-        chunks.insert_restored(connection, [(ino, 0, None)])
+        restored.insert_chunks(connection, [(ino, 0, None)])
         requests.request_fetch(connection, ino, 0, requests.READER)
     with caplog.at_level(logging.ERROR):
         Fetcher(context).fetch(ino, 0, requests.READER)
     assert state_of(context, ino, 0) == ChunkState.REMOTE
     with context.database.read() as connection:
         assert requests.fetch_error(connection, ino, 0) == fetcher_module.NEVER_UPLOADED
-        assert chunks.never_uploaded(connection) == (1, 1)
+        assert restored.never_uploaded(connection) == (1, 1)
     assert "tail.raw (inode" in caplog.text and "not uploaded before that machine was lost" in caplog.text
     with context.database.write() as connection:
         requests.done_fetch(connection, ino, 0)

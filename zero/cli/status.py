@@ -10,7 +10,7 @@ from zero.cli.common import find_cache, human, open_state
 from zero.locking import holder_pid
 from zero.meta import writer
 from zero.meta.scrub import damage_report
-from zero.state import chunks, counters, fuseops, namespace, objects, pins, quarantine, remotes
+from zero.state import chunks, counters, fuseops, namespace, objects, pins, quarantine, remotes, restored
 from zero.state import db as state_db
 from zero.state.chunkstate import ChunkState
 from zero.state.db import get_meta
@@ -34,7 +34,7 @@ def status(args, config) -> int:
             held_objects = objects.objects_by_remote(connection)
             bad_copies = quarantine.count(connection)
             damage = damage_report(connection, int(get_meta(connection, "chunk_size")))
-            lost_chunks, lost_files = chunks.never_uploaded(connection)
+            lost_chunks, lost_files = restored.never_uploaded(connection)
             fuse_ops = fuseops.read_all(connection)
             verdict = json.loads(get_meta(connection, writer.VERDICT_META) or "{}")
             read_only = get_meta(connection, writer.MODE_META) == writer.READ_ONLY

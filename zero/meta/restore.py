@@ -20,7 +20,7 @@ from zero.meta import backup, keyring, writer
 from zero.meta.segment import JOURNAL, SNAPSHOT, Segment, decode
 from zero.remote import identity, layout
 from zero.remote.codec import Codec
-from zero.state import changelog, chunks, db as state_db, namespace
+from zero.state import changelog, db as state_db, namespace, restored
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
                     changelog.apply_rows(connection, table, segment.rows.get(table, ()))
                     if bar is not None:
                         bar.update(len(segment.rows.get(table, ())) + len(segment.deleted.get(table, ())))
-            chunks.drop_restored_unwritten(connection, int(first.settings["chunk_size"]))
+            restored.drop_unwritten(connection, int(first.settings["chunk_size"]))
             for ino in namespace.unlinked_inodes(connection):  # open, unlinked: the mount would purge them
                 namespace.delete_inode(connection, ino)
             # Only what a later point's chunks name: those objects its line kept for it, while
@@ -211,7 +211,7 @@ def restore(database_path: Path, remotes, secret: keyring.Secret, fs_id: str | N
             if read_only:
                 state_db.set_meta(connection, writer.MODE_META, writer.READ_ONLY)
             writer_id = state_db.get_meta(connection, writer.WRITER_ID_META)  # made fresh with the new state
-            never_uploaded = chunks.never_uploaded(connection)
+            never_uploaded = restored.never_uploaded(connection)
         with database.engine.connect() as connection:
             connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:

@@ -25,7 +25,7 @@ from typing import Iterable
 
 from sqlalchemy import Connection
 
-from zero.state import chunks
+from zero.state import restored
 from zero.state.chunkstate import UNUPLOADED
 
 # table -> (columns in segment order, key columns, columns holding bytes)
@@ -250,12 +250,12 @@ def referenced_by_retained_snapshots(connection: Connection, keys: Iterable[str]
 
 def apply_rows(connection: Connection, table: str, rows: Iterable[tuple]) -> int:
     """Write restored rows (replacing what a key held). Chunks become `remote`
-    through chunks.insert_restored: the state machine's own way in."""
+    through restored.insert_chunks: the state machine's own way in."""
     rows = list(rows)
     if not rows:
         return 0
     if table == "chunks":
-        return chunks.insert_restored(connection, rows)
+        return restored.insert_chunks(connection, rows)
     columns = BACKED_UP[table][0]
     connection.exec_driver_sql(
         f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", rows)

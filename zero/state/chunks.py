@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Row, delete, func, select, update
 from zero.errors import StateConflict
 from zero.state import db, quarantine, schema
 from zero.state.chunkstate import (
-    CREATED, EVICTABLE, LOCAL, NEEDS_FETCH, RESTORED, UNUPLOADED, ChunkState, Owner, StateWriteGuard, check_move,
+    CREATED, EVICTABLE, LOCAL, NEEDS_FETCH, UNUPLOADED, ChunkState, Owner, StateWriteGuard, check_move,
 )
 
 FUSE = Owner.FUSE
@@ -197,8 +197,8 @@ def remote_indexes(connection: Connection, ino: int, indexes: Iterable[int]) -> 
     if not wanted:
         return []
     return [row[0] for row in connection.exec_driver_sql(
-        f"SELECT idx FROM chunks WHERE ino = ? AND idx IN ({', '.join('?' * len(wanted))}) AND state = ? "
-        "AND object_key IS NOT NULL ORDER BY idx", (ino, *wanted, R.value))]
+        f"SELECT idx FROM chunks WHERE state = ? AND ino = ? AND idx IN ({', '.join('?' * len(wanted))}) "
+        "AND object_key IS NOT NULL ORDER BY idx", (R.value, ino, *wanted))]
 
 
 def state_in(states, column: str = "state") -> tuple[str, tuple[str, ...]]:
@@ -379,16 +379,6 @@ def abort_fetch(connection: Connection, ino: int, idx: int) -> None:
     transition(connection, WORKER, [F], R, ino=ino, idx=idx)
 
 
-def insert_restored(connection: Connection, rows: Iterable[tuple[int, int, str | None]]) -> int:
-    """`zero restore`: chunks (ino, idx, object_key) read back from a metadata
-    backup enter the state machine as RESTORED (only in a remote), to be
-    faulted in on first read. Replaces a row a later journal segment rewrote.
-    One backed up before its upload names no object: lost (never_uploaded)."""
-    params = [(ino, idx, RESTORED.value, object_key) for ino, idx, object_key in rows]
-    connection.exec_driver_sql(
-        "INSERT OR REPLACE INTO chunks (ino, idx, state, version, leased, object_key, stored_bytes, last_access, "
-        "pinned) VALUES (?, ?, ?, 0, 0, ?, 0, 0, 0)", params)
-    return len(params)
 
 
 def recover_interrupted(connection: Connection) -> dict[str, int]:
@@ -412,21 +402,8 @@ def recently_evicted(connection: Connection, limit: int) -> list[Row]:
                               .order_by(_c.c.last_access.desc()).limit(limit)).all()
 
 
-def drop_restored_unwritten(connection: Connection, chunk_size: int) -> int:
-    """A restored chunk that names no object and starts at or past its file's end held
-    nothing: a lease taken in the create, whose file the backup saw appear after the
-    inode it read (a review). Not lost; a hole, as zero-fuse drops it at release."""
-    return connection.exec_driver_sql(
-        "DELETE FROM chunks WHERE object_key IS NULL AND idx * ? >= "
-        "coalesce((SELECT size FROM inodes WHERE inodes.ino = chunks.ino), 0)", (chunk_size,)).rowcount
 
 
-def never_uploaded(connection: Connection) -> tuple[int, int]:
-    """(chunks, files) that a restore brought back naming no object: written on the
-    lost machine after their last upload and before its last metadata backup."""
-    row = connection.execute(select(func.count(), func.count(func.distinct(_c.c.ino))).where(
-        _c.c.state.in_([s.value for s in NEEDS_FETCH]), _c.c.object_key.is_(None))).first()
-    return row[0], row[1]
 
 
 def referencing(connection: Connection, object_key: str) -> int:
