@@ -31,6 +31,7 @@ from zero.worker import pins
 from zero.worker.collector import COLLECT_LOCK, Collector
 from zero.worker import evictor as evictor_module
 from zero.worker import unread as unread_module
+from zero.worker import usage
 from zero.worker.evictor import Evictor
 from zero.worker import fetcher as fetcher_module
 from zero.worker.fetcher import FetchDispatcher, Fetcher
@@ -445,6 +446,53 @@ def test_eviction_stops_when_only_dirty_and_pinned_chunks_are_left(make_context)
     assert {state_of(context, dirty, 0), state_of(context, dirty, 1)} == {ChunkState.DIRTY}
     assert state_of(context, pinned, 0) == ChunkState.CLEAN
     assert context.cache.usage().files == 3
+
+
+def test_the_worker_measures_the_cache_from_the_state_as_a_walk_of_it_would(make_context, monkeypatch):
+    """Clean chunks count as their upload or fault-in recorded them, chunks not
+    uploaded by their files: the same figure a walk of every chunk file gives,
+    without the walk, which cost 0.83 s of CPU for 100,000 files (decision 111)."""
+    context = make_context()
+    evicted, _data = evicted_file(context, b"evicted", 2)
+    fetcher = Fetcher(context)
+    fetcher.fetch(evicted, 1)  # clean again by a fault-in
+    clean = make_file(context, b"clean")
+    for idx in range(3):
+        fuse_write(context, clean, idx, chunk_data(20 + idx))
+    upload_all(context)  # clean by an upload
+    dirty = make_file(context, b"dirty")
+    fuse_write(context, dirty, 0, chunk_data(30))
+    take_lease(context, dirty, 1)
+    write_file(context, dirty, 1, b"being written")  # leased, and growing as zero-fuse writes
+    walked = context.cache.usage().total_bytes
+    assert walked > 0
+    monkeypatch.setattr(CacheDir, "iter_chunk_files", lambda self: pytest.fail("the worker walked the cache"))
+    evictor = Evictor(context)
+    assert evictor.measure() == walked
+    write_file(context, dirty, 1, os.urandom(100_000))  # the leased file grows: looked at, not recorded
+    monkeypatch.undo()
+    assert evictor.measure() == context.cache.usage().total_bytes > walked
+
+
+def test_many_chunks_not_uploaded_are_measured_from_a_sample(make_context, monkeypatch):
+    """A slow uplink can leave a hundred thousand chunks behind: they are estimated
+    from a random sample, not looked at one by one on every measure."""
+    context = make_context()
+    monkeypatch.setattr(usage, "UNUPLOADED_SAMPLE", 4)
+    ino = make_file(context, b"backlog")
+    for idx in range(12):
+        fuse_write(context, ino, idx, os.urandom(8192))  # all the same size, so the estimate is exact
+    looked_at = []
+    bytes_of = CacheDir.bytes_of
+
+    def counting_bytes_of(self, chunk_ids):
+        chunk_ids = list(chunk_ids)
+        looked_at.extend(chunk_ids)
+        return bytes_of(self, chunk_ids)
+
+    monkeypatch.setattr(CacheDir, "bytes_of", counting_bytes_of)
+    assert Evictor(context).measure() == 12 * disk_bytes(os.stat(context.cache.chunk_path(ino, 0)))
+    assert len(looked_at) == 4
 
 
 # --- fault-in ---------------------------------------------------------------------------------

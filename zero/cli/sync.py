@@ -27,9 +27,13 @@ def sync(args, config) -> int:
             left = len(waiting)
 
             def uploaded():
-                nonlocal left
+                nonlocal left, waiting
                 with database.read() as connection:
                     pending = chunks.still_unuploaded(connection, waiting)
+                # Out of the promise stays out (uploaded, or written again): only the rest is
+                # looked at again. Looking at all of them on every wake-up made a sync of
+                # 5,000 files quadratic.
+                waiting = {chunk: waiting[chunk] for chunk in pending}
                 bar.update(left - len(pending))
                 left = len(pending)
                 return None if pending else True

@@ -257,6 +257,13 @@ def unuploaded(connection: Connection) -> list[tuple[int, int]]:
     return list(unuploaded_versions(connection))
 
 
+def clean_bytes(connection: Connection) -> int:
+    """The disk bytes clean chunks' files take, as their upload or fault-in recorded
+    them: a clean chunk's file does not change (a write makes the chunk dirty first)."""
+    return connection.exec_driver_sql("SELECT coalesce(sum(stored_bytes), 0) FROM chunks WHERE state = ?",
+                                      (C.value,)).scalar()
+
+
 def unuploaded_sample(connection: Connection, limit: int) -> tuple[int, list[tuple[int, int]]]:
     """How many chunks' content is only in the cache, and (ino, idx) of up to
     ``limit`` of them, all of them if they are that few, else picked at random."""

@@ -16,11 +16,12 @@ from zero.errors import StateConflict
 from zero.state import chunks, counters, objects
 from zero import crashpoints
 from zero.worker.context import WorkerContext
+from zero.worker.usage import cache_usage
 
 log = logging.getLogger(__name__)
 
 BATCH = 256
-MEASURE_EVERY_S = 1.0  # make_room trusts its running estimate this long before walking the cache again
+MEASURE_EVERY_S = 1.0  # make_room trusts its running estimate this long before measuring the cache again
 
 
 class Evictor:
@@ -29,7 +30,7 @@ class Evictor:
         self.last_usage = 0
         self._room_estimate = 0
         self._room_measured_at = float("-inf")
-        self._room_walked_ns = 0  # when that walk began, on the clock chunk files' mtimes use
+        self._room_measured_ns = 0  # when that measure began, on the clock chunk files' mtimes use
         # The keeper, the fetch dispatcher and upload groups all evict: one at a time,
         # so two never evict from the same estimate (twice what was needed).
         self._lock = threading.RLock()
@@ -43,7 +44,8 @@ class Evictor:
         return int(self.target * self.context.config.low_watermark)
 
     def measure(self) -> int:
-        self.last_usage = self.context.cache.usage().total_bytes
+        with self.context.database.read() as connection:
+            self.last_usage = cache_usage(connection, self.context.cache)
         return self.last_usage
 
     def over_target(self) -> bool:
@@ -54,15 +56,16 @@ class Evictor:
         the target, counting ``in_flight_bytes`` of fault-ins started earlier that
         may not have landed yet.
 
-        Walking the cache costs milliseconds and a sequential reader faults in
-        dozens of chunks a second, so between walks the fetcher's own estimate is
-        used: the last walk, plus what was in flight then, plus what it started
-        since (an upper bound; fuse's writes are dirty data, which the keeper's
-        walks account for). Evicting from that upper bound frees at most a chunk
-        or two more than needed; walking before every eviction took a tenth of
+        Measuring the cache (zero.worker.usage) costs a query and a look at each
+        chunk not uploaded, and a sequential reader faults in dozens of chunks a
+        second, so between measures the fetcher's own estimate is used: the last
+        measure, plus what was in flight then, plus what it started since (an
+        upper bound; fuse's writes are dirty data, which the keeper's measures
+        account for). Evicting from that upper bound frees at most a chunk or two
+        more than needed; walking the cache before every eviction took a tenth of
         the worker's time in a cold read, with the cache always at its target."""
         with self._lock:
-            self._walk_if_stale(in_flight_bytes)
+            self._measure_if_stale(in_flight_bytes)
             self._reserve(incoming_bytes)
 
     def make_room_for_clean(self, files: list[tuple[int, int]]) -> None:
@@ -70,23 +73,23 @@ class Evictor:
         disk bytes and st_mtime_ns): evict what keeps the cache under its target
         once they count (invariant 4), down to the low watermark as the keeper does.
 
-        A file the estimate's walk saw is in the estimate already. One written
-        since (or in the same clock tick as the walk began) is counted on top, and
-        stays counted until the next walk: groups finishing within one second
+        A file the estimate's measure saw is in the estimate already. One written
+        since (or in the same clock tick as the measure began) is counted on top,
+        and stays counted until the next measure: groups finishing within one second
         each saw the same estimate, and together pushed the cache a few chunks
         over its target (tests/system/test_worker.py). Counting every file on top
         evicted a group's worth too much each time, which priming fetched back
         while a big write went on: a third of a 12 MiB write in an 8 MiB cache was
         fetched again (decision 103)."""
         with self._lock:
-            self._walk_if_stale()
-            self._reserve(sum(stored for stored, written_ns in files if written_ns >= self._room_walked_ns))
+            self._measure_if_stale()
+            self._reserve(sum(stored for stored, written_ns in files if written_ns >= self._room_measured_ns))
 
-    def _walk_if_stale(self, in_flight_bytes: int = 0) -> None:
-        """Start the estimate afresh from a walk if the last one is over MEASURE_EVERY_S old."""
+    def _measure_if_stale(self, in_flight_bytes: int = 0) -> None:
+        """Start the estimate afresh from a measure if the last one is over MEASURE_EVERY_S old."""
         now = time.monotonic()
         if now - self._room_measured_at > MEASURE_EVERY_S:
-            self._room_walked_ns = self.context.cache.file_clock_ns()
+            self._room_measured_ns = self.context.cache.file_clock_ns()
             self._room_estimate = self.measure() + in_flight_bytes
             self._room_measured_at = now
 

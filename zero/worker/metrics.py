@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from zero.state import chunks, counters, fuseops
 from zero.state.fuseops import LATENCY_BUCKETS_S as FUSE_BUCKETS_S
 from zero.worker.context import WorkerContext
+from zero.worker.usage import cache_usage
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class _StateCollector:
             by_state = chunks.counts_by_state(connection)
             waiting = chunks.unuploaded(connection)
             fuse = fuseops.read_all(connection)
+            cache_bytes = cache_usage(connection, self.context.cache)
         for key, (name, text) in STATE_COUNTERS.items():
             family = CounterMetricFamily(name, text)
             family.add_metric([], totals.get(key, 0))
@@ -68,7 +70,7 @@ class _StateCollector:
         yield states
         yield stored
         usage = GaugeMetricFamily("zero_cache_bytes", "Disk bytes the cache's chunk files use")
-        usage.add_metric([], self.context.cache.usage().total_bytes)
+        usage.add_metric([], cache_bytes)
         yield usage
         target = GaugeMetricFamily("zero_cache_target_bytes", "targetDiskUsage the worker keeps to")
         target.add_metric([], self.context.config.target_disk_usage_bytes)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from zero.state import chunks, pins, requests
 from zero.worker.context import WorkerContext
 from zero.worker.fetcher import cache_block, fetch_cache_bytes
+from zero.worker.usage import cache_usage
 
 PRIME_BATCH = 16
 PENDING_COUNTED = 1024  # fetches already queued that priming counts; with more queued it waits
@@ -32,10 +33,10 @@ def prime(context: WorkerContext, usage_bytes: int | None = None) -> int:
     queued = 0
     with context.database.read() as connection:
         if not chunks.recently_evicted(connection, 1):
-            return 0  # the usual case: nothing to bring back, so no write transaction and no walk
+            return 0  # the usual case: nothing to bring back, so no write transaction
     block = cache_block(context.cache.root)
     with context.database.write() as connection:
-        usage = context.cache.usage().total_bytes if usage_bytes is None else usage_bytes
+        usage = cache_usage(connection, context.cache) if usage_bytes is None else usage_bytes
         room = low_watermark - usage
         if room < block:
             return 0
