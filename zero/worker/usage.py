@@ -6,8 +6,8 @@ at one by one, or estimated from a random sample of them when there are many.
 The walk cost 0.83 s of CPU for 100,000 chunk files and grew with the cache.
 The worker measured once a second while it uploaded or fetched, and priming
 measured inside a write transaction, holding zero-fuse's writes back for as
-long. `zero status` and `zero fsck` still walk: a person asking wants what is
-on the disk, orphaned files included.
+long. `zero status` still walks: a person asking wants what is on the disk,
+orphaned files included.
 """
 
 from __future__ import annotations
