@@ -21,7 +21,8 @@ from zero.worker.usage import cache_usage
 log = logging.getLogger(__name__)
 
 BATCH = 256
-MEASURE_EVERY_S = 1.0  # make_room trusts its running estimate this long before measuring the cache again
+MEASURE_EVERY_S = 1.0  # make_room trusts its running estimate this long before measuring the cache again,
+MEASURE_SHARE_INVERSE = 10  # or ten times as long as the last measure took, if that is longer
 
 
 class Evictor:
@@ -30,6 +31,7 @@ class Evictor:
         self.last_usage = 0
         self._room_estimate = 0
         self._room_measured_at = float("-inf")
+        self._measure_took_s = 0.0
         self._room_measured_ns = 0  # when that measure began, on the clock chunk files' mtimes use
         # The keeper, the fetch dispatcher and upload groups all evict: one at a time,
         # so two never evict from the same estimate (twice what was needed).
@@ -86,12 +88,14 @@ class Evictor:
             self._reserve(sum(stored for stored, written_ns in files if written_ns >= self._room_measured_ns))
 
     def _measure_if_stale(self, in_flight_bytes: int = 0) -> None:
-        """Start the estimate afresh from a measure if the last one is over MEASURE_EVERY_S old."""
+        """Start the estimate afresh from a measure if the last one is over MEASURE_EVERY_S old
+        (longer with a state so large that measuring it takes over a tenth of that)."""
         now = time.monotonic()
-        if now - self._room_measured_at > MEASURE_EVERY_S:
+        if now - self._room_measured_at > max(MEASURE_EVERY_S, MEASURE_SHARE_INVERSE * self._measure_took_s):
             self._room_measured_ns = self.context.cache.file_clock_ns()
             self._room_estimate = self.measure() + in_flight_bytes
-            self._room_measured_at = now
+            self._room_measured_at = time.monotonic()
+            self._measure_took_s = self._room_measured_at - now
 
     def _reserve(self, incoming_bytes: int) -> None:
         """Evict from the estimate so that ``incoming_bytes`` more fit under the
