@@ -658,6 +658,35 @@ def test_eviction_refused_for_dirty_pinned_or_leased(database, ino):
     assert row(database, ino, 1).state == "clean"
 
 
+@pytest.mark.parametrize("small_promise", [64, 0], ids=["looked-up-one-by-one", "read-in-one-statement"])
+@pytest.mark.parametrize("files", [1, 2])
+def test_an_fsync_s_promise_is_kept_by_an_upload_a_newer_write_or_a_delete(database, monkeypatch, small_promise,
+                                                                          files):
+    monkeypatch.setattr(chunks, "SMALL_PROMISE", small_promise)
+    with database.write() as connection:
+        inodes = [make_file(connection, namespace.ROOT_INO, f"f{n}".encode()) for n in range(files)]
+    for ino in inodes:
+        for idx in range(5):
+            lease(database, ino, idx)
+            release(database, ino, idx)
+    with database.read() as connection:
+        promised = chunks.unuploaded_versions(connection, inodes[0] if files == 1 else None)
+    assert len(promised) == 5 * files
+    last = inodes[-1]
+    version = row(database, last, 0).version
+    with database.write() as connection:             # uploaded at the promised version: kept
+        chunks.start_upload(connection, last, 0, version)
+        chunks.finish_upload(connection, last, 0, version, "k0", 1000)
+    lease(database, last, 1)                         # written again: beyond this promise
+    with database.write() as connection:
+        chunks.delete_chunk(connection, last, 2)     # truncated away
+        chunks.start_upload(connection, last, 3, row(database, last, 3).version)  # under way: still owed
+    with database.read() as connection:
+        pending = chunks.still_unuploaded(connection, promised)
+    owed = {(ino, idx) for ino in inodes[:-1] for idx in range(5)} | {(last, 3), (last, 4)}
+    assert sorted(pending) == sorted(owed)
+
+
 def test_prefetch_asks_only_for_evicted_chunks_that_have_an_object(database, ino):
     """Prefetch's question: of the chunks after a reader, which to fault in. A
     cached chunk needs nothing; a chunk restored without an object is lost, and

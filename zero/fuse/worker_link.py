@@ -129,11 +129,13 @@ class WorkerLink:
             requests.request_upload(connection, ino)
         self.wake_worker()
         pending: list = []
+        promised = dict(versions)
 
         def uploaded():
-            nonlocal pending
+            nonlocal pending, promised
             with self.database.read() as connection:
-                pending = chunks.still_unuploaded(connection, versions)
+                pending = chunks.still_unuploaded(connection, promised)
+            promised = {chunk: promised[chunk] for chunk in pending}  # out of the promise stays out
             return None if pending else True
 
         wakeup.wait_for(self.listener, uploaded, self.timeout_s,

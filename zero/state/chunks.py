@@ -30,6 +30,7 @@ D, U, C, R, F = (ChunkState.DIRTY, ChunkState.UPLOADING, ChunkState.CLEAN, Chunk
 
 _c = schema.chunks
 _COLUMNS = frozenset(_c.c.keys())
+SMALL_PROMISE = 64  # chunks still_unuploaded looks up one by one
 
 
 @functools.lru_cache(maxsize=64)
@@ -234,22 +235,34 @@ def all_rows_of(connection: Connection, ino: int) -> list[Row]:
 
 def unuploaded_versions(connection: Connection, ino: int | None = None) -> dict[tuple[int, int], int]:
     """(ino, idx) -> version of every chunk (of ``ino``, or of all) whose content is only in the cache."""
-    query = select(_c.c.ino, _c.c.idx, _c.c.version).where(_c.c.state.in_([s.value for s in UNUPLOADED]))
-    if ino is not None:
-        query = query.where(_c.c.ino == ino)
-    return {(row.ino, row.idx): row.version for row in connection.execute(query)}
+    unuploaded, states = state_in(UNUPLOADED)
+    if ino is None:
+        rows = connection.exec_driver_sql(f"SELECT ino, idx, version FROM chunks WHERE {unuploaded}", states)
+    else:
+        rows = connection.exec_driver_sql(f"SELECT ino, idx, version FROM chunks WHERE ino = ? AND {unuploaded}",
+                                          (ino, *states))
+    return {(row_ino, idx): version for row_ino, idx, version in rows}
 
 
 def still_unuploaded(connection: Connection, versions: dict[tuple[int, int], int]) -> list[tuple[int, int]]:
     """Which chunks of ``versions`` are still not uploaded at that version (a newer
-    write, a truncate or a delete takes a chunk out of an earlier promise)."""
-    pending = []
-    for (ino, idx), version in versions.items():
-        row = connection.exec_driver_sql("SELECT state, version FROM chunks WHERE ino = ? AND idx = ?",
-                                         (ino, idx)).first()
-        if row is not None and row.version == version and ChunkState(row.state) in UNUPLOADED:
-            pending.append((ino, idx))
-    return pending
+    write, a truncate or a delete takes a chunk out of an earlier promise).
+
+    Asked on every wake-up while an fsync or `zero sync` waits: a few chunks are
+    looked up one by one, more are read in one statement with what is not uploaded
+    now (of their inode, if they are all one file's). One lookup each took 1.7 s a
+    wake-up for the 25,600 chunks of a 100 GiB file."""
+    if len(versions) <= SMALL_PROMISE:
+        pending = []
+        for (ino, idx), version in versions.items():
+            row = connection.exec_driver_sql("SELECT state, version FROM chunks WHERE ino = ? AND idx = ?",
+                                             (ino, idx)).first()
+            if row is not None and row.version == version and ChunkState(row.state) in UNUPLOADED:
+                pending.append((ino, idx))
+        return pending
+    inodes = {ino for ino, _idx in versions}
+    now = unuploaded_versions(connection, next(iter(inodes)) if len(inodes) == 1 else None)
+    return [chunk for chunk, version in versions.items() if now.get(chunk) == version]
 
 
 def unuploaded(connection: Connection) -> list[tuple[int, int]]:
