@@ -30,9 +30,8 @@ def sync(args, config) -> int:
                 nonlocal left, waiting
                 with database.read() as connection:
                     pending = chunks.still_unuploaded(connection, waiting)
-                # Out of the promise stays out (uploaded, or written again): only the rest is
-                # looked at again. Looking at all of them on every wake-up made a sync of
-                # 5,000 files quadratic.
+                # Out of the promise stays out (uploaded, written again, deleted): only
+                # the rest is looked at on the next wake-up.
                 waiting = {chunk: waiting[chunk] for chunk in pending}
                 bar.update(left - len(pending))
                 left = len(pending)

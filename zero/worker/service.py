@@ -42,8 +42,8 @@ KEEPER_INTERVAL_S = 2.0    # eviction re-measures the cache at least this often 
 HEARTBEAT_INTERVAL_S = 2.0
 GC_INTERVAL_S = 600.0
 KEEPER_MIN_INTERVAL_S = 0.05
-KEEPER_WALK_SHARE_INVERSE = 10  # the cache walk takes at most about a tenth of the keeper's time
-UPLOADER_MIN_INTERVAL_S = 0.02  # idle re-checks at most this often, however many closes wake it  # a burst of wake-ups (every close wakes) re-walks the cache at most this often
+KEEPER_MEASURE_SHARE_INVERSE = 10  # measuring the cache takes at most about a tenth of the keeper's time
+UPLOADER_MIN_INTERVAL_S = 0.02  # idle re-checks at most this often, however many closes wake it
 
 
 class Worker:
@@ -155,9 +155,9 @@ class Worker:
         pins_applied_at = 0.0
         while not self.stopping.is_set():
             generation = self.listener.generation
-            walk_started = time.monotonic()
+            measure_started = time.monotonic()
             over = self.evictor.over_target()
-            walk_s = time.monotonic() - walk_started
+            measure_s = time.monotonic() - measure_started
             if over and not self._fenced():
                 self.evictor.evict()
             if time.monotonic() - pins_applied_at > 10 or self._pins_changed():
@@ -168,9 +168,10 @@ class Worker:
             if self.evictor.last_usage + self.context.chunk_size < self.evictor.low_watermark \
                     and prime(self.context):
                 self.listener.poke()
-            # Measuring walks every chunk file: with many small files (tar x, a
-            # create loop waking it on every close) a walk each 50 ms took a core.
-            self.stopping.wait(max(KEEPER_MIN_INTERVAL_S, KEEPER_WALK_SHARE_INVERSE * walk_s))
+            # A measure takes a query and a look at each chunk not uploaded: with a large
+            # state or backlog (tar x, a create loop waking it on every close), one each
+            # 50 ms would take a core (it walked every chunk file before decision 111).
+            self.stopping.wait(max(KEEPER_MIN_INTERVAL_S, KEEPER_MEASURE_SHARE_INVERSE * measure_s))
             self._wait(generation, KEEPER_INTERVAL_S)
 
     def _pins_changed(self) -> bool:
