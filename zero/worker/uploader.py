@@ -37,7 +37,7 @@ class _Upload:
     data: bytes
     key: str
     stored: int
-    written_ns: int  # the chunk file's st_mtime_ns: whether the evictor's last walk counted it
+    written_ns: int  # the chunk file's st_mtime_ns: whether the evictor's last measure counted it
     holders: list = field(default_factory=list)  # remotes already holding a good copy (dedup)
 
 
