@@ -42,6 +42,18 @@ def test_the_quick_measurements_run_each_workload_and_clean_up(tmp_path):
     assert not list(tmp_path.iterdir()), "the quick bench leaves its scratch folder behind"
 
 
+def test_the_state_costs_time_each_question_and_clean_up(tmp_path):
+    finished = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "state_costs.py"), "--chunks", "50", "--others", "20", "--files", "30",
+         "--base-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    timings = re.findall(r"^(.+): (\d+\.\d\d) ms$", finished.stdout, re.M)
+    assert [what.split(",")[0] for what, _ms in timings] == [
+        "prefetch's look-up", "what an fsync still waits for", "a walk of 30 chunk files",
+        "the worker's measure of 30 clean chunks"], finished.stdout
+    assert not list(tmp_path.iterdir()), "the state costs leave their scratch state behind"
+
+
 def test_the_paired_comparison_mounts_two_trees_and_prints_each_ratio(tmp_path):
     finished = subprocess.run(
         [sys.executable, str(REPO / "bench" / "ab.py"), str(REPO), str(REPO), "--rounds", "1", "--files", "20",
