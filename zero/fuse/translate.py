@@ -23,36 +23,45 @@ REMEMBERED_FAILURES = 1000
 class RepeatedFailures:
     """Says each failure once per window, then how often it came back meanwhile.
     A program that retries in a loop (fsync on a fenced mount, a read of a lost
-    chunk) wrote an ERROR line per try, burying everything else in the log."""
+    chunk) wrote an ERROR line per try, burying everything else in the log.
+    Remembers the REMEMBERED_FAILURES messages that failed last; the one that
+    failed longest ago is forgotten first, saying its count if it has one."""
 
-    def __init__(self, window_s: float = REPEAT_WINDOW_S, clock=time.monotonic):
+    def __init__(self, window_s: float = REPEAT_WINDOW_S, clock=time.monotonic, remembered: int = REMEMBERED_FAILURES):
         self.window_s = window_s
         self.clock = clock
-        self._said: dict[str, tuple[float, int]] = {}  # message -> (said at, repeats since)
+        self.remembered = remembered
+        self._said: dict[str, tuple[float, int]] = {}  # message -> (said at, repeats since), by last failure
         self._lock = threading.Lock()
 
-    def to_say(self, message: str) -> str | None:
-        """The line to log for this failure now, or None if it was said within the window."""
+    def to_say(self, message: str) -> list[str]:
+        """The lines to log for this failure now: none if it was said within the window."""
         now = self.clock()
+        lines = []
         with self._lock:
-            said_at, repeats = self._said.get(message, (None, 0))
+            said_at, repeats = self._said.pop(message, (None, 0))
             if said_at is not None and now - said_at < self.window_s:
                 self._said[message] = (said_at, repeats + 1)
-                return None
-            if len(self._said) >= REMEMBERED_FAILURES:
-                self._said = {text: entry for text, entry in self._said.items() if now - entry[0] < self.window_s}
+                return lines
             self._said[message] = (now, 0)
-        if repeats:
-            return f"{message} ({repeats} more failure(s) like it since it was last logged)"
-        return message
+            if len(self._said) > self.remembered:
+                oldest = next(iter(self._said))
+                _said_at, forgotten = self._said.pop(oldest)
+                if forgotten:
+                    lines.append(_with_repeats(oldest, forgotten))
+        lines.append(_with_repeats(message, repeats) if repeats else message)
+        return lines
+
+
+def _with_repeats(message: str, repeats: int) -> str:
+    return f"{message} ({repeats} more failure(s) like it since it was last logged)"
 
 
 _repeated = RepeatedFailures()
 
 
 def _log_failure(op: str, error: BaseException) -> None:
-    line = _repeated.to_say(f"{op} failed: {error}")
-    if line is not None:
+    for line in _repeated.to_say(f"{op} failed: {error}"):
         log.error("%s", line)
 
 
