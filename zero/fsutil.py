@@ -33,6 +33,16 @@ def disk_bytes(st: os.stat_result) -> int:
     return st.st_blocks * 512
 
 
+def settled_bytes(st: os.stat_result, block: int) -> int:
+    """What a file just written will occupy, for a figure recorded once and trusted
+    after (a clean chunk's, decision 111): its allocated bytes, and never less than
+    its size in whole ``block``s. Some file systems count a write's blocks only
+    later (ZFS when its transaction group commits), so st_blocks read right after
+    the write can be a fraction of what the file will take. A sparse file counts
+    as dense instead: more than it takes, which only makes eviction come early."""
+    return max(disk_bytes(st), -(-st.st_size // block) * block)
+
+
 def durable_write(path: str, data: bytes, tmp_dir: str | None = None) -> None:
     """Write a file so that after return it exists whole or not at all:
     temp file, fsync, rename, fsync the folder."""

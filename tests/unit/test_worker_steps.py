@@ -5,6 +5,7 @@ remote: no threads, no FUSE. Chunks are made the way zero-fuse makes them
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import stat
@@ -18,6 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from zero.cachedir import CacheDir
+from zero import fsutil
 from zero.fsutil import disk_bytes
 from zero import locking, wakeup
 from zero.config import Config, RemoteSpec
@@ -31,7 +33,6 @@ from zero.worker import pins
 from zero.worker.collector import COLLECT_LOCK, Collector
 from zero.worker import evictor as evictor_module
 from zero.worker import unread as unread_module
-from zero.worker import usage
 from zero.worker.evictor import Evictor
 from zero.worker import fetcher as fetcher_module
 from zero.worker.fetcher import FetchDispatcher, Fetcher
@@ -474,25 +475,37 @@ def test_the_worker_measures_the_cache_from_the_state_as_a_walk_of_it_would(make
     assert evictor.measure() == context.cache.usage().total_bytes > walked
 
 
-def test_many_chunks_not_uploaded_are_measured_from_a_sample(make_context, monkeypatch):
-    """A slow uplink can leave a hundred thousand chunks behind: they are estimated
-    from a random sample, not looked at one by one on every measure."""
+def test_a_clean_chunk_counts_at_least_its_size_where_its_blocks_are_counted_late(make_context, monkeypatch):
+    """ZFS counts a write's blocks when its transaction group commits: read right after
+    the write, st_blocks was a fraction of the file, the figure recorded for the clean
+    chunk stayed that small, and the cache grew past its target with nothing evicted
+    (a review of decision 111)."""
     context = make_context()
-    monkeypatch.setattr(usage, "UNUPLOADED_SAMPLE", 4)
-    ino = make_file(context, b"backlog")
-    for idx in range(12):
-        fuse_write(context, ino, idx, os.urandom(8192))  # all the same size, so the estimate is exact
-    looked_at = []
-    bytes_of = CacheDir.bytes_of
+    monkeypatch.setattr(fsutil, "disk_bytes", lambda st: 512)  # as read right after the write
+    ino = make_file(context, b"photos")
+    for idx in range(8):
+        fuse_write(context, ino, idx, chunk_data(idx))
+    upload_all(context)
+    monkeypatch.undo()
+    per_chunk = disk_bytes(os.stat(context.cache.chunk_path(ino, 0)))
+    context.config = dataclasses.replace(context.config, target_disk_usage_bytes=6 * per_chunk)
+    evictor = Evictor(context)
+    assert evictor.measure() == 8 * per_chunk
+    assert evictor.evict() == 3
 
-    def counting_bytes_of(self, chunk_ids):
-        chunk_ids = list(chunk_ids)
-        looked_at.extend(chunk_ids)
-        return bytes_of(self, chunk_ids)
 
-    monkeypatch.setattr(CacheDir, "bytes_of", counting_bytes_of)
-    assert Evictor(context).measure() == 12 * disk_bytes(os.stat(context.cache.chunk_path(ino, 0)))
-    assert len(looked_at) == 4
+def test_priming_waits_while_writes_pile_up(make_context, monkeypatch):
+    """Measuring reads the file of every chunk not uploaded, inside priming's write
+    transaction; with a backlog that large, bringing old data back can wait."""
+    context = make_context()
+    evicted_file(context, b"old", 1)
+    ino = make_file(context, b"new")
+    for idx in range(3):
+        fuse_write(context, ino, idx, chunk_data(10 + idx))
+    monkeypatch.setattr(pins, "PRIME_BACKLOG_LIMIT", 2)
+    assert pins.prime(context) == 0 and fetch_requests(context) == {}
+    monkeypatch.setattr(pins, "PRIME_BACKLOG_LIMIT", 3)
+    assert pins.prime(context) == 1
 
 
 # --- fault-in ---------------------------------------------------------------------------------
@@ -546,6 +559,23 @@ def _flip_a_byte(path: Path) -> None:
 
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-1])
+
+
+def test_a_fetch_whose_commit_fails_after_the_rename_leaves_no_file_behind(context, monkeypatch):
+    """The file is renamed into place inside the transaction that marks the chunk
+    clean; when that commit fails (a full disk), the chunk is remote again and its
+    file must go too, or the cache holds bytes its measure does not count."""
+    ino, _data = evicted_file(context, b"film", 1)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "database or disk is full")
+
+    monkeypatch.setattr(fetcher_module.counters, "bump", disk_full)  # the last statement before the commit
+    with pytest.raises(OSError):
+        Fetcher(context).fetch(ino, 0)
+    assert state_of(context, ino, 0) == ChunkState.REMOTE
+    assert file_bytes(context, ino, 0) is None
+    assert not os.listdir(context.cache.tmp)
 
 
 @pytest.mark.parametrize("damage", [_flip_a_byte, _truncate, Path.unlink], ids=["flipped", "truncated", "missing"])

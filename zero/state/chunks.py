@@ -399,8 +399,6 @@ def abort_fetch(connection: Connection, ino: int, idx: int) -> None:
     transition(connection, WORKER, [F], R, ino=ino, idx=idx)
 
 
-
-
 def recover_interrupted(connection: Connection) -> dict[str, int]:
     """Worker start: nothing is mid-upload or mid-fetch after a restart."""
     return {"uploading": transition(connection, WORKER, [U], D),
@@ -420,10 +418,6 @@ def recently_evicted(connection: Connection, limit: int) -> list[Row]:
                               .select_from(_c.outerjoin(objects, objects.c.key == _c.c.object_key))
                               .where(_c.c.state == R.value, _c.c.object_key.isnot(None))
                               .order_by(_c.c.last_access.desc()).limit(limit)).all()
-
-
-
-
 
 
 def referencing(connection: Connection, object_key: str) -> int:

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 
-from zero.fsutil import disk_bytes
+from zero.fsutil import settled_bytes
 from zero.errors import ObjectCorrupt, ObjectMissing, RemoteUnavailable, StateConflict
 from zero.state import chunks, counters, namespace, objects, quarantine, requests
 from zero import crashpoints
@@ -41,6 +41,7 @@ class Fetcher:
         # ObjectMissing (Scrubber.judge quarantines the bad ones, lifts good ones).
         self.copies_read = copies_read
         self.fetched_bytes = 0
+        self.block = cache_block(context.cache.root)
 
     def pending(self, limit: int = 32) -> list:
         with self.context.database.read() as connection:
@@ -93,7 +94,7 @@ class Fetcher:
                 asked = priority if wanted_now is None else min(priority, wanted_now)
                 for_a_reader = asked in FOR_A_READER
                 fetched_at = row.last_access if asked == requests.PRIME else time.time()
-                chunks.finish_fetch(connection, ino, idx, disk_bytes(os.stat(tmp)), fetched_at)
+                chunks.finish_fetch(connection, ino, idx, settled_bytes(os.stat(tmp), self.block), fetched_at)
                 os.rename(tmp, path)
                 crashpoints.crash("fetch.renamed")
                 requests.done_fetch(connection, ino, idx)
@@ -153,6 +154,10 @@ class Fetcher:
         with self.context.database.write() as connection:
             try:
                 chunks.abort_fetch(connection, ino, idx)
+                # Remote again: no file may stay. One is there if the rename went through and
+                # its commit did not (a full disk): the cache's measure (decision 111) would not
+                # count it until the worker's restart removed it.
+                _remove(self.context.cache.chunk_path(ino, idx))
             except StateConflict:
                 pass
             if error is not None:

@@ -69,7 +69,8 @@ class _StateCollector:
             stored.add_metric([state], size)
         yield states
         yield stored
-        usage = GaugeMetricFamily("zero_cache_bytes", "Disk bytes the cache's chunk files use")
+        usage = GaugeMetricFamily("zero_cache_bytes", "Disk bytes the cache's chunk files use, as the worker "
+                                  "counts them from its state (zero status walks the files)")
         usage.add_metric([], cache_bytes)
         yield usage
         target = GaugeMetricFamily("zero_cache_target_bytes", "targetDiskUsage the worker keeps to")

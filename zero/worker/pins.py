@@ -10,6 +10,7 @@ from zero.worker.usage import cache_usage
 
 PRIME_BATCH = 16
 PENDING_COUNTED = 1024  # fetches already queued that priming counts; with more queued it waits
+PRIME_BACKLOG_LIMIT = 2000  # chunks not uploaded beyond which priming waits (measuring reads each one's file)
 
 
 def apply_pins(context: WorkerContext) -> int:
@@ -36,6 +37,8 @@ def prime(context: WorkerContext, usage_bytes: int | None = None) -> int:
             return 0  # the usual case: nothing to bring back, so no write transaction
     block = cache_block(context.cache.root)
     with context.database.write() as connection:
+        if usage_bytes is None and chunks.dirty_totals(connection)[0] > PRIME_BACKLOG_LIMIT:
+            return 0  # writes are piling up: no time to bring old data back, nor to look at every new file
         usage = cache_usage(connection, context.cache) if usage_bytes is None else usage_bytes
         room = low_watermark - usage
         if room < block:

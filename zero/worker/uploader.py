@@ -16,12 +16,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from zero.fsutil import disk_bytes
+from zero.fsutil import settled_bytes
 from zero.errors import CollectionUnderWay, RemoteUnavailable, StateConflict
 from zero.state import chunks, counters, objects, remotes, requests
 from zero import crashpoints, locking
 from zero.worker.collector import COLLECT_LOCK
 from zero.worker.context import WorkerContext
+from zero.worker.fetcher import cache_block
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class Uploader:
         self.still_ours = still_ours
         self.on_group_done = on_group_done  # the worker's loop looks again for due chunks
         self.uploaded_bytes = 0
+        self._block = cache_block(context.cache.root)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._groups: concurrent.futures.ThreadPoolExecutor | None = None
@@ -317,7 +319,8 @@ class Uploader:
             # new chunk whose file fuse never created: a later round, if any.
             self._give_back(row.ino, row.idx)
             return None
-        return _Upload(row, data, self.context.codec.object_key(data), disk_bytes(status), status.st_mtime_ns)
+        return _Upload(row, data, self.context.codec.object_key(data), settled_bytes(status, self._block),
+                       status.st_mtime_ns)
 
     def _send(self, item: "_Upload"):
         blob = self.context.codec.seal(item.data, object_key=item.key)
