@@ -9,6 +9,7 @@ data path: one workload, a few rounds, with the CPU each zero process spent.
     .venv/bin/python bench/quick.py create --files 2000 [--upload-delay 600]
     .venv/bin/python bench/quick.py sync --files 2000 --upload-delay 600   # the upload backlog of small files
     .venv/bin/python bench/quick.py namespace --files 200000 --rounds 1   # zero-fuse's RSS as files accrue
+    .venv/bin/python bench/quick.py bigcache --files 30000 --rounds 1   # idle CPU and a sync over a full cache
 
 Same mount as bench/run.py (ZeroMount: zero-fuse and zero-worker over a
 local-folder remote in a scratch folder, removed afterwards). No peers, no
@@ -274,8 +275,45 @@ def namespace(mount, args, round_no: int) -> str:
             f"zero-fuse RSS {rss:.0f} MiB, peak {peak:.0f} MiB")
 
 
+def bigcache(mount, args, round_no: int) -> str:
+    """A cache of --files small files (made in the first round, in folders of 1,000):
+    zero-worker's CPU over --idle-s idle, then a zero sync of up to 2,000 new files.
+    What a cost that grows with the cache, not with the work, shows up in (decision 111)."""
+    top = mount.mnt / "cache-of-many"
+    filled = ""
+    if not top.exists():
+        top.mkdir()
+        started = time.perf_counter()
+        for first in range(0, args.files, 1000):
+            folder = top / f"d{first // 1000}"
+            folder.mkdir()
+            for i in range(first, min(first + 1000, args.files)):
+                fd = os.open(folder / f"f{i}", os.O_WRONLY | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, os.urandom(2048))
+                finally:
+                    os.close(fd)
+        mount.zero("sync", str(mount.mnt), timeout_s=1800)
+        filled = f"{args.files} files written and synced in {time.perf_counter() - started:.0f} s; "
+    time.sleep(2)  # the sync's last wake-ups settle
+    meter = CpuMeter(mount)
+    time.sleep(args.idle_s)
+    idle = meter.spent()
+    more = mount.mnt / f"more-{round_no}"
+    more.mkdir()
+    count = min(2000, args.files)
+    for i in range(count):
+        with open(more / f"f{i}", "wb") as out:
+            out.write(os.urandom(4096))
+    meter = CpuMeter(mount)
+    started = time.perf_counter()
+    mount.zero("sync", str(mount.mnt), timeout_s=600)
+    took = time.perf_counter() - started
+    return f"{filled}idle {args.idle_s:g} s: {idle}; zero sync of {count} more: {took:.2f} s, {meter.spent()}"
+
+
 WORKLOADS = {"write": write, "read": read, "cold": cold, "create": create, "delete": delete, "namespace": namespace,
-             "sync": sync, "randwrite": randwrite}
+             "sync": sync, "randwrite": randwrite, "bigcache": bigcache}
 
 
 def main(argv=None) -> int:
@@ -287,6 +325,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-mib", type=int, default=32, help="cache limit for the cold read and random writes")
     parser.add_argument("--writes", type=int, default=2000, help="random 4 KiB writes a round (randwrite)")
     parser.add_argument("--upload-delay", type=float, default=1.0, help="uploadDelay (the bench's default: 1)")
+    parser.add_argument("--idle-s", type=float, default=30.0, help="how long bigcache watches the idle worker")
     parser.add_argument("--prefetch", type=int, default=None, help="prefetchChunks (zero's default: 4)")
     parser.add_argument("--read-ahead", type=int, default=None, metavar="KIB",
                         help="set the mount's kernel read-ahead (read_ahead_kb; zero-fuse raises it to 1024)")

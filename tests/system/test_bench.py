@@ -34,6 +34,13 @@ def test_the_quick_measurements_run_each_workload_and_clean_up(tmp_path):
         assert finished.stdout.startswith("round 0: ") and "CPU user+sys: zero-worker" in finished.stdout, \
             finished.stdout
     finished = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "quick.py"), "bigcache", "--rounds", "2", "--files", "30",
+         "--idle-s", "0.5", "--base-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert re.search(r"round 0: 30 files written and synced in \d+ s; idle 0.5 s: CPU user\+sys: .*; zero sync of 30 "
+                     r"more: \d+\.\d\d s", finished.stdout), finished.stdout
+    assert re.search(r"round 1: idle 0.5 s: .*zero sync of 30 more", finished.stdout), finished.stdout
+    finished = subprocess.run(
         [sys.executable, str(REPO / "bench" / "quick.py"), "namespace", "--rounds", "1", "--files", "20",
          "--base-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stdout + finished.stderr
