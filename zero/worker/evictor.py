@@ -149,11 +149,13 @@ class Evictor:
                         < self.context.config.replicas:
                     return None  # a remote holding it turned unhealthy or unavailable since we looked
                 chunks.mark_evicted(connection, ino, idx)
+                # What the measure counted for it (decision 111), not what a stat says now: a sparse
+                # chunk counted at its size freed a few blocks by a stat, and more went than needed.
+                freed = row.stored_bytes
                 try:
-                    freed = os.stat(path).st_blocks * 512
                     os.unlink(path)
                 except FileNotFoundError:
-                    freed = 0
+                    pass
                 crashpoints.crash("evict.unlinked")
                 counters.bump(connection, "evictions")
         except StateConflict:
