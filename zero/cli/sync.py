@@ -29,13 +29,10 @@ def sync(args, config) -> int:
             def uploaded():
                 nonlocal left, waiting
                 with database.read() as connection:
-                    pending = chunks.still_unuploaded(connection, waiting)
-                # Out of the promise stays out (uploaded, written again, deleted): only
-                # the rest is looked at on the next wake-up.
-                waiting = {chunk: waiting[chunk] for chunk in pending}
-                bar.update(left - len(pending))
-                left = len(pending)
-                return None if pending else True
+                    waiting = chunks.still_unuploaded(connection, waiting)
+                bar.update(left - len(waiting))
+                left = len(waiting)
+                return None if waiting else True
 
             wakeup.wait_for(listener, uploaded, args.timeout, lambda: ZeroError(
                 f"{left} chunk(s) were not uploaded within {args.timeout:g}s; see zero status and the "

@@ -128,14 +128,12 @@ class WorkerLink:
         with self.database.write() as connection:
             requests.request_upload(connection, ino)
         self.wake_worker()
-        pending: list = []
-        promised = dict(versions)
+        pending = versions
 
         def uploaded():
-            nonlocal pending, promised
+            nonlocal pending
             with self.database.read() as connection:
-                pending = chunks.still_unuploaded(connection, promised)
-            promised = {chunk: promised[chunk] for chunk in pending}  # out of the promise stays out
+                pending = chunks.still_unuploaded(connection, pending)
             return None if pending else True
 
         wakeup.wait_for(self.listener, uploaded, self.timeout_s,

@@ -244,25 +244,27 @@ def unuploaded_versions(connection: Connection, ino: int | None = None) -> dict[
     return {(row_ino, idx): version for row_ino, idx, version in rows}
 
 
-def still_unuploaded(connection: Connection, versions: dict[tuple[int, int], int]) -> list[tuple[int, int]]:
+def still_unuploaded(connection: Connection, versions: dict[tuple[int, int], int]) -> dict[tuple[int, int], int]:
     """Which chunks of ``versions`` are still not uploaded at that version (a newer
-    write, a truncate or a delete takes a chunk out of an earlier promise).
+    write, a truncate or a delete takes a chunk out of an earlier promise), with
+    their versions: out of a promise stays out, so a waiter asks next time only
+    about what this returned.
 
     Asked on every wake-up while an fsync or `zero sync` waits: a few chunks are
     looked up one by one, more are read in one statement with what is not uploaded
     now (of their inode, if they are all one file's). One lookup each took 1.7 s a
     wake-up for the 25,600 chunks of a 100 GiB file."""
     if len(versions) <= SMALL_PROMISE:
-        pending = []
+        pending = {}
         for (ino, idx), version in versions.items():
             row = connection.exec_driver_sql("SELECT state, version FROM chunks WHERE ino = ? AND idx = ?",
                                              (ino, idx)).first()
             if row is not None and row.version == version and ChunkState(row.state) in UNUPLOADED:
-                pending.append((ino, idx))
+                pending[(ino, idx)] = version
         return pending
     inodes = {ino for ino, _idx in versions}
     now = unuploaded_versions(connection, next(iter(inodes)) if len(inodes) == 1 else None)
-    return [chunk for chunk, version in versions.items() if now.get(chunk) == version]
+    return {chunk: version for chunk, version in versions.items() if now.get(chunk) == version}
 
 
 def unuploaded(connection: Connection) -> list[tuple[int, int]]:
