@@ -230,16 +230,21 @@ def _calls_per_file(mount, before: dict[str, int], files: int, done_by: str = "r
 def sync(mount, args, round_no: int) -> str:
     """Small files written and left for the worker (run with --upload-delay 600),
     then `zero sync`: the upload backlog of a tar x or an rsync, drained at once."""
-    folder = mount.mnt / f"sync-{round_no}"
+    took, spent = _synced_new_files(mount, mount.mnt / f"sync-{round_no}", args.files)
+    return f"zero sync of {args.files} new files: {took:.2f} s, {args.files / took:.0f} files/s; {spent}"
+
+
+def _synced_new_files(mount, folder: Path, count: int) -> tuple[float, str]:
+    """Write ``count`` new 4 KiB files into ``folder``, then `zero sync`: how long
+    the sync took, and the CPU zero's processes spent in it."""
     folder.mkdir()
-    for i in range(args.files):
+    for i in range(count):
         with open(folder / f"f{i:06d}", "wb") as out:
             out.write(os.urandom(4096))
     meter = CpuMeter(mount)
     started = time.perf_counter()
     mount.zero("sync", str(mount.mnt), timeout_s=600)
-    took = time.perf_counter() - started
-    return f"zero sync of {args.files} new files: {took:.2f} s, {args.files / took:.0f} files/s; {meter.spent()}"
+    return time.perf_counter() - started, meter.spent()
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -299,17 +304,9 @@ def bigcache(mount, args, round_no: int) -> str:
     meter = CpuMeter(mount)
     time.sleep(args.idle_s)
     idle = meter.spent()
-    more = mount.mnt / f"more-{round_no}"
-    more.mkdir()
     count = min(2000, args.files)
-    for i in range(count):
-        with open(more / f"f{i}", "wb") as out:
-            out.write(os.urandom(4096))
-    meter = CpuMeter(mount)
-    started = time.perf_counter()
-    mount.zero("sync", str(mount.mnt), timeout_s=600)
-    took = time.perf_counter() - started
-    return f"{filled}idle {args.idle_s:g} s: {idle}; zero sync of {count} more: {took:.2f} s, {meter.spent()}"
+    took, spent = _synced_new_files(mount, mount.mnt / f"more-{round_no}", count)
+    return f"{filled}idle {args.idle_s:g} s: {idle}; zero sync of {count} more: {took:.2f} s, {spent}"
 
 
 WORKLOADS = {"write": write, "read": read, "cold": cold, "create": create, "delete": delete, "namespace": namespace,
