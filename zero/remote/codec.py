@@ -87,7 +87,8 @@ class Codec:
         if flags & FLAG_KEY_BOUND and expected_key is None:
             raise ObjectCorrupt("a chunk object can only be opened with its object key")
         try:
-            payload = self._aead.decrypt(nonce, bytes(blob[HEADER_BYTES:]),
+            # A view, not a slice: slicing copied the whole object (0.5 ms for 4 MiB).
+            payload = self._aead.decrypt(nonce, memoryview(blob)[HEADER_BYTES:],
                                          _associated(header, flags, expected_key))
         except InvalidTag:
             raise ObjectCorrupt(f"object{_naming(expected_key)} failed authentication: it was changed or "
