@@ -10,6 +10,7 @@ data path: one workload, a few rounds, with the CPU each zero process spent.
     .venv/bin/python bench/quick.py sync --files 2000 --upload-delay 600   # the upload backlog of small files
     .venv/bin/python bench/quick.py namespace --files 200000 --rounds 1   # zero-fuse's RSS as files accrue
     .venv/bin/python bench/quick.py bigcache --files 30000 --rounds 1   # idle CPU and a sync over a full cache
+    .venv/bin/python bench/quick.py lookups --files 1000000 --rounds 1   # stat and RSS at a million, in minutes
 
 Same mount as bench/run.py (ZeroMount: zero-fuse and zero-worker over a
 local-folder remote in a scratch folder, removed afterwards). No peers, no
@@ -31,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench_run  # noqa: E402
-from workloads import stat_after_drops  # noqa: E402
+from workloads import drop_page_cache, stat_after_drops  # noqa: E402
 
 
 def process_cpu(pid: int) -> tuple[float, float]:
@@ -280,6 +281,92 @@ def namespace(mount, args, round_no: int) -> str:
             f"zero-fuse RSS {rss:.0f} MiB, peak {peak:.0f} MiB")
 
 
+def _wait_until_quiet(pid: int, busy_below_s: float = 0.05, window_s: float = 1.0, limit_s: float = 120.0) -> None:
+    """Until the process spent less than ``busy_below_s`` of CPU in a window."""
+    deadline = time.monotonic() + limit_s
+    spent = sum(process_cpu(pid))
+    while time.monotonic() < deadline:
+        time.sleep(window_s)
+        now = sum(process_cpu(pid))
+        if now - spent < busy_below_s:
+            return
+        spent = now
+    print(f"bench: process {pid} stayed busy for {limit_s:.0f}s; the next figure may be low", file=sys.stderr)
+
+
+def lookups(mount, args, round_no: int) -> str:
+    """``namespace``'s stats and memory without its hour of creates: the files are
+    written into the state with zero stopped (as zero-fuse's create would write
+    their rows), zero is started again, a walk stats every file once (the kernel
+    then holds every name, so libfuse holds a node for each), and random files are
+    stat-ed after the kernel forgot the names. Also says how many lookups each
+    stat cost zero-fuse and its CPU for each: random files among many folders make
+    the kernel look up the folder too."""
+    from zero.state import namespace as names_in_state
+    from zero.state.db import open_database
+    root_name = f"lookups-{round_no}"
+    (mount.mnt / root_name).mkdir()
+    mount.stop()
+    started = time.perf_counter()
+    database = open_database(mount.cache / "state.sqlite3")
+    try:
+        now = time.time_ns()
+        common = dict(uid=os.getuid(), gid=os.getgid(), size=0, atime_ns=now, mtime_ns=now, ctime_ns=now, rdev=0)
+        with database.write() as connection:
+            top = names_in_state.lookup(connection, names_in_state.ROOT_INO, root_name.encode())
+        folders = -(-args.files // 1000)
+        for first in range(0, args.files, 10_000):
+            with database.write() as connection:
+                for i in range(first, min(first + 10_000, args.files)):
+                    if i % 1000 == 0:
+                        folder = names_in_state.insert_inode(connection, mode=0o40755, nlink=2, **common)
+                        names_in_state.insert_dentry(connection, top, f"d{i // 1000:04d}".encode(), folder)
+                    ino = names_in_state.insert_inode(connection, mode=0o100644, nlink=1, **common)
+                    names_in_state.insert_dentry(connection, folder, f"f{i % 1000:03d}".encode(), ino)
+        with database.write() as connection:
+            names_in_state.update_inode(connection, top, nlink=2 + folders)
+    finally:
+        database.dispose()
+    written = time.perf_counter() - started
+    mount.restart()
+    fuse_pid = mount.processes["zero-fuse"].pid
+    started = time.perf_counter()
+    walked = 0
+    for d in range(folders):
+        for entry in os.scandir(mount.mnt / root_name / f"d{d:04d}"):
+            entry.stat()
+            walked += 1
+    walk = args.files / (time.perf_counter() - started)
+    if walked != args.files:
+        raise RuntimeError(f"zero, started again, shows {walked} of the {args.files} files written into its state")
+    _, walk_peak = rss_mib(fuse_pid)
+    rates, per_stat, cpu_per_lookup = [], 0.0, 0.0
+    for what in (2, 3):  # names forgotten, then the page cache dropped too (as stat_after_drops)
+        paths = [mount.mnt / root_name / f"d{i // 1000:04d}" / f"f{i % 1000:03d}"
+                 for i in random.Random(what).choices(range(args.files), k=1000)]
+        drop_page_cache(what)
+        _wait_until_quiet(fuse_pid)  # the FORGETs of a million names last seconds past the machine's idle mark
+        calls_before, cpu_before = _fuse_calls(mount).get("getattr", 0), sum(process_cpu(fuse_pid))
+        started = time.perf_counter()
+        for path in paths:
+            os.stat(path)
+        rates.append(len(paths) / (time.perf_counter() - started))
+        spent = sum(process_cpu(fuse_pid)) - cpu_before
+        if what == 2:
+            calls, deadline = -1, time.monotonic() + 30
+            while time.monotonic() < deadline:
+                time.sleep(1.1)  # zero-fuse publishes its counts once a second: until they stop moving
+                published = _fuse_calls(mount).get("getattr", 0) - calls_before
+                if published == calls:
+                    break
+                calls = published
+            per_stat, cpu_per_lookup = calls / len(paths), spent / max(calls, 1)
+    return (f"{args.files:,} files written into the state in {written:.0f} s; a walk stat-ed each at {walk:.0f}/s, "
+            f"zero-fuse RSS peak {walk_peak:.0f} MiB; stat {rates[0]:.0f} files/s with names forgotten "
+            f"({per_stat:.2f} lookups a stat, zero-fuse CPU {cpu_per_lookup * 1e6:.0f} us a lookup), "
+            f"{rates[1]:.0f} with the page cache dropped")
+
+
 def bigcache(mount, args, round_no: int) -> str:
     """A cache of --files small files (made in the first round, in folders of 1,000):
     zero-worker's CPU over --idle-s idle, then a zero sync of up to 2,000 new files.
@@ -310,7 +397,7 @@ def bigcache(mount, args, round_no: int) -> str:
 
 
 WORKLOADS = {"write": write, "read": read, "cold": cold, "create": create, "delete": delete, "namespace": namespace,
-             "sync": sync, "randwrite": randwrite, "bigcache": bigcache}
+             "lookups": lookups, "sync": sync, "randwrite": randwrite, "bigcache": bigcache}
 
 
 def main(argv=None) -> int:

@@ -192,6 +192,14 @@ class ZeroMount:
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
 
+    def restart(self) -> None:
+        """Unmount and stop both processes, then start them again on the same cache."""
+        self.stop()
+        for name, command in self._commands().items():
+            self._spawn(name, command)
+        self._wait_for_mount()
+        self._wait_for_worker()
+
     def zero(self, *args: str, timeout_s: float | None = None) -> str:
         result = subprocess.run([find_program("zero"), *args], env=self.env, capture_output=True, text=True,
                                 timeout=timeout_s)
