@@ -92,7 +92,7 @@ class Config:
     snapshot_retention: tuple[tuple[str, int], ...] = (("hourly", 48), ("daily", 30))
     metrics_address: str = "127.0.0.1:9567"  # zero-worker's Prometheus endpoint; "" for none
     scrub_rate_bytes_per_s: int = 0  # the background scrub's read rate; 0: off (reading back costs egress)
-    memory_inodes: int = 50_000  # idle files and folders zero-fuse keeps in memory (about 0.5 KiB each)
+    memory_inodes: int = 50_000  # idle files and folders zero-fuse keeps in memory, and twice as many listed names
     extra: dict[str, Any] = field(default_factory=dict)
 
     def database_path(self, cache_dir: Path) -> Path:

@@ -171,3 +171,91 @@ def test_an_inode_flushed_but_not_yet_committed_stays(tree):
             take(tree, ino)
         assert tree.inodes.get(inode.ino) is inode
     assert stat.S_IMODE(take(tree, inode.ino).mode) == 0o644
+
+
+def new_folder_of(tree: Tree, files: int) -> tuple[int, list[bytes]]:
+    """A folder under the root holding ``files`` files, written as zero-fuse commits them."""
+    with tree.database.write() as connection:
+        folder = namespace.insert_inode(connection, mode=stat.S_IFDIR | 0o755, uid=0, gid=0, nlink=2, size=0,
+                                        atime_ns=1, mtime_ns=1, ctime_ns=1, rdev=0)
+        namespace.insert_dentry(connection, namespace.ROOT_INO, f"d{next(NAMES)}".encode(), folder)
+        names = []
+        for _ in range(files):
+            ino = namespace.insert_inode(connection, mode=stat.S_IFREG | 0o600, uid=0, gid=0, nlink=1, size=0,
+                                         atime_ns=1, mtime_ns=1, ctime_ns=1, rdev=0)
+            names.append(f"f{next(NAMES)}".encode())
+            namespace.insert_dentry(connection, folder, names[-1], ino)
+    return folder, names
+
+
+def listed(tree: Tree) -> int:
+    return sum(map(len, tree.children.values())) + sum(map(len, tree.looked_up.values()))
+
+
+def list_folder(tree: Tree, folder: int) -> list[bytes]:
+    """One readdir: an operation that takes the folder and reads its listing."""
+    started = tree.operation_started()
+    try:
+        return [name for name, _ino, _mode in tree.listing(tree.inode(folder))]
+    finally:
+        tree.operation_ended(started)
+
+
+def test_a_walk_of_many_folders_keeps_a_bounded_number_of_names_and_finds_every_one(tree):
+    folders = [new_folder_of(tree, 30) for _ in range(20)]  # 600 names against a bound of 80
+    for folder, names in folders:
+        assert sorted(list_folder(tree, folder)) == sorted(names)
+        # Folders used a moment ago keep theirs: bounded, not growing with the walk.
+        assert listed(tree) <= 2 * tree.listed_names, "a walk kept every folder's listing"
+    for folder, names in folders:  # listings let go: each name is asked of the state
+        for name in names:
+            started = tree.operation_started()
+            try:
+                assert tree.lookup(folder, name) is not None, name
+                assert tree.lookup(folder, name + b"-missing") is None
+            finally:
+                tree.operation_ended(started)
+    assert listed(tree) <= 2 * tree.listed_names
+
+
+def test_a_listing_let_go_comes_back_whole_with_what_was_committed_since(tree):
+    folder, names = new_folder_of(tree, 30)
+    list_folder(tree, folder)
+    for other, _ in [new_folder_of(tree, 30) for _ in range(5)]:
+        list_folder(tree, other)
+    assert folder not in tree.children, "the oldest listing should have been let go"
+    with tree.database.write() as connection:  # a create, committed while the listing was out of memory
+        ino = namespace.insert_inode(connection, mode=stat.S_IFREG | 0o600, uid=0, gid=0, nlink=1, size=0,
+                                     atime_ns=1, mtime_ns=1, ctime_ns=1, rdev=0)
+        namespace.insert_dentry(connection, folder, b"made-later", ino)
+    with tree.lock:
+        assert set(tree.entries(folder)) == set(names) | {b"made-later"}
+
+
+def test_the_listing_of_a_folder_a_running_operation_took_is_never_let_go(tree):
+    held, held_names = new_folder_of(tree, 30)
+    started = tree.operation_started()
+    try:
+        with tree.lock:
+            tree.use(tree.inode(held))
+            held_listing = tree.entries(held)
+            for other, _ in [new_folder_of(tree, 30) for _ in range(6)]:
+                tree.entries(other)  # other folders' listings, loaded while this operation runs
+            assert tree.children.get(held) is held_listing, "a listing the operation holds was let go"
+            held_listing[b"added-by-the-operation"] = 1
+    finally:
+        tree.operation_ended(started)
+    assert tree.children[held][b"added-by-the-operation"] == 1
+
+
+def test_a_big_folder_in_use_keeps_its_listing_while_others_come_and_go(tree):
+    """Reloading a big folder's listing after each use of another folder would cost
+    a query of every name each time (a million-file folder: seconds)."""
+    big, _ = new_folder_of(tree, 3 * tree.listed_names)
+    list_folder(tree, big)
+    big_listing = tree.children[big]
+    for other, _ in [new_folder_of(tree, 10) for _ in range(12)]:
+        list_folder(tree, other)
+        list_folder(tree, big)
+        assert tree.children.get(big) is big_listing, "the big folder's listing was loaded again"
+    assert listed(tree) <= len(big_listing) + tree.listed_names

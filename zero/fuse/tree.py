@@ -15,6 +15,16 @@ inode and a change to the older would be lost. So every FUSE operation
 registers when it starts (``operation_started``), taking an inode stamps it
 (``use``), and only inodes stamped before the oldest running operation
 started are let go.
+
+Folders' listings are bounded the same way, by the names they hold
+(LISTED_NAMES_PER_INODE for each inode allowed): a walk of a million files
+loaded every folder's listing, about 100 bytes a name, and kept them as long
+as the folders themselves stayed in memory, which they do while anything
+under them is used. Beyond the bound, the listings of folders no running
+operation took are let go, least recently used first; a lookup in such a
+folder then asks the state for the one name, and a change to it loads the
+listing again. A listing only ever mirrors committed rows, so letting it go
+loses nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +47,8 @@ HIDDEN_PREFIX = ".fuse_hidden"
 # Idle inodes kept in memory (about 0.5 KiB each with their directory entries):
 # a million-file namespace must not cost zero-fuse a gigabyte (issue 11).
 MEMORY_INODES = 50_000
+LISTED_NAMES_PER_INODE = 2  # names in folders' listings kept for each inode allowed in memory
+LISTING_CHECK_EVERY = 1_000  # at most, inodes loaded between two counts of the names listed (creates grow listings)
 
 
 def now_ns() -> int:
@@ -64,6 +76,11 @@ class Tree:
         self._running: dict[int, None] = {}  # start ticks of the operations running now
         self._running_lock = threading.Lock()
         self._sweep_above = memory_inodes
+        self.listed_names = memory_inodes * LISTED_NAMES_PER_INODE
+        self._listed_estimate = 0  # names in children and looked_up, as of the last count plus loads since
+        self._adds_since_count = 0
+        self._count_every = max(min(LISTING_CHECK_EVERY, self.listed_names // 4), 1)
+        self._sweep_listings_above = self.listed_names
 
     # --- loading -----------------------------------------------------------------------
 
@@ -83,6 +100,9 @@ class Tree:
         otherwise let it go at once."""
         self.inodes[inode.ino] = self.use(inode)
         self.sweep_if_full()
+        self._adds_since_count += 1
+        if self._adds_since_count >= self._count_every:
+            self.sweep_listings()
         return inode
 
     # --- letting idle inodes go --------------------------------------------------------
@@ -126,6 +146,41 @@ class Tree:
         self._sweep_above = max(self.memory_inodes, len(self.inodes) + self.memory_inodes // 4)
         return len(going)
 
+    def sweep_listings(self, spare: int | None = None) -> int:
+        """With more names listed than ``listed_names``, let go of the listings of
+        folders no running operation took (nor ``spare``), least recently used
+        first, down to three quarters of it; the caller holds ``lock``. Returns how
+        many went."""
+        self._adds_since_count = 0
+        listed = sum(map(len, self.children.values())) + sum(map(len, self.looked_up.values()))
+        self._listed_estimate = listed
+        if listed <= self.listed_names:
+            self._sweep_listings_above = self.listed_names
+            return 0
+        with self._running_lock:
+            oldest = min(self._running, default=next(self._ticks))
+        # A folder used in the last stretch of operations keeps its listing: reloading
+        # a big folder's listing after every use elsewhere would cost more than it held.
+        before = min(oldest, next(self._ticks) - self.memory_inodes // 4)
+        folders = []
+        for ino in self.children.keys() | self.looked_up.keys():
+            folder = self.inodes.get(ino)
+            used = 0 if folder is None else folder.used
+            if used < before and ino != spare and ino not in self.hidden:
+                folders.append((used, ino))
+        folders.sort()
+        keep = self.listed_names * 3 // 4
+        went = 0
+        for _, ino in folders:
+            if listed <= keep:
+                break
+            listed -= len(self.children.pop(ino, ())) + len(self.looked_up.pop(ino, ()))
+            went += 1
+        self._listed_estimate = listed
+        # If most names are in folders in use, do not count again on every load.
+        self._sweep_listings_above = max(self.listed_names, listed + self.listed_names // 4)
+        return went
+
     def _idle(self, inode: Inode) -> bool:
         return (inode.ino != namespace.ROOT_INO and not inode.open_handles and not inode.leases
                 and not inode.unwritten and not inode.attrs_unflushed and inode.ino not in self.unflushed
@@ -140,6 +195,9 @@ class Tree:
                 entries = {name: ino for name, ino, _ in namespace.list_entries(connection, parent)}
             self.children[parent] = entries
             self.looked_up.pop(parent, None)
+            self._listed_estimate += len(entries)
+            if self._listed_estimate > self._sweep_listings_above:
+                self.sweep_listings(spare=parent)  # a walk (find, ls -R) loads listings, not inodes
         return entries
 
     def lookup(self, parent: int, name: bytes) -> int | None:
@@ -166,6 +224,9 @@ class Tree:
         if len(known) >= self.memory_inodes:
             known.clear()  # a huge folder read at random: bounded like the inodes
         known[name] = row.ino
+        self._listed_estimate += 1
+        if self._listed_estimate > self._sweep_listings_above:
+            self.sweep_listings(spare=parent)
         inode = self.inodes.get(row.ino)
         return self.add(Inode(row)) if inode is None else self.use(inode)
 
