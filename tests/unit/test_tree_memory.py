@@ -7,6 +7,7 @@ the older one would be lost."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import stat
 
@@ -248,14 +249,73 @@ def test_the_listing_of_a_folder_a_running_operation_took_is_never_let_go(tree):
     assert tree.children[held][b"added-by-the-operation"] == 1
 
 
-def test_a_big_folder_in_use_keeps_its_listing_while_others_come_and_go(tree):
-    """Reloading a big folder's listing after each use of another folder would cost
-    a query of every name each time (a million-file folder: seconds)."""
+@pytest.mark.parametrize("used_between", [True, False])
+def test_a_big_folder_keeps_its_listing_while_others_come_and_go(tree, used_between):
+    """Reloading a big folder's listing for each change to it would cost a query
+    of every name each time (a million-file folder: seconds), used or idle."""
     big, _ = new_folder_of(tree, 3 * tree.listed_names)
     list_folder(tree, big)
     big_listing = tree.children[big]
     for other, _ in [new_folder_of(tree, 10) for _ in range(12)]:
         list_folder(tree, other)
-        list_folder(tree, big)
+        if used_between:
+            list_folder(tree, big)
         assert tree.children.get(big) is big_listing, "the big folder's listing was loaded again"
     assert listed(tree) <= len(big_listing) + tree.listed_names
+
+
+def test_a_folder_that_once_held_a_hidden_name_is_bounded_like_the_others(tree):
+    """An unlinked-while-open file's hidden name leaves an empty entry in
+    tree.hidden once it goes; that folder's listing must not stay for good."""
+    folder, _ = new_folder_of(tree, 30)
+    list_folder(tree, folder)
+    tree.hidden[folder] = {}
+    for other, _ in [new_folder_of(tree, 30) for _ in range(8)]:
+        list_folder(tree, other)
+    assert folder not in tree.children
+
+
+def test_names_change_right_in_folders_whose_listings_were_let_go(tree, monkeypatch):
+    """Creates, renames across folders and removals through Names, each in a
+    folder whose listing went: what the state holds afterwards is what memory says."""
+    from zero.fuse import names as names_module
+    monkeypatch.setattr(names_module, "fuse_get_context", lambda: (0, 0, 0))
+    names = names_module.Names(tree, admit_new_name=lambda: None)
+    made = [new_folder_of(tree, 30) for _ in range(6)]
+    paths = {}
+    with tree.database.read() as connection:
+        for folder, _ in made:
+            paths[folder] = namespace.path_of(connection, folder).decode()
+
+    def run(operation, *args):
+        started = tree.operation_started()
+        try:
+            return operation(*args)
+        finally:
+            tree.operation_ended(started)
+
+    def let_listings_go():
+        for other, _ in [new_folder_of(tree, 30) for _ in range(5)]:
+            list_folder(tree, other)
+        assert not any(folder in tree.children for folder, _ in made)
+
+    (first, first_names), (second, second_names) = made[0], made[1]
+    for folder, _ in made:
+        list_folder(tree, folder)
+    let_listings_go()
+    with pytest.raises(names_module.FuseOSError) as refused:
+        run(names.make, f"{paths[first]}/{first_names[0].decode()}", stat.S_IFREG | 0o644, 0, None)
+    assert refused.value.errno == errno.EEXIST
+    run(names.make, f"{paths[first]}/new", stat.S_IFREG | 0o644, 0, None)
+    let_listings_go()
+    run(names.rename, f"{paths[first]}/new", f"{paths[second]}/moved")
+    run(names.make, f"{paths[second]}/sub", stat.S_IFDIR | 0o755, 0, None)
+    let_listings_go()
+    run(names.rmdir, f"{paths[second]}/sub")
+    with tree.database.read() as connection:
+        in_first = {name for name, _ino, _mode in namespace.list_entries(connection, first)}
+        in_second = {name for name, _ino, _mode in namespace.list_entries(connection, second)}
+    assert in_first == set(first_names)
+    assert in_second == set(second_names) | {b"moved"}
+    with tree.lock:
+        assert set(tree.entries(first)) == in_first and set(tree.entries(second)) == in_second

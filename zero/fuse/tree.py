@@ -24,7 +24,9 @@ under them is used. Beyond the bound, the listings of folders no running
 operation took are let go, least recently used first; a lookup in such a
 folder then asks the state for the one name, and a change to it loads the
 listing again. A listing only ever mirrors committed rows, so letting it go
-loses nothing.
+loses nothing. A listing of more than half the bound stays with its folder,
+as all did before: it is the folder's own size, and loading it again for
+each change would cost a query of every name.
 """
 
 from __future__ import annotations
@@ -166,7 +168,9 @@ class Tree:
         for ino in self.children.keys() | self.looked_up.keys():
             folder = self.inodes.get(ino)
             used = 0 if folder is None else folder.used
-            if used < before and ino != spare and ino not in self.hidden:
+            # A big listing stays with its folder, as before: loading it again for the
+            # next change to the folder is a query of every name in it.
+            if used < before and ino != spare and len(self.children.get(ino, ())) <= self.listed_names // 2:
                 folders.append((used, ino))
         folders.sort()
         keep = self.listed_names * 3 // 4
