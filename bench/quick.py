@@ -275,7 +275,8 @@ def namespace(mount, args, round_no: int) -> str:
                   f"(peak {peak:.0f})", flush=True)
             started = now
     warm, cold = stat_after_drops(lambda what: [root / f"d{i // 1000:04d}" / f"f{i % 1000:03d}"
-                                                for i in random.Random(what).choices(range(args.files), k=1000)])
+                                                for i in random.Random(what).choices(range(args.files), k=1000)],
+                                  settle=lambda: _wait_until_quiet(fuse_pid))
     rss, peak = rss_mib(fuse_pid)
     return (f"stat {warm:.0f} files/s with names forgotten, {cold:.0f} with the page cache dropped; "
             f"zero-fuse RSS {rss:.0f} MiB, peak {peak:.0f} MiB")

@@ -294,7 +294,7 @@ def w_ns_measure(root: Path, p: dict) -> dict:
     return {f"ns_create_{tag}": create, f"ns_stat_{tag}": warm, f"ns_stat_cold_{tag}": cold}
 
 
-def stat_after_drops(pick) -> tuple[float, float]:
+def stat_after_drops(pick, settle=None) -> tuple[float, float]:
     """Stats per second of ``pick(2)`` with the kernel's names dropped (each stat
     a lookup the system answers from its own metadata, pages still cached), then
     of ``pick(3)`` with the page cache dropped too (the disk's seeks, for every
@@ -304,6 +304,8 @@ def stat_after_drops(pick) -> tuple[float, float]:
     for what in (2, 3):
         paths = pick(what)
         drop_page_cache(what)
+        if settle is not None:
+            settle()  # e.g. until the filesystem answered the drop's FORGETs, past the machine's idle mark
         start = time.perf_counter()
         for path in paths:
             os.stat(path)
