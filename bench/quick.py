@@ -313,7 +313,7 @@ def lookups(mount, args, round_no: int) -> str:
     try:
         now = time.time_ns()
         common = dict(uid=os.getuid(), gid=os.getgid(), size=0, atime_ns=now, mtime_ns=now, ctime_ns=now, rdev=0)
-        with database.write() as connection:
+        with database.read() as connection:
             top = names_in_state.lookup(connection, names_in_state.ROOT_INO, root_name.encode())
         folders = -(-args.files // 1000)
         for first in range(0, args.files, 10_000):
