@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zero.cachedir import CacheDir  # noqa: E402
-from zero.state import chunks  # noqa: E402
+from zero.state import backlog, chunks  # noqa: E402
 from zero.state.db import open_database, run_many  # noqa: E402
 from zero.worker.usage import cache_usage  # noqa: E402
 
@@ -57,9 +57,9 @@ def main(argv=None) -> int:
             connection.exec_driver_sql("DELETE FROM chunks WHERE ino = ?", (big,))
             run_many(connection, INSERT, [(big, idx, "dirty", None) for idx in range(args.chunks)])
         with database.read() as connection:
-            promised = chunks.unuploaded_versions(connection, big)
+            promised = backlog.unuploaded_versions(connection, big)
             timed(f"what an fsync still waits for, {len(promised):,} chunks ({args.others:,} others not uploaded)",
-                  lambda: chunks.still_unuploaded(connection, promised))
+                  lambda: backlog.still_unuploaded(connection, promised))
         cache = CacheDir(work / "cache")
         with database.write() as connection:
             connection.exec_driver_sql("DELETE FROM chunks")

@@ -22,7 +22,7 @@ from zero.meta import backup, keyring, keys, restore, retention
 from zero.meta.backup import MetadataBackup
 from zero.remote import layout
 from zero.remote import pool as pool_module
-from zero.state import changelog, chunks, namespace, objects
+from zero.state import backlog, changelog, chunks, namespace, objects
 from zero.state import db as state_db
 from zero.wiring import build_context
 from zero.worker.remotes import RemoteKeeper
@@ -147,7 +147,7 @@ def test_snapshot_then_journal_restores_the_same_tables(tmp_path, context):
         assert result.never_uploaded == (1, 1)
         with restored.read() as connection:
             assert chunks.get(connection, inos["odd"], 0).object_key is None
-            assert chunks.counts_by_state(connection) == {"remote": (3, 0)}
+            assert backlog.counts_by_state(connection) == {"remote": (3, 0)}
             settings = state_db.format_settings(restored)
             assert changelog.current_sequence(connection) == 0
         original = state_db.format_settings(context.database)

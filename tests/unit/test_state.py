@@ -12,7 +12,7 @@ from sqlalchemy import insert, select
 
 from support import damage_table
 from zero.errors import CacheFormatError, DatabaseBusy, StateConflict, StateUnavailable
-from zero.state import chunks, db, namespace, objects, pins, remotes, requests, restored, schema
+from zero.state import backlog, chunks, db, namespace, objects, pins, remotes, requests, restored, schema
 from zero.state.schema import ChunkState
 
 D, U, C, R, F = (ChunkState.DIRTY, ChunkState.UPLOADING, ChunkState.CLEAN, ChunkState.REMOTE,
@@ -662,7 +662,7 @@ def test_eviction_refused_for_dirty_pinned_or_leased(database, ino):
 @pytest.mark.parametrize("files", [1, 2])
 def test_an_fsync_s_promise_is_kept_by_an_upload_a_newer_write_or_a_delete(database, monkeypatch, small_promise,
                                                                           files):
-    monkeypatch.setattr(chunks, "SMALL_PROMISE", small_promise)
+    monkeypatch.setattr(backlog, "SMALL_PROMISE", small_promise)
     with database.write() as connection:
         inodes = [make_file(connection, namespace.ROOT_INO, f"f{n}".encode()) for n in range(files)]
     for ino in inodes:
@@ -670,7 +670,7 @@ def test_an_fsync_s_promise_is_kept_by_an_upload_a_newer_write_or_a_delete(datab
             lease(database, ino, idx)
             release(database, ino, idx)
     with database.read() as connection:
-        promised = chunks.unuploaded_versions(connection, inodes[0] if files == 1 else None)
+        promised = backlog.unuploaded_versions(connection, inodes[0] if files == 1 else None)
     assert len(promised) == 5 * files
     last = inodes[-1]
     version = row(database, last, 0).version
@@ -682,7 +682,7 @@ def test_an_fsync_s_promise_is_kept_by_an_upload_a_newer_write_or_a_delete(datab
         chunks.delete_chunk(connection, last, 2)     # truncated away
         chunks.start_upload(connection, last, 3, row(database, last, 3).version)  # under way: still owed
     with database.read() as connection:
-        pending = chunks.still_unuploaded(connection, promised)
+        pending = backlog.still_unuploaded(connection, promised)
     owed = {(ino, idx) for ino in inodes[:-1] for idx in range(5)} | {(last, 3), (last, 4)}
     assert sorted(pending) == sorted(owed)
 

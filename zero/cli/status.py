@@ -10,7 +10,7 @@ from zero.cli.common import find_cache, human, open_state
 from zero.locking import holder_pid
 from zero.meta import writer
 from zero.meta.scrub import damage_report
-from zero.state import chunks, counters, fuseops, namespace, objects, pins, quarantine, remotes, restored
+from zero.state import backlog, counters, fuseops, namespace, objects, pins, quarantine, remotes, restored
 from zero.state import db as state_db
 from zero.state.chunkstate import ChunkState
 from zero.state.db import get_meta
@@ -22,11 +22,11 @@ def status(args, config) -> int:
     try:
         with database.read() as connection:
             totals = namespace.totals(connection)
-            by_state = chunks.counts_by_state(connection)
+            by_state = backlog.counts_by_state(connection)
             count = counters.read_all(connection)
             remote_totals = objects.totals(connection)
             worker_status = state_db.worker_status(connection)
-            unuploaded = chunks.unuploaded(connection)
+            unuploaded = backlog.unuploaded(connection)
             pinned = [(ino, namespace.path_of(connection, ino), pins.tree_bytes(connection, ino))
                       for ino in pins.roots(connection)]
             remote_rows = remotes.all_rows(connection)

@@ -7,7 +7,7 @@ from zero.cli.common import find_cache, open_state
 from zero.cli.progress import bar as progress_bar
 from zero.errors import ZeroError
 from zero.locking import holder_pid
-from zero.state import chunks, requests
+from zero.state import backlog, requests
 
 
 def sync(args, config) -> int:
@@ -19,7 +19,7 @@ def sync(args, config) -> int:
     listener.start()
     try:
         with database.write() as connection:
-            waiting = chunks.unuploaded_versions(connection)
+            waiting = backlog.unuploaded_versions(connection)
             for ino in {ino for ino, _ in waiting}:
                 requests.request_upload(connection, ino)
         wakeup.notify(cache.wake, wakeup.WORKER)
@@ -29,7 +29,7 @@ def sync(args, config) -> int:
             def uploaded():
                 nonlocal left, waiting
                 with database.read() as connection:
-                    waiting = chunks.still_unuploaded(connection, waiting)
+                    waiting = backlog.still_unuploaded(connection, waiting)
                 bar.update(left - len(waiting))
                 left = len(waiting)
                 return None if waiting else True

@@ -33,7 +33,7 @@ def wait_exit(pid: int | None, timeout: float) -> bool:
 
 def describe_backlog(cache: CacheDir, config) -> str:
     """One sentence: is everything written uploaded?"""
-    from zero.state import chunks
+    from zero.state import backlog
     from zero.state import db as state_db
 
     path = config.database_path(cache.root)
@@ -42,7 +42,7 @@ def describe_backlog(cache: CacheDir, config) -> str:
     database = state_db.open_database(path)
     try:
         with database.read() as connection:
-            waiting = chunks.unuploaded(connection)
+            waiting = backlog.unuploaded(connection)
     finally:
         database.dispose()
     if not waiting:

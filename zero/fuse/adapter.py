@@ -32,7 +32,7 @@ from zero.fuse.translate import NAME_MAX_BYTES, translated
 from zero.fuse.tree import Tree, now_ns
 from zero.fuse.worker_link import WorkerLink
 from zero.fuse.xattrs import Xattrs
-from zero.state import chunks
+from zero.state import backlog
 from zero.state.db import Database
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class ZeroOperations(Operations):
         # Every file with chunks not uploaded, not only those still in memory (idle ones may be let go).
         by_inode: dict[int, dict] = {}
         with self.database.read() as connection:
-            for (ino, idx), version in chunks.unuploaded_versions(connection).items():
+            for (ino, idx), version in backlog.unuploaded_versions(connection).items():
                 by_inode.setdefault(ino, {})[(ino, idx)] = version
         self.files.stop()
         self.files.close_all()

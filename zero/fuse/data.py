@@ -21,7 +21,7 @@ from zero.fuse.inodes import Handle, Inode
 from zero.fuse.leases import Leases
 from zero.fuse.tree import Tree, now_ns
 from zero.fuse.worker_link import WorkerLink
-from zero.state import chunks, requests
+from zero.state import backlog, chunks, requests
 from zero.state.chunks import Readiness
 from zero.state.db import worker_settings
 
@@ -218,7 +218,7 @@ class DataPath:
             # Every chunk not yet uploaded, not only the leased ones: a chunk handed
             # over early (filled, or quiet) may still be only in the page cache.
             with self.database.read() as connection:
-                unuploaded = {idx for _, idx in chunks.unuploaded_versions(connection, inode.ino)}
+                unuploaded = {idx for _, idx in backlog.unuploaded_versions(connection, inode.ino)}
             for idx in sorted(unuploaded | set(inode.leases)):
                 chunk_file = self.files.acquire(inode.ino, idx)
                 if chunk_file is not None:
@@ -228,7 +228,7 @@ class DataPath:
                         self.files.release(chunk_file)
             self.leases.release(inode, persist=True)
             with self.database.read() as connection:
-                versions = chunks.unuploaded_versions(connection, inode.ino)
+                versions = backlog.unuploaded_versions(connection, inode.ino)
         self._make_durable(f"fsync of inode {inode.ino}", versions, inode.ino)
 
     def fsync_names(self, folder: Inode) -> None:

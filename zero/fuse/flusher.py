@@ -33,7 +33,7 @@ from zero.fuse.inodes import Inode
 from zero.fuse.leases import Leases
 from zero.fuse.tree import Tree
 from zero.fuse.worker_link import WorkerLink
-from zero.state import chunks
+from zero.state import backlog, chunks
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class Flusher:
         took zero-fuse a core once a slow uplink left a hundred thousand behind;
         the figure only decides when writers slow down."""
         with self.database.read() as connection:
-            count, sample = chunks.unuploaded_sample(connection, DIRTY_SAMPLE)
+            count, sample = backlog.unuploaded_sample(connection, DIRTY_SAMPLE)
         self.dirty_bytes = self.cache.bytes_of(sample) * count // max(len(sample), 1)
         over = self.dirty_bytes > self.config.target_disk_usage_bytes
         if over != self.dirty_over_target:

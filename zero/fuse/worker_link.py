@@ -18,7 +18,7 @@ from zero.errors import WorkerUnavailable
 from zero.locking import holder_pid
 from zero.meta import backup
 from zero.meta import writer as writer_lease
-from zero.state import changelog, chunks, remotes, requests
+from zero.state import backlog, changelog, chunks, remotes, requests
 from zero.state.chunks import Readiness
 from zero.state.db import Database
 
@@ -133,7 +133,7 @@ class WorkerLink:
         def uploaded():
             nonlocal pending
             with self.database.read() as connection:
-                pending = chunks.still_unuploaded(connection, pending)
+                pending = backlog.still_unuploaded(connection, pending)
             return None if pending else True
 
         wakeup.wait_for(self.listener, uploaded, self.timeout_s,

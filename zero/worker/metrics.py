@@ -15,7 +15,7 @@ import logging
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from zero.state import chunks, counters, fuseops
+from zero.state import backlog, counters, fuseops
 from zero.state.fuseops import LATENCY_BUCKETS_S as FUSE_BUCKETS_S
 from zero.worker.context import WorkerContext
 from zero.worker.usage import cache_usage
@@ -54,8 +54,8 @@ class _StateCollector:
     def collect(self):
         with self.context.database.read() as connection:
             totals = counters.read_all(connection)
-            by_state = chunks.counts_by_state(connection)
-            waiting = chunks.unuploaded(connection)
+            by_state = backlog.counts_by_state(connection)
+            waiting = backlog.unuploaded(connection)
             fuse = fuseops.read_all(connection)
             cache_bytes = cache_usage(connection, self.context.cache)
         for key, (name, text) in STATE_COUNTERS.items():

@@ -3,7 +3,7 @@ room, recently used chunks that were evicted come back (priming)."""
 
 from __future__ import annotations
 
-from zero.state import chunks, pins, requests
+from zero.state import backlog, chunks, pins, requests
 from zero.worker.context import WorkerContext
 from zero.worker.fetcher import cache_block, fetch_cache_bytes
 from zero.worker.usage import cache_usage
@@ -37,7 +37,7 @@ def prime(context: WorkerContext, usage_bytes: int | None = None) -> int:
             return 0  # the usual case: nothing to bring back, so no write transaction
     block = cache_block(context.cache.root)
     with context.database.write() as connection:
-        if usage_bytes is None and chunks.dirty_totals(connection)[0] > PRIME_BACKLOG_LIMIT:
+        if usage_bytes is None and backlog.dirty_totals(connection)[0] > PRIME_BACKLOG_LIMIT:
             return 0  # writes are piling up: no time to bring old data back, nor to look at every new file
         usage = cache_usage(connection, context.cache) if usage_bytes is None else usage_bytes
         room = low_watermark - usage

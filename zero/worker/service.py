@@ -24,7 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from zero import memory, wakeup
 from zero.meta.backup import BackupThread
 from zero.meta.writer import FENCED, REFUSED
-from zero.state import chunks, db as state_db
+from zero.state import backlog, db as state_db
 from zero.worker.collector import Collector
 from zero.worker.context import WorkerContext
 from zero.worker.evictor import Evictor
@@ -220,7 +220,7 @@ class Worker:
         first_at, first_total = self._rate_window[0]
         rate = (uploaded - first_total) / (now - first_at) if now > first_at else 0.0
         with self.context.database.read() as connection:
-            dirty, leased = chunks.dirty_totals(connection)
+            dirty, leased = backlog.dirty_totals(connection)
         status = {
             "pid": os.getpid(), "at": now, "stopped": stopped,
             "cache_usage_bytes": self.evictor.last_usage,

@@ -18,9 +18,9 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from zero.cachedir import CacheDir
-from zero.state import chunks
+from zero.state import backlog
 
 
 def cache_usage(connection: Connection, cache: CacheDir) -> int:
     """Disk bytes of the cache's chunk files, read in ``connection``'s transaction."""
-    return chunks.clean_bytes(connection) + cache.bytes_of(chunks.unuploaded(connection))
+    return backlog.clean_bytes(connection) + cache.bytes_of(backlog.unuploaded(connection))
