@@ -13,6 +13,7 @@ import stat
 
 import pytest
 
+from zero.fuse.inodes import NO_CHUNKS
 from zero.fuse.tree import Tree
 from zero.state import db, namespace
 
@@ -80,13 +81,27 @@ def test_inodes_something_depends_on_stay(tree):
     leased.leases[0] = 1.0
     unflushed.mode = stat.S_IFREG | 0o644
     tree.mark_unflushed(unflushed)
-    unwritten.unwritten.add(0)
+    unwritten.unwritten = {0}
     hidden = take(tree, new_files(tree, 1)[0])  # unlinked while open, its last handle just closed:
     tree.hidden[namespace.ROOT_INO] = {b".fuse_hidden0001": hidden.ino}  # libfuse's unlink of this name purges it
     for ino in new_files(tree, 5 * CAPACITY):
         take(tree, ino)
     for inode in (opened, leased, unflushed, unwritten, hidden):
         assert tree.inodes.get(inode.ino) is inode
+
+
+def test_idle_inodes_share_one_empty_set_of_unwritten_chunks_and_never_change_it(tree):
+    """An empty set is a quarter of an idle inode's memory, so idle inodes share
+    a frozen one; a chunk leased in advance gives its inode a set of its own."""
+    created, idle = (take(tree, ino) for ino in new_files(tree, 2))
+    assert created.unwritten is idle.unwritten is NO_CHUNKS
+    created.unwritten = {0}  # as Names.create leases a new file's first chunk
+    idle.written(0)
+    assert created.unwritten == {0} and not NO_CHUNKS
+    created.written(0)
+    assert not created.unwritten and created.unwritten is not NO_CHUNKS
+    tree.forget(created)
+    assert created.unwritten is NO_CHUNKS and not NO_CHUNKS
 
 
 def test_an_inode_a_running_operation_took_stays_until_it_ends(tree):

@@ -13,6 +13,9 @@ import threading
 from dataclasses import dataclass
 
 ATTR_FIELDS = ("mode", "uid", "gid", "nlink", "size", "atime_ns", "mtime_ns", "ctime_ns", "rdev")
+# An inode's unwritten chunks while it has none, shared: an empty set costs 216
+# bytes, a quarter of an idle inode, and only a file just created has one.
+NO_CHUNKS: frozenset[int] = frozenset()
 
 
 class Inode:
@@ -30,7 +33,7 @@ class Inode:
         self.write_handles = 0
         self.leases: dict[int, float] = {}  # chunk idx -> monotonic time of the last write under the lease
         # Leased in advance (a new file's first chunk, in the create's commit) and not written yet.
-        self.unwritten: set[int] = set()
+        self.unwritten: set[int] | frozenset[int] = NO_CHUNKS
         self.attrs_unflushed = False
         self.attrs_version = 0  # bumped by each change, so a flush knows whether it wrote the newest
         self.last_read_end = 0  # a read from the start counts as sequential
@@ -42,6 +45,11 @@ class Inode:
         self.allocated_bytes: int | None = None
         self.allocated_at = 0.0
         self.used = 0  # Tree's tick of the last operation that took it: idle ones may be let go
+
+    def written(self, idx: int) -> None:
+        """Chunk ``idx`` is no longer leased in advance: it has its file, or went."""
+        if self.unwritten:
+            self.unwritten.discard(idx)
 
     @property
     def is_dir(self) -> bool:

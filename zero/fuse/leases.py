@@ -47,7 +47,7 @@ class Leases:
             chunk_file = None if idx in inode.unwritten else self.files.acquire(inode.ino, idx)
             if chunk_file is None:
                 chunk_file = self.files.reopen(inode.ino, idx)
-        inode.unwritten.discard(idx)  # its file exists now: release keeps the row
+        inode.written(idx)  # its file exists now: release keeps the row
         return chunk_file
 
     def touched(self, inode: Inode, idx: int) -> None:
@@ -111,7 +111,7 @@ class Leases:
     def released(inode: Inode, indexes: list[int]) -> None:
         for idx in indexes:
             inode.leases.pop(idx, None)
-            inode.unwritten.discard(idx)
+            inode.written(idx)
 
     def release_quiet(self, quiet_s: float) -> bool:
         """Chunks nobody wrote for ``quiet_s`` go to the worker even while their

@@ -59,7 +59,7 @@ class Names:
             inode.xattrs = {}  # new: none yet
             if lease_first_chunk:
                 inode.leases[0] = time.monotonic()
-                inode.unwritten.add(0)
+                inode.unwritten = {0}
             entries[name] = ino
             if stat.S_ISDIR(mode):
                 tree.children[ino] = {}

@@ -40,7 +40,7 @@ import time
 
 from zero.fuse.binding import FuseOSError, KernelCache
 from zero.fuse.chunkfiles import ChunkFiles
-from zero.fuse.inodes import Inode
+from zero.fuse.inodes import NO_CHUNKS, Inode
 from zero.fuse.translate import name_bytes, split
 from zero.state import namespace
 from zero.state.db import Database
@@ -397,7 +397,7 @@ class Tree:
         self.inode_count -= 1
         self.unflushed.discard(inode.ino)
         inode.leases.clear()
-        inode.unwritten.clear()
+        inode.unwritten = NO_CHUNKS
 
     def refresh_totals(self) -> None:
         with self.database.read() as connection:
