@@ -59,9 +59,10 @@ def few_arenas(count: int) -> bool:
     allocate (libfuse's nodes and hash tables, SQLite's page caches, Python's
     larger objects), so what a thread freed served only that thread's next
     allocations. With every name of a million files in the kernel's cache, the
-    peak RSS was 320 MiB across 13 arenas and 289 MiB with two (bench/quick.py
-    lookups --files 1000000). The GIL runs one thread's Python at a time, so more
-    arenas bought little. Call it before the threads start."""
+    peak RSS was 320 MiB across 13 arenas, 289-302 MiB with two and 280 with one
+    (bench/quick.py lookups --files 1000000; decision 115). The GIL runs one
+    thread's Python at a time, so more arenas bought no speed (bench/ab.py).
+    Call it before the threads start."""
     if _LIBC is None:
         return False
     return bool(_LIBC.mallopt(M_ARENA_MAX, count))
