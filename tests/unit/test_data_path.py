@@ -23,7 +23,7 @@ from zero.fuse.data import DataPath
 from zero.fuse.flusher import Flusher
 from zero.fuse.leases import Leases
 from zero.fuse.tree import Tree
-from zero.state import db, namespace, requests
+from zero.state import chunks, db, namespace, requests
 
 CHUNK = 64 * 1024
 
@@ -268,3 +268,17 @@ def test_without_a_running_worker_the_prefetch_window_is_this_processs_own(data_
     data_path.worker = PrefetchRecorder(data_path, inode.ino, data, arrives_at=1, timeout_s=60)
     data_path.read(inode, 4096, 0)
     assert [indexes for _, indexes, _ in data_path.worker.asked] == [[1, 2, 3]]
+
+
+def test_a_new_file_truncated_before_its_first_write_can_go_idle(data_path):
+    """A chunk leased in advance (Names.create) that a truncate drops is not
+    unwritten any more: an inode that keeps one is never let go."""
+    inode = new_file(data_path)
+    with data_path.database.write() as connection:
+        chunks.lease_new_chunk(connection, inode.ino, 0)
+    inode.leases[0], inode.unwritten = time.monotonic(), {0}  # as Names.create
+    data_path.truncate(inode, 100)
+    data_path.truncate(inode, 0)
+    assert not inode.leases and not inode.unwritten
+    assert leased(data_path, inode.ino) == {}
+    assert data_path.tree._idle(inode)

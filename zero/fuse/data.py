@@ -207,6 +207,7 @@ class DataPath:
             self.tree.persist(connection, inode)
         for idx in dropped:
             inode.leases.pop(idx, None)
+            inode.written(idx)  # its row went: nothing to look for, and the inode may go idle
         self.files.delete(inode.ino, dropped)
 
     # --- fsync ------------------------------------------------------------------------------
