@@ -65,7 +65,10 @@ def few_arenas(count: int) -> bool:
     Call it before the threads start."""
     if _LIBC is None:
         return False
-    return bool(_LIBC.mallopt(M_ARENA_MAX, count))
+    ok = bool(_LIBC.mallopt(M_ARENA_MAX, count))
+    if not ok:
+        log.debug("glibc refused to limit its malloc arenas; keeping one per thread")
+    return ok
 
 
 def release_free() -> None:

@@ -99,7 +99,7 @@ def test_idle_inodes_share_one_empty_set_of_unwritten_chunks_and_never_change_it
     idle.written(0)
     assert created.unwritten == {0} and not NO_CHUNKS
     created.written(0)
-    assert not created.unwritten and created.unwritten is not NO_CHUNKS
+    assert created.unwritten is NO_CHUNKS and not NO_CHUNKS
     tree.forget(created)
     assert created.unwritten is NO_CHUNKS and not NO_CHUNKS
 

@@ -48,8 +48,10 @@ class Inode:
 
     def written(self, idx: int) -> None:
         """Chunk ``idx`` is no longer leased in advance: it has its file, or went."""
-        if self.unwritten:
+        if idx in self.unwritten:
             self.unwritten.discard(idx)
+            if not self.unwritten:
+                self.unwritten = NO_CHUNKS  # the set goes with its last chunk
 
     @property
     def is_dir(self) -> bool:

@@ -3,7 +3,8 @@ which chunks' content is only in the cache (at which version, for a promise
 of fsync or `zero sync` to wait on), and totals by state for the status, the
 metrics and the worker's measure of its cache.
 
-zero.state.chunks changes chunk rows; this module only reads them.
+It only reads; zero.state.chunks changes chunk rows (and answers the questions
+about single chunks that come with those changes).
 """
 
 from __future__ import annotations
