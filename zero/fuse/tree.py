@@ -142,8 +142,8 @@ class Tree:
         going = heapq.nsmallest(max(len(self.inodes) - keep, 0), idle, key=lambda inode: inode.used)
         for inode in going:
             del self.inodes[inode.ino]
-            self.children.pop(inode.ino, None)
-            self.looked_up.pop(inode.ino, None)
+            self._listed_estimate -= len(self.children.pop(inode.ino, ())) + len(self.looked_up.pop(inode.ino, ()))
+        self._listed_estimate = max(self._listed_estimate, 0)  # creates grow listings uncounted
         # Inodes in use stay; if most are, do not sweep again on every load.
         self._sweep_above = max(self.memory_inodes, len(self.inodes) + self.memory_inodes // 4)
         return len(going)
@@ -198,8 +198,7 @@ class Tree:
             with self.database.read() as connection:
                 entries = {name: ino for name, ino, _ in namespace.list_entries(connection, parent)}
             self.children[parent] = entries
-            self.looked_up.pop(parent, None)
-            self._listed_estimate += len(entries)
+            self._listed_estimate += len(entries) - len(self.looked_up.pop(parent, ()))
             if self._listed_estimate > self._sweep_listings_above:
                 self.sweep_listings(spare=parent)  # a walk (find, ls -R) loads listings, not inodes
         return entries
@@ -226,6 +225,7 @@ class Tree:
             return None
         known = self.looked_up.setdefault(parent, {})
         if len(known) >= self.memory_inodes:
+            self._listed_estimate -= len(known)
             known.clear()  # a huge folder read at random: bounded like the inodes
         known[name] = row.ino
         self._listed_estimate += 1
