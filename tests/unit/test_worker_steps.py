@@ -1393,3 +1393,27 @@ def test_a_group_whose_chunk_was_written_during_its_upload_records_no_copy(make_
         uploader.upload(row)
     upload_due_and_check_its_copy(context, ino)
 
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def test_the_metrics_read_from_the_state_follow_the_backlog_and_the_cache(context):
+    """What the endpoint serves at each scrape, collected in this process (the
+    system test scrapes it over HTTP)."""
+    from zero.worker.metrics import _StateCollector
+
+    def scrape() -> dict[tuple[str, str], float]:
+        return {(sample.name, sample.labels.get("state", "")): sample.value
+                for family in _StateCollector(context).collect() for sample in family.samples}
+
+    ino = make_file(context, b"a")
+    fuse_write(context, ino, 0, chunk_data(1))
+    waiting = scrape()
+    assert waiting[("zero_backlog_chunks", "")] == 1
+    assert waiting[("zero_backlog_bytes", "")] >= CHUNK - 4096
+    assert waiting[("zero_cache_chunks", ChunkState.DIRTY.value)] == 1
+    upload_all(context)
+    uploaded = scrape()
+    assert uploaded[("zero_backlog_chunks", "")] == 0 and uploaded[("zero_backlog_bytes", "")] == 0
+    assert uploaded[("zero_cache_chunks", ChunkState.CLEAN.value)] == 1

@@ -76,9 +76,9 @@ class _StateCollector:
         target = GaugeMetricFamily("zero_cache_target_bytes", "targetDiskUsage the worker keeps to")
         target.add_metric([], self.context.config.target_disk_usage_bytes)
         yield target
-        backlog = GaugeMetricFamily("zero_backlog_bytes", "Written bytes not uploaded yet")
-        backlog.add_metric([], self.context.cache.bytes_of(waiting))
-        yield backlog
+        backlog_bytes = GaugeMetricFamily("zero_backlog_bytes", "Written bytes not uploaded yet")
+        backlog_bytes.add_metric([], self.context.cache.bytes_of(waiting))
+        yield backlog_bytes
         backlog_chunks = GaugeMetricFamily("zero_backlog_chunks", "Chunks not uploaded yet")
         backlog_chunks.add_metric([], len(waiting))
         yield backlog_chunks
