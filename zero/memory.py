@@ -59,7 +59,7 @@ def few_arenas(count: int) -> bool:
     allocate (libfuse's nodes and hash tables, SQLite's page caches, Python's
     larger objects), so what a thread freed served only that thread's next
     allocations. With every name of a million files in the kernel's cache, the
-    peak RSS was 320 MiB across 13 arenas, 289-302 MiB with two and 280 with one
+    peak RSS was 320 MiB across 13 arenas, 289-302 MiB with two and 280-286 with one
     (bench/quick.py lookups --files 1000000; decision 115). The GIL runs one
     thread's Python at a time, so more arenas bought no speed (bench/ab.py).
     Call it before the threads start."""
